@@ -1,0 +1,195 @@
+"""The v1 report schema (``../shared/spec/api-v1.md``, "Reports" and "Agents") as pydantic v2 models.
+
+Every model keeps fields the contract does not name (``extra="allow"``): probes add things and plugins
+read them. Validation is done once, on the decoded body; the raw bytes are what gets stored.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from datetime import datetime, timezone
+from functools import lru_cache
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, StrictBool
+
+AGENT_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+_RFC3339 = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
+)
+
+
+def parse_rfc3339(text: str) -> float:
+    """Epoch seconds of an RFC 3339 timestamp; ValueError when it is not one."""
+    if not _RFC3339.match(text):
+        raise ValueError("must be an RFC 3339 timestamp such as 2025-10-13T00:00:00Z")
+    body = text[:-1] + "+00:00" if text[-1] in "Zz" else text
+    frac = re.search(r"\.(\d+)", body)
+    if frac and len(frac.group(1)) > 6:  # fromisoformat takes microseconds at most
+        body = body.replace(frac.group(0), "." + frac.group(1)[:6])
+    return datetime.fromisoformat(body).timestamp()
+
+
+def format_rfc3339(epoch: float) -> str:
+    """The contract's timestamp form: UTC, millisecond precision, ``Z`` suffix."""
+    stamp = datetime.fromtimestamp(epoch, tz=timezone.utc)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
+
+
+def _check_timestamp(text: str) -> str:
+    parse_rfc3339(text)
+    return text
+
+
+@lru_cache(maxsize=65536)
+def _check_ip(text: str) -> str:
+    # Probes repeat the same few hundred addresses in every report: the cache makes this a dict lookup.
+    if text == "":
+        return text
+    try:
+        ipaddress.ip_address(text.split("%", 1)[0])  # fe80::1%eth0 carries a zone
+    except ValueError:
+        raise ValueError("must be an IPv4 or IPv6 address") from None
+    return text
+
+
+Timestamp = Annotated[str, AfterValidator(_check_timestamp)]
+IpAddress = Annotated[str, AfterValidator(_check_ip)]
+NonNegInt = Annotated[int, Field(ge=0)]
+NonNegNum = Annotated[float, Field(ge=0)]
+Port = Annotated[int, Field(ge=0, le=65535)]
+Percent = Annotated[float, Field(ge=0)]
+AgentId = Annotated[str, Field(pattern=AGENT_ID_PATTERN)]
+Hostname = Annotated[str, Field(min_length=1, max_length=255)]
+MetadataValue = str | int | float | StrictBool
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=False)
+
+
+class HostInfo(_Open):
+    os: str | None = None
+    platform: str | None = None
+    kernel: str | None = None
+    uptime_s: NonNegNum | None = None
+    cpu_count: NonNegInt | None = None
+    cpu_percent: Percent | None = None
+    load_avg: list[NonNegNum] | None = None
+    memory_total: NonNegInt | None = None
+    memory_used: NonNegInt | None = None
+    memory_percent: Percent | None = None
+    disk_total: NonNegInt | None = None
+    disk_used: NonNegInt | None = None
+    net_rx_bytes: NonNegInt | None = None
+    net_tx_bytes: NonNegInt | None = None
+    ip_addresses: list[IpAddress] = []
+
+
+class Container(_Open):
+    id: Annotated[str, Field(min_length=1, max_length=256)]
+    name: str | None = None
+    image: str | None = None
+    state: str | None = None
+    created: Timestamp | None = None
+    labels: dict[str, str] = {}
+    ip_addresses: list[IpAddress] = []
+    pid: NonNegInt | None = None
+    cpu_percent: Percent | None = None
+    memory_usage: NonNegInt | None = None
+
+
+class DockerInfo(_Open):
+    containers: list[Container] = []
+
+
+class Process(_Open):
+    pid: NonNegInt
+    ppid: NonNegInt | None = None
+    name: str | None = None
+    cmdline: str | None = None
+    user: str | None = None
+    cpu_percent: Percent | None = None
+    memory_rss: NonNegInt | None = None
+    threads: NonNegInt | None = None
+    cgroup: str | None = None
+    container_id: str | None = None
+
+
+class ProcessesInfo(_Open):
+    processes: list[Process] = []
+
+
+class Connection(_Open):
+    pid: NonNegInt | None = None
+    protocol: Literal["tcp", "tcp6", "udp", "udp6"] = "tcp"
+    local_ip: IpAddress = ""
+    local_port: Port = 0
+    remote_ip: IpAddress = ""
+    remote_port: Port = 0
+    state: str = ""
+
+
+class Interface(_Open):
+    name: str
+    rx_bytes: NonNegInt | None = None
+    tx_bytes: NonNegInt | None = None
+
+
+class NetworkInfo(_Open):
+    connections: list[Connection] = []
+    interfaces: list[Interface] = []
+
+
+BUILTIN_SECTIONS = ("host_info", "docker_info", "processes_info", "network_info")
+
+
+class Report(_Open):
+    agent_id: AgentId
+    hostname: Hostname
+    timestamp: Timestamp
+    host_info: HostInfo | None = None
+    docker_info: DockerInfo | None = None
+    processes_info: ProcessesInfo | None = None
+    network_info: NetworkInfo | None = None
+    # Sections claimed by plugins (``register_sections``), validated with the plugin's model.
+    _sections: dict[str, BaseModel] = PrivateAttr(default_factory=dict)
+    _epoch: float | None = PrivateAttr(default=None)
+
+    @property
+    def sections(self) -> dict[str, BaseModel]:
+        return self._sections
+
+    @property
+    def epoch(self) -> float:
+        """The report's own timestamp in epoch seconds (ordering and time-series buckets use it)."""
+        if self._epoch is None:
+            self._epoch = parse_rfc3339(self.timestamp)
+        return self._epoch
+
+
+class AgentRegistration(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    agent_id: AgentId
+    hostname: Hostname
+    metadata: dict[str, MetadataValue] = {}
+
+
+def count_items(report: Report) -> dict[str, int]:
+    """The report's size in items, for limits and summaries."""
+    return {
+        "containers": len(report.docker_info.containers) if report.docker_info else 0,
+        "processes": len(report.processes_info.processes) if report.processes_info else 0,
+        "connections": len(report.network_info.connections) if report.network_info else 0,
+    }
+
+
+def error_details(exc: Any, prefix: tuple = ()) -> list[dict[str, str]]:
+    """A pydantic ValidationError as the contract's 422 details: one entry per bad field, by JSON path."""
+    details = []
+    for err in exc.errors(include_url=False, include_context=False, include_input=False):
+        loc = [str(p) for p in (*prefix, *err["loc"]) if not str(p).startswith("function-")]
+        details.append({"field": ".".join(loc) or "body", "message": err["msg"]})
+    return details
