@@ -59,6 +59,8 @@ from typing import TypedDict
 
 import numpy as np
 
+from orchestrator.durations import format_duration
+
 __all__ = [
     "POINT_METRICS",
     "REPORT_METRICS",
@@ -259,7 +261,7 @@ class TimeSeriesStore:
         points = self.get_recent_points(agent_id, duration=duration, step=step, now=now)
         return {
             "agent_id": agent_id,
-            "resolution": _format_duration(self.resolution if step is None else step),
+            "resolution": format_duration(self.resolution if step is None else step),
             "points": points,
             "count": len(points),
         }
@@ -330,7 +332,7 @@ class TimeSeriesStore:
             "points": points,
             "memory_bytes": sum(buf.nbytes for buf in buffers),
             "bytes_per_agent": self.bytes_per_agent,
-            "resolution": _format_duration(self.resolution),
+            "resolution": format_duration(self.resolution),
             "max_data_age": self.max_data_age,
         }
 
@@ -478,15 +480,3 @@ def _decode_blob(blob: bytes, resolution: float) -> np.ndarray:
     if np.any(np.diff(buckets) <= 0):
         raise ValueError("time-series blob buckets are not strictly increasing")
     return rows
-
-
-def _format_duration(seconds: float) -> str:
-    """Go-style duration: ``15s``, ``1m``, ``1h30m``, ``500ms``."""
-    if seconds < 1:
-        return f"{seconds * 1000:g}ms"
-    if seconds != int(seconds):
-        return f"{seconds:g}s"
-    hours, rest = divmod(int(seconds), 3600)
-    minutes, secs = divmod(rest, 60)
-    parts = [f"{n}{unit}" for n, unit in ((hours, "h"), (minutes, "m"), (secs, "s")) if n]
-    return "".join(parts)
