@@ -1,0 +1,86 @@
+"""Agents: register, heartbeat, fetch their configuration, list."""
+
+from __future__ import annotations
+
+import time
+
+from pydantic import ValidationError
+from sanic import Blueprint, HTTPResponse, Request
+from sanic.response import json
+
+from orchestrator.api.http import json_body
+from orchestrator.cleanup import archived_agents_json, restore_agent
+from orchestrator.durations import format_duration
+from orchestrator.errors import ApiError
+from orchestrator.models import AGENT_ID_PATTERN, AgentRegistration, error_details, format_rfc3339
+
+bp = Blueprint("agents", url_prefix="/api/v1/agents")
+
+
+@bp.post("/register")
+async def register(request: Request) -> HTTPResponse:
+    state = request.app.ctx.state
+    try:
+        registration = AgentRegistration.model_validate(json_body(request))
+    except ValidationError as exc:
+        raise ApiError(422, "registration failed validation", details=error_details(exc)) from None
+    now = time.time()
+    restore_agent(state, registration.agent_id)
+    agent, created = state.registry.register(registration.agent_id, registration.hostname,
+                                             registration.metadata, now)
+    state.dirty_agents.add(agent.agent_id)
+    body = {
+        "status": "registered",
+        "message": f"Agent {agent.agent_id} registered successfully",
+        "agent": agent.to_json(now, state.settings.agents.stale_threshold),
+    }
+    return json(body, status=201 if created else 200)
+
+
+@bp.post("/heartbeat/<agent_id:str>")
+async def heartbeat(request: Request, agent_id: str) -> HTTPResponse:
+    state = request.app.ctx.state
+    now = time.time()
+    restore_agent(state, agent_id)
+    if state.registry.heartbeat(agent_id, now) is None:
+        raise ApiError(404, f"agent {agent_id!r} is not registered; register or send a report first",
+                       code="unknown_agent")
+    state.dirty_agents.add(agent_id)
+    return json({"status": "ok", "timestamp": format_rfc3339(now)})
+
+
+@bp.get("/config/<agent_id:str>")
+async def config(request: Request, agent_id: str) -> HTTPResponse:
+    settings = request.app.ctx.settings.agents
+    override = settings.overrides.get(agent_id)
+    report_interval = (override and override.report_interval) or settings.report_interval
+    heartbeat_interval = (override and override.heartbeat_interval) or settings.heartbeat_interval
+    features = {**settings.features, **(override.features if override else {})}
+    return json({
+        "agent_id": agent_id,
+        "report_interval": format_duration(report_interval),
+        "heartbeat_interval": format_duration(heartbeat_interval),
+        "server_time": format_rfc3339(time.time()),
+        "features": features,
+    })
+
+
+@bp.get("/list")
+async def list_agents(request: Request) -> HTTPResponse:
+    state = request.app.ctx.state
+    wanted = request.args.get("status")
+    if wanted not in (None, "online", "stale"):
+        raise ApiError(400, f"status must be online or stale, got {wanted!r}", code="bad_parameter")
+    now = time.time()
+    threshold = state.settings.agents.stale_threshold
+    agents = [agent.to_json(now, threshold) for agent in state.registry.all()]
+    agents += archived_agents_json(state, now)
+    if wanted:
+        agents = [agent for agent in agents if agent["status"] == wanted]
+    return json({"agents": agents, "count": len(agents)})
+
+
+def valid_agent_id(agent_id: str) -> bool:
+    import re
+
+    return re.fullmatch(AGENT_ID_PATTERN.strip("^$"), agent_id) is not None

@@ -1,0 +1,108 @@
+"""HTTP plumbing shared by every route: request ids, structured request logs, latency metrics, CORS, auth."""
+
+from __future__ import annotations
+
+import hmac
+import os
+import time
+
+import orjson
+import structlog
+from sanic import HTTPResponse, Request, Sanic
+
+from orchestrator.errors import ApiError, error_response
+
+log = structlog.get_logger("orchestrator.http")
+
+CORS_METHODS = "GET, POST, OPTIONS"
+CORS_HEADERS = "Authorization, Content-Type, Content-Encoding, X-Request-Id"
+AGENT_PATHS = ("/api/v1/agents/", "/api/v1/reports")
+READ_PATHS = ("/api/v1/query/", "/api/v1/ws")
+
+
+def setup_http(app: Sanic) -> None:
+    app.register_middleware(_start, "request")
+    app.register_middleware(_finish, "response")
+
+
+def _cors_origin(request: Request) -> str | None:
+    allowed = request.app.ctx.settings.server.cors_origins
+    if "*" in allowed:
+        return "*"
+    origin = request.headers.get("origin")
+    return origin if origin in allowed else None
+
+
+async def _start(request: Request):
+    request.ctx.started = time.perf_counter()
+    request.ctx.request_id = request.headers.get("x-request-id") or os.urandom(8).hex()
+    if request.method == "OPTIONS" and "access-control-request-method" in request.headers:
+        return _preflight(request)
+    return check_token(request)
+
+
+def _preflight(request: Request) -> HTTPResponse:
+    headers = {"Access-Control-Allow-Methods": CORS_METHODS, "Access-Control-Allow-Headers": CORS_HEADERS,
+               "Access-Control-Max-Age": "600"}
+    return HTTPResponse(status=204, headers=headers)
+
+
+def check_token(request: Request) -> HTTPResponse | None:
+    """401 unless the request carries a configured token for its path (open when none are configured)."""
+    auth = request.app.ctx.settings.auth
+    path = request.path
+    if path.startswith(AGENT_PATHS):
+        tokens, kind = auth.agent_tokens, "agent"
+    elif path.startswith(READ_PATHS):
+        tokens, kind = auth.read_tokens, "read"
+    else:
+        return None
+    if not tokens:
+        return None
+    header = request.headers.get("authorization", "")
+    given = header[7:].strip() if header[:7].lower() == "bearer " else ""
+    if not given and kind == "read":
+        given = request.args.get("token", "")  # browsers cannot set headers on a WebSocket
+    # Compare against every token in constant time, so the answer's timing says nothing about which matched.
+    matched = False
+    for token in tokens:
+        matched |= hmac.compare_digest(given.encode(), token.encode())
+    if matched:
+        return None
+    message = f"missing or invalid {kind} token" if given else f"{kind} token required (Authorization: Bearer <token>)"
+    return error_response(401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"})
+
+
+async def _finish(request: Request, response: HTTPResponse) -> None:
+    origin = _cors_origin(request)
+    if origin is not None and response is not None:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        if origin != "*":
+            response.headers["Vary"] = "Origin"
+    started = getattr(request.ctx, "started", None)
+    if started is None or response is None:
+        return
+    duration = time.perf_counter() - started
+    route = request.route.path if request.route else "unmatched"
+    route = "/" + route.lstrip("/")
+    status = response.status
+    request.app.ctx.state.metrics.http_duration.labels(request.method, route, str(status)).observe(duration)
+    response.headers["X-Request-Id"] = request.ctx.request_id
+    level = log.warning if status >= 500 else log.debug if route in _QUIET_ROUTES and status < 400 else log.info
+    level("request", method=request.method, route=route, status=status,
+          duration_ms=round(duration * 1000, 2), request_id=request.ctx.request_id)
+
+
+# Probes post every few seconds per host: at fleet scale, logging each success would drown the log.
+_QUIET_ROUTES = {"/api/v1/reports", "/api/v1/agents/heartbeat/<agent_id>", "/health", "/metrics", "/api/v1/ping"}
+
+
+def json_body(request: Request):
+    """The request's JSON body, or a contract error (415 wrong type, 400 malformed)."""
+    media = (request.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
+    if media != "application/json":
+        raise ApiError(415, f"Content-Type must be application/json, got {media or 'none'!r}")
+    try:
+        return orjson.loads(request.body or b"")
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, f"malformed JSON: {exc}", code="malformed_json") from None

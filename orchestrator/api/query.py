@@ -1,0 +1,107 @@
+"""Queries: topology views, an agent's latest report and time series, server statistics."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+from sanic import Blueprint, HTTPResponse, Request
+from sanic.response import json
+
+from orchestrator.durations import format_duration, parse_duration
+from orchestrator.errors import ApiError
+from orchestrator.models import format_rfc3339
+
+bp = Blueprint("query", url_prefix="/api/v1/query")
+LEVELS = ("process", "container", "host")
+
+
+def _raw_json(body: bytes, status: int = 200) -> HTTPResponse:
+    return HTTPResponse(body, status=status, content_type="application/json")
+
+
+@bp.get("/topology")
+async def topology(request: Request) -> HTTPResponse:
+    level = request.args.get("level", "process")
+    if level not in LEVELS:
+        raise ApiError(400, f"level must be one of {', '.join(LEVELS)}; got {level!r}", code="bad_parameter")
+    host = request.args.get("host") or None
+    snapshot = request.app.ctx.state.topology.snapshot_json(level, host)
+    # The snapshot is serialized once per (seq, level, host); wrapping it costs a copy, not a re-encode.
+    return _raw_json(b'{"topology":' + snapshot + b"}")
+
+
+def _known_agent(state, agent_id: str) -> None:
+    if agent_id not in state.registry and agent_id not in state.archive:
+        raise ApiError(404, f"agent {agent_id!r} is unknown", code="unknown_agent")
+
+
+@bp.get("/agents/<agent_id:str>/latest")
+async def latest(request: Request, agent_id: str) -> HTTPResponse:
+    state = request.app.ctx.state
+    _known_agent(state, agent_id)
+    entry = state.latest.get(agent_id)
+    if entry is None:
+        raise ApiError(404, f"agent {agent_id!r} has not sent a report yet", code="no_report")
+    head = orjson.dumps({"agent_id": agent_id, "received_at": format_rfc3339(entry.received_at)})
+    # The report as submitted: its stored bytes are spliced in, never re-serialized.
+    return _raw_json(head[:-1] + b',"report":' + entry.raw() + b"}")
+
+
+def _duration_param(request: Request, name: str, default: float) -> tuple[float, str]:
+    text = request.args.get(name)
+    if text is None:
+        return default, format_duration(default)
+    try:
+        value = parse_duration(text)
+    except ValueError as exc:
+        raise ApiError(400, f"{name}={text!r}: {exc}", code="bad_parameter") from None
+    if value <= 0:
+        raise ApiError(400, f"{name}={text!r}: must be greater than zero", code="bad_parameter")
+    return value, text
+
+
+@bp.get("/agents/<agent_id:str>/timeseries")
+async def timeseries(request: Request, agent_id: str) -> HTTPResponse:
+    state = request.app.ctx.state
+    _known_agent(state, agent_id)
+    storage = state.settings.storage
+    duration, duration_text = _duration_param(request, "duration", storage.max_data_age)
+    step, step_text = _duration_param(request, "step", storage.resolution)
+    if round(step / storage.resolution, 9) % 1:
+        raise ApiError(400, f"step={step_text!r}: must be a multiple of {format_duration(storage.resolution)}",
+                       code="bad_parameter")
+    if not state.timeseries.has_agent(agent_id):
+        points = []
+    else:
+        points = state.timeseries.get_recent_points(agent_id, min(duration, storage.max_data_age), step)
+    body = {"agent_id": agent_id, "duration": duration_text, "resolution": format_duration(storage.resolution),
+            "step": format_duration(step), "points": points, "count": len(points)}
+    return _raw_json(orjson.dumps(body))
+
+
+@bp.get("/stats")
+async def stats(request: Request) -> HTTPResponse:
+    state = request.app.ctx.state
+    now = time.time()
+    counts = state.registry.count_by_status(now, state.settings.agents.stale_threshold)
+    storage = {**state.timeseries.stats(), "latest_reports": len(state.latest),
+               "latest_reports_bytes": sum(len(e.compressed) for e in state.latest.values()),
+               "archived_agents": len(state.archive)}
+    if state.store is not None:
+        storage["data_file"] = str(state.store.path)
+    body = {
+        "agents": len(state.registry),
+        "agents_by_status": counts,
+        "websocket_clients": state.hub.client_count if state.hub else 0,
+        "reports_received": state.reports_received,
+        "ingest_queue": state.ingest.queue.qsize(),
+        "seq": state.topology.seq,
+        "storage": storage,
+        "topology": state.topology.counts(),
+        "websocket": state.hub.stats() if state.hub else {},
+        "cleanup": state.cleanup_stats,
+        "config": state.settings.redacted(),
+        "uptime": format_duration(round(now - state.started_at)),
+    }
+    return json(body)

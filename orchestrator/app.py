@@ -1,0 +1,128 @@
+"""The app factory. Nothing happens at import time: ``create_app(settings)`` builds everything."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from typing import Any, Iterable
+
+import structlog
+from sanic import Sanic
+
+from orchestrator.api import agents, health, query, reports
+from orchestrator.api.http import setup_http
+from orchestrator.api.ws import setup_ws
+from orchestrator.cleanup import run_cleanup
+from orchestrator.errors import handle_exception
+from orchestrator.hub import Hub
+from orchestrator.ingest import Ingest
+from orchestrator.metrics import create_metrics
+from orchestrator.persistence import Store
+from orchestrator.plugins import configure_plugins, get_plugin_manager
+from orchestrator.settings import Settings
+from orchestrator.state import State
+
+log = structlog.get_logger("orchestrator.app")
+_app_numbers = itertools.count(1)
+
+
+def create_app(settings: Settings | None = None, extra_plugins: Iterable[tuple[str, Any]] = (),
+               name: str | None = None) -> Sanic:
+    """A ready-to-serve app: plugins loaded, state built, routes and background work registered.
+
+    ``extra_plugins`` are ``(name, plugin)`` pairs registered after the entry-point plugins (tests and
+    embedders use it; third parties use the ``orchestrator`` entry-point group).
+    """
+    settings = settings or Settings()
+    app = Sanic(name or f"orchestrator_{next(_app_numbers)}", configure_logging=False)
+    _configure_sanic(app, settings)
+    pm = get_plugin_manager(settings, extra_plugins)
+    state = State(settings=settings, metrics=create_metrics(), plugins=pm)
+    state.sections = configure_plugins(pm, settings)
+    state.ingest = Ingest(state)
+    state.hub = Hub(state)
+    app.ctx.settings = settings
+    app.ctx.state = state
+    app.ctx.tasks = []
+
+    app.error_handler.add(Exception, handle_exception)
+    setup_http(app)
+    for bp in (health.bp, agents.bp, reports.bp, query.bp):
+        app.blueprint(bp)
+    setup_ws(app)
+    app.register_listener(_start_up, "before_server_start")
+    app.register_listener(_start_background, "after_server_start")
+    app.register_listener(_begin_shutdown, "before_server_stop")
+    app.register_listener(_finish_shutdown, "after_server_stop")
+    return app
+
+
+def _configure_sanic(app: Sanic, settings: Settings) -> None:
+    server, ws = settings.server, settings.websocket
+    app.config.update({
+        "REQUEST_MAX_SIZE": server.max_body_size,
+        "REQUEST_TIMEOUT": server.request_timeout,
+        "RESPONSE_TIMEOUT": server.response_timeout,
+        "KEEP_ALIVE_TIMEOUT": server.keep_alive_timeout,
+        "GRACEFUL_SHUTDOWN_TIMEOUT": server.graceful_timeout,
+        "WEBSOCKET_MAX_SIZE": ws.max_message_size,
+        "WEBSOCKET_PING_INTERVAL": ws.ping_interval,
+        "WEBSOCKET_PING_TIMEOUT": ws.ping_timeout,
+        "ACCESS_LOG": False,
+        "NOISY_EXCEPTIONS": False,
+        "MOTD": False,
+        "FALLBACK_ERROR_FORMAT": "json",
+        "AUTO_EXTEND": False,
+        "TOUCHUP": False,
+    })
+
+
+async def _start_up(app: Sanic) -> None:
+    state: State = app.ctx.state
+    settings = state.settings
+    if settings.storage.persist:
+        store, problem = Store.open(settings.storage.data_dir)
+        state.store = store
+        if problem:
+            log.error("data_file_set_aside", problem=problem, data_dir=settings.storage.data_dir)
+        store.restore(state)
+    if not (settings.auth.agent_tokens and settings.auth.read_tokens) and settings.server.host not in (
+            "127.0.0.1", "localhost", "::1"):
+        log.warning("auth_disabled", host=settings.server.host,
+                    message="no tokens configured: anyone who can reach this address can post and read")
+    log.info("server_starting", host=settings.server.host, port=settings.server.port,
+             agents=len(state.registry), plugins=sorted(n for n, _ in state.plugins.list_name_plugin()))
+
+
+async def _start_background(app: Sanic) -> None:
+    state: State = app.ctx.state
+    app.ctx.tasks = [asyncio.create_task(coro, name=name) for name, coro in (
+        ("ingest", state.ingest.run()),
+        ("hub", state.hub.run()),
+        ("cleanup", run_cleanup(state)),
+        *((("checkpoint", state.store.run(state)),) if state.store else ()),
+    )]
+
+
+async def _begin_shutdown(app: Sanic) -> None:
+    """Health turns 503, new reports are refused, WebSockets close with 1001; in-flight requests finish."""
+    state: State = app.ctx.state
+    state.shutting_down = True
+    state.ingest.closing = True
+    log.info("shutdown_started", queued_reports=state.ingest.queue.qsize())
+    await state.hub.close_all(1001)
+
+
+async def _finish_shutdown(app: Sanic) -> None:
+    """After the last request: stop background work, apply every accepted report, persist, close."""
+    state: State = app.ctx.state
+    for task in app.ctx.tasks:
+        task.cancel()
+    await asyncio.gather(*app.ctx.tasks, return_exceptions=True)
+    await state.ingest.drain()
+    state.topology.publish(time.time())
+    if state.store is not None:
+        await state.store.checkpoint(state)
+        state.store.close()
+    log.info("shutdown_complete", reports_received=state.reports_received)

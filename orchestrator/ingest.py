@@ -1,0 +1,229 @@
+"""From request body to applied report: decoding with limits, the bounded ingest queue, and its worker.
+
+The request side decodes and validates (so every rejection reaches the probe), then either queues the
+report and answers 202, or answers 429/503 with Retry-After *before* accepting. The worker applies queued
+reports in arrival order: ``merge_report`` hooks, then ``receive_report`` sinks. A 202 is never dropped:
+graceful shutdown drains the queue before the final checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import structlog
+from pydantic import BaseModel, ValidationError
+
+from orchestrator.errors import ApiError
+from orchestrator.models import Process, Report, count_items, error_details
+from orchestrator.plugins import call_each
+
+log = structlog.get_logger("orchestrator.ingest")
+
+
+# -- decoding ------------------------------------------------------------------------------------------
+
+
+def decode_body(body: bytes, content_type: str | None, content_encoding: str | None, limit: int) -> bytes:
+    """The JSON bytes of a request body: content type checked, gzip inflated at most up to ``limit``."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media != "application/json":
+        raise ApiError(415, f"Content-Type must be application/json, got {media or 'none'!r}")
+    encoding = (content_encoding or "identity").strip().lower()
+    if encoding == "gzip":
+        return _gunzip(body, limit)
+    if encoding != "identity":
+        raise ApiError(415, f"Content-Encoding {encoding!r} is not supported; use gzip or none")
+    if len(body) > limit:
+        raise ApiError(413, f"body is {len(body)} bytes; the limit is {limit}")
+    return body
+
+
+def _gunzip(body: bytes, limit: int) -> bytes:
+    # Inflate at most limit+1 bytes: a gzip bomb is refused without being inflated in full.
+    inflater = zlib.decompressobj(wbits=31)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise ApiError(400, f"body is not valid gzip ({exc})") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise ApiError(413, f"decompressed body exceeds the limit of {limit} bytes")
+    if not inflater.eof:
+        raise ApiError(400, "gzip body is truncated")
+    return out
+
+
+def parse_report(raw: bytes, sections: dict[str, type[BaseModel]], max_depth: int) -> Report:
+    """Validate a report once, from its JSON bytes (pydantic parses and validates in one pass)."""
+    try:
+        report = Report.model_validate_json(raw)
+    except ValidationError as exc:
+        if any(err["type"] == "json_invalid" for err in exc.errors()):
+            raise ApiError(400, f"malformed JSON: {exc.errors()[0]['msg']}", code="malformed_json") from None
+        raise ApiError(422, "report failed validation", details=error_details(exc)) from None
+    _check_depth(report, max_depth)
+    extra = report.model_extra or {}
+    details = []
+    for name, model in sections.items():
+        if name in extra and extra[name] is not None:
+            try:
+                report.sections[name] = model.model_validate(extra[name])
+            except ValidationError as exc:
+                details.extend(error_details(exc, prefix=(name,)))
+    if details:
+        raise ApiError(422, "report failed validation", details=details)
+    return report
+
+
+def _check_depth(report: Report, max_depth: int) -> None:
+    # The schema's own fields are at most four levels deep; only unknown fields can nest without bound.
+    items = [report]
+    for section in (report.host_info, report.docker_info, report.processes_info, report.network_info):
+        if section is not None:
+            items.append(section)
+    if report.docker_info:
+        items.extend(report.docker_info.containers)
+    if report.processes_info:
+        items.extend(report.processes_info.processes)
+    if report.network_info:
+        items.extend(report.network_info.connections)
+    for item in items:
+        if item.__pydantic_extra__ and _depth(item.__pydantic_extra__, max_depth) > max_depth - 3:
+            raise ApiError(422, f"report nests deeper than {max_depth} levels",
+                           details=[{"field": "body", "message": f"JSON nesting depth is limited to {max_depth}"}])
+
+
+def _depth(value, budget: int) -> int:
+    if budget <= 0:
+        return 1_000_000
+    if isinstance(value, dict):
+        return 1 + max((_depth(v, budget - 1) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v, budget - 1) for v in value), default=0)
+    return 0
+
+
+# -- the queue and its worker --------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Accepted:
+    report: Report
+    raw: bytes
+    received_at: float
+    order: int
+
+
+@dataclass
+class MergeContext:
+    """What ``merge_report`` hooks get besides the report: its arrival order and cached extraction."""
+
+    order: int
+    extract: Callable[[str], str | None]
+
+    def container_id(self, process: Process) -> str | None:
+        if process.container_id:
+            return process.container_id
+        return self.extract(process.cgroup) if process.cgroup else None
+
+
+class ContainerIdCache:
+    """``extract_container_id`` once per distinct cgroup text: probes repeat the same texts every report."""
+
+    def __init__(self, pm, max_entries: int = 200_000) -> None:
+        self._hook = pm.hook.extract_container_id
+        self._cache: dict[str, str | None] = {}
+        self._max = max_entries
+
+    def __call__(self, cgroup: str) -> str | None:
+        try:
+            return self._cache[cgroup]
+        except KeyError:
+            pass
+        if len(self._cache) >= self._max:
+            self._cache.clear()
+        try:
+            found = self._hook(cgroup=cgroup)
+        except Exception as exc:  # noqa: BLE001 - a broken extractor must not lose the report
+            log.error("plugin_failed", hook="extract_container_id", error=repr(exc))
+            found = None
+        self._cache[cgroup] = found
+        return found
+
+
+@dataclass
+class Ingest:
+    """The bounded queue between the 202 and the topology; owned by the app's event loop."""
+
+    state: "object"
+    queue: asyncio.Queue = field(init=False)
+    closing: bool = False
+    instance: str = field(default_factory=lambda: os.urandom(4).hex())
+
+    def __post_init__(self) -> None:
+        settings = self.state.settings
+        self.queue = asyncio.Queue(maxsize=settings.server.ingest_queue_size)
+        self.extract = ContainerIdCache(self.state.plugins)
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def submit(self, report: Report, raw: bytes, now: float) -> str:
+        """Queue a validated report or refuse it *before* accepting (429/503 + Retry-After)."""
+        retry = str(max(1, round(self.state.settings.server.retry_after)))
+        if self.closing:
+            raise ApiError(503, "server is shutting down; retry against the restarted server",
+                           code="shutting_down", headers={"Retry-After": retry})
+        if self.queue.full():
+            self.state.metrics.reports_throttled.inc()
+            raise ApiError(429, "ingest queue is full; retry later", code="overloaded",
+                           headers={"Retry-After": retry})
+        self.state.order += 1
+        self._idle.clear()
+        self.queue.put_nowait(Accepted(report, raw, now, self.state.order))
+        self.state.metrics.ingest_queue.set(self.queue.qsize())
+        return f"{self.instance}-{self.state.order}"
+
+    async def run(self) -> None:
+        """Apply queued reports until cancelled; a batch at a time, yielding to requests between batches."""
+        while True:
+            item = await self.queue.get()
+            self.apply(item)
+            for _ in range(64):
+                if self.queue.empty():
+                    break
+                self.apply(self.queue.get_nowait())
+            self.state.metrics.ingest_queue.set(self.queue.qsize())
+            if self.queue.empty():
+                self._idle.set()
+            await asyncio.sleep(0)
+
+    def apply(self, item: Accepted) -> None:
+        state = self.state
+        start = time.perf_counter()
+        order = state.settings.pipeline.order
+        context = MergeContext(item.order, self.extract)
+        call_each(state.plugins, "merge_report", state.metrics, order,
+                  report=item.report, topology=state.topology, context=context)
+        call_each(state.plugins, "receive_report", state.metrics, order,
+                  report=item.report, raw=item.raw, state=state)
+        state.dirty_agents.add(item.report.agent_id)
+        state.metrics.ingest_seconds.observe(time.perf_counter() - start)
+
+    async def drain(self) -> None:
+        """Refuse new reports and apply every accepted one (graceful shutdown)."""
+        self.closing = True
+        while not self.queue.empty():
+            self.apply(self.queue.get_nowait())
+        self._idle.set()
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+
+def report_summary(report: Report) -> dict:
+    """The ``report_update`` WebSocket payload's summary: hostname, timestamp, counts."""
+    return {"hostname": report.hostname, "timestamp": report.timestamp, **count_items(report)}

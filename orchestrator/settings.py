@@ -1,0 +1,323 @@
+"""One typed settings model, loaded from flags > ``ORCHESTRATOR_*`` environment > YAML/JSON file > defaults.
+
+Durations are Go-style strings everywhere (``15s``, ``5m``, ``1h30m``) and held as float seconds.
+An invalid setting raises :class:`SettingsError` with one line naming the setting, its value and what is
+allowed; the CLI turns it into exit status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Annotated, Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError
+
+from orchestrator.durations import ALLOWED as DURATION_ALLOWED
+from orchestrator.durations import format_duration, parse_duration
+
+ENV_PREFIX = "ORCHESTRATOR_"
+MIB = 1024 * 1024
+
+
+class SettingsError(Exception):
+    """An invalid setting: the message is the one line an operator sees."""
+
+
+def _duration(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"must be {DURATION_ALLOWED}")
+    if isinstance(value, (int, float)):  # an already-parsed value (a model built in code)
+        return float(value)
+    return parse_duration(value)
+
+
+def Duration(minimum: float = 0.0, maximum: float | None = None):  # noqa: N802 - reads as a type
+    """A Go-style duration setting with a range, held as seconds, shown as a string."""
+    return Annotated[
+        float,
+        BeforeValidator(_duration),
+        Field(ge=minimum, le=maximum),
+        PlainSerializer(format_duration, return_type=str),
+    ]
+
+
+def _str_list(value: Any) -> Any:
+    # The environment gives "a,b"; files give lists.
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+StrList = Annotated[list[str], BeforeValidator(_str_list)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class ServerSettings(_Section):
+    host: str = "0.0.0.0"
+    port: int = Field(8080, ge=0, le=65535)
+    cors_origins: StrList = ["*"]
+    max_body_size: int = Field(10 * MIB, ge=1024, le=1024 * MIB)
+    max_decoded_size: int = Field(10 * MIB, ge=1024, le=1024 * MIB)
+    max_json_depth: int = Field(32, ge=4, le=256)
+    max_processes: int = Field(10_000, ge=1)
+    max_connections: int = Field(50_000, ge=1)
+    max_containers: int = Field(5_000, ge=1)
+    ingest_queue_size: int = Field(2_000, ge=1)
+    retry_after: Duration(1.0, 3600.0) = 1.0
+    request_timeout: Duration(0.1) = 60.0
+    response_timeout: Duration(0.1) = 60.0
+    keep_alive_timeout: Duration(0.1) = 75.0
+    graceful_timeout: Duration(0.1, 600.0) = 15.0
+
+
+class StorageSettings(_Section):
+    max_data_age: Duration(60.0, 30 * 86400.0) = 3600.0
+    resolution: Duration(15.0, 15.0) = 15.0  # fixed by the contract; present so stats can show it
+    data_dir: str = "./data"
+    checkpoint_interval: Duration(1.0, 3600.0) = 15.0
+    cleanup_interval: Duration(0.05, 86400.0) = 300.0
+    persist: bool = True
+
+
+class AgentOverride(_Section):
+    report_interval: Duration(1.0, 3600.0) | None = None
+    heartbeat_interval: Duration(1.0, 3600.0) | None = None
+    features: dict[str, Any] = {}
+
+
+class AgentSettings(_Section):
+    stale_threshold: Duration(1.0, 7 * 86400.0) = 300.0
+    heartbeat_timeout: Duration(1.0, 7 * 86400.0) = 120.0
+    report_interval: Duration(1.0, 3600.0) = 15.0
+    heartbeat_interval: Duration(1.0, 3600.0) = 30.0
+    features: dict[str, Any] = {"docker": True, "processes": True, "connections": True}
+    overrides: dict[str, AgentOverride] = {}
+
+
+class CleanupSettings(_Section):
+    archive_window: Duration(0.0, 30 * 86400.0) = 86400.0
+    stale_alert_ratio: float = Field(0.25, ge=0.0, le=1.0)
+    batch_size: int = Field(500, ge=1, le=100_000)
+
+
+class WebSocketSettings(_Section):
+    buffer_size: int = Field(256, ge=1, le=100_000)
+    ping_interval: Duration(0.5, 3600.0) = 30.0
+    ping_timeout: Duration(0.5, 3600.0) = 20.0
+    broadcast_interval: Duration(0.01, 60.0) = 1.0
+    history_size: int = Field(120, ge=0, le=100_000)
+    max_message_size: int = Field(64 * 1024, ge=128, le=16 * MIB)
+    slow_client_timeout: Duration(0.1, 3600.0) = 30.0
+
+
+class AuthSettings(_Section):
+    agent_tokens: StrList = []
+    read_tokens: StrList = []
+
+
+class PluginSettings(BaseModel):
+    # A plugin's own settings block is the plugin's business: any keys.
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = True
+    settings: dict[str, Any] = {}
+
+
+class PipelineSettings(_Section):
+    disable: StrList = []
+    order: StrList = []
+    plugins: dict[str, PluginSettings] = {}
+
+
+class LoggingSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "console"] = "console"
+
+
+class Settings(_Section):
+    server: ServerSettings = ServerSettings()
+    storage: StorageSettings = StorageSettings()
+    agents: AgentSettings = AgentSettings()
+    cleanup: CleanupSettings = CleanupSettings()
+    websocket: WebSocketSettings = WebSocketSettings()
+    auth: AuthSettings = AuthSettings()
+    pipeline: PipelineSettings = PipelineSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    def redacted(self) -> dict:
+        """The effective settings as JSON, with secrets replaced."""
+        out = self.model_dump(mode="json")
+        for key in ("agent_tokens", "read_tokens"):
+            out["auth"][key] = ["***"] * len(out["auth"][key])
+        return out
+
+
+# The flags of the contract, each with its plain environment name and its place in the file.
+FLAG_PATHS = {
+    "host": ("server", "host"),
+    "port": ("server", "port"),
+    "data_dir": ("storage", "data_dir"),
+    "max_data_age": ("storage", "max_data_age"),
+    "cleanup_interval": ("storage", "cleanup_interval"),
+    "stale_node_threshold": ("agents", "stale_threshold"),
+    "log_level": ("logging", "level"),
+    "log_format": ("logging", "format"),
+}
+
+
+def read_file(path: str | os.PathLike) -> dict:
+    """The config file's mapping (YAML, or JSON for ``*.json``)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SettingsError(f"invalid setting config={str(path)!r}: cannot read the file ({exc.strerror})")
+    try:
+        loaded = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SettingsError(f"invalid setting config={str(path)!r}: not valid YAML/JSON ({first})")
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise SettingsError(f"invalid setting config={str(path)!r}: must be a mapping of sections")
+    return loaded
+
+
+def read_environment(environ: Mapping[str, str]) -> dict:
+    """``ORCHESTRATOR_SECTION__KEY`` and the flags' plain names (``ORCHESTRATOR_PORT``) as a nested mapping."""
+    nested: dict = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+            continue
+        key = name[len(ENV_PREFIX):].lower()
+        if "__" in key:
+            path = tuple(key.split("__"))
+        elif key in FLAG_PATHS:
+            path = FLAG_PATHS[key]
+        else:
+            continue  # ORCHESTRATOR_AGENT_TOKEN and the like belong to the probe, not the server
+        _set(nested, path, value)
+    return nested
+
+
+def _set(tree: dict, path: tuple, value: Any) -> None:
+    for part in path[:-1]:
+        tree = tree.setdefault(part, {})
+    tree[path[-1]] = value
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_file: str | None = None,
+) -> Settings:
+    """Build and validate the settings: flags beat the environment, which beats the file, then defaults."""
+    environ = os.environ if environ is None else environ
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    config_file = flags.pop("config", None) or config_file or environ.get(ENV_PREFIX + "CONFIG")
+    tree = read_file(config_file) if config_file else {}
+    tree = _merge(tree, read_environment(environ))
+    from_flags: dict = {}
+    for name, value in flags.items():
+        _set(from_flags, FLAG_PATHS[name], value)
+    tree = _merge(tree, from_flags)
+    try:
+        settings = Settings.model_validate(tree)
+    except ValidationError as exc:
+        raise SettingsError(_one_line(exc, tree)) from None
+    check_paths(settings)
+    return settings
+
+
+def _one_line(exc: ValidationError, tree: dict) -> str:
+    err = exc.errors(include_url=False)[0]
+    path = ".".join(str(p) for p in err["loc"])
+    value = _lookup(tree, err["loc"])
+    allowed = err["msg"].removeprefix("Value error, ")
+    limits = err.get("ctx") or {}
+    if isinstance(value, str) and err["type"] in ("greater_than_equal", "less_than_equal"):
+        # A duration out of range: say the range as durations, not as seconds.
+        bound = limits.get("ge", limits.get("le"))
+        word = "at least" if "ge" in limits else "at most"
+        allowed = f"must be {word} {format_duration(float(bound))}"
+    if err["type"] == "extra_forbidden":
+        allowed = f"unknown setting; known keys here: {', '.join(_known_keys(err['loc'][:-1]))}"
+    elif err["type"] == "missing":
+        allowed = "is required"
+    shown = "(missing)" if value is _MISSING else repr(value)
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"invalid setting {path}={shown}: {allowed}{more}"
+
+
+_MISSING = object()
+
+
+def _lookup(tree: Any, loc: tuple) -> Any:
+    for part in loc:
+        if isinstance(tree, dict) and part in tree:
+            tree = tree[part]
+        elif isinstance(tree, list) and isinstance(part, int) and part < len(tree):
+            tree = tree[part]
+        else:
+            return _MISSING
+    return tree
+
+
+def _known_keys(loc: tuple) -> list[str]:
+    model: Any = Settings
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return []
+        model = field.annotation
+    return sorted(model.model_fields)
+
+
+def check_paths(settings: Settings) -> None:
+    """The data dir must exist or be creatable, and writable."""
+    if not settings.storage.persist:
+        return
+    data_dir = Path(settings.storage.data_dir)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        probe = data_dir / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise SettingsError(
+            f"invalid setting storage.data_dir={str(data_dir)!r}: must be a directory the server can create "
+            f"and write ({exc.strerror})"
+        ) from None
+
+
+def check_port(settings: Settings) -> None:
+    """Fail before start-up when the port cannot be bound (taken, or not ours to take)."""
+    host, port = settings.server.host, settings.server.port
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise SettingsError(
+                f"invalid setting server.port={port}: cannot listen on {host}:{port} ({exc.strerror}); "
+                "choose a free port"
+            ) from None
+

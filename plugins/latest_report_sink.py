@@ -1,0 +1,13 @@
+"""Built-in sink: keeps each agent's newest report exactly as submitted (for ``…/latest``)."""
+
+from __future__ import annotations
+
+import time
+
+from orchestrator.hookspecs import hookimpl
+from orchestrator.state import LatestReport
+
+
+@hookimpl
+def receive_report(report, raw, state):
+    state.latest[report.agent_id] = LatestReport.from_raw(time.time(), raw)
