@@ -1,0 +1,475 @@
+"""The live topology: agents' contributions merged into nodes, connections resolved into edges.
+
+Merge rule: a node exists while at least one contribution has it. Each field (``type``, ``name``,
+``parent``, ``host``, and each key of ``metadata`` and ``metrics``) comes from the contribution with the
+largest rank ``(timestamp, order, priority, section rank)`` among those that know it: newest report first,
+then the later-received one, then the contribution's ``priority``, then the section registered later
+(built-in order: host_info, docker_info, processes_info, network_info; other sections in order of first
+appearance). ``first_seen`` is the oldest report timestamp seen while the node existed without a gap,
+``last_seen`` the newest report timestamp currently holding it. Everything published is a function of the
+sequence of ``contribute`` calls only -- never of the wall clock or of when :meth:`Topology.publish` runs.
+
+Each ``contribute`` updates the indexes by the difference between the agent's old and new contribution
+for the section and re-resolves only the connections that changed or that looked at a changed listener,
+address owner or process node (``resolve.py``), so its cost follows the contribution, not the topology.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from .model import ConnectionIn, Contribution, NodeIn, rfc3339, type_from_id
+from .resolve import Conn, Record, Resolver, classify
+from .views import Publication, Published
+
+BUILTIN_SECTIONS = ("host_info", "docker_info", "processes_info", "network_info")
+
+
+class _Held:
+    __slots__ = ("rank", "hostname", "contribution")
+
+    def __init__(self, rank: tuple, hostname: str, contribution: Contribution) -> None:
+        self.rank = rank
+        self.hostname = hostname
+        self.contribution = contribution
+
+
+class _NodeState:
+    __slots__ = ("holders", "first_seen")
+
+    def __init__(self, first_seen: float) -> None:
+        self.holders: list[tuple] = []  # (rank, agent, section, NodeIn)
+        self.first_seen = first_seen
+
+
+class _Edge:
+    __slots__ = ("source", "target", "protocol", "conns")
+
+    def __init__(self, source: str, target: str, protocol: str) -> None:
+        self.source, self.target, self.protocol = source, target, protocol
+        self.conns: dict[tuple, tuple[int, float]] = {}  # conn key -> (server port, timestamp)
+
+
+class _External:
+    __slots__ = ("ip", "refs", "first_seen")
+
+    def __init__(self, ip: str) -> None:
+        self.ip = ip
+        self.refs: dict[tuple, float] = {}  # conn key -> timestamp
+        self.first_seen = float("inf")
+
+
+class Topology:
+    """The live topology and its published versions. Not thread-safe: one event loop owns it."""
+
+    def __init__(self) -> None:
+        self._held: dict[tuple[str, str], _Held] = {}
+        self._agent_sections: dict[str, dict[str, None]] = {}
+        self._section_rank: dict[str, int] = {name: rank for rank, name in enumerate(BUILTIN_SECTIONS)}
+        self._nodes: dict[str, _NodeState] = {}
+        self._externals: dict[str, _External] = {}
+        self._edges: dict[str, _Edge] = {}
+        self._listeners: dict[tuple, dict[str, Counter]] = {}
+        self._owners: dict[str, Counter] = {}
+        self._conns: dict[tuple, Conn] = {}
+        self._deps: dict[tuple, set] = {}
+        self._interned: dict[tuple, tuple] = {}
+        self._resolver = Resolver(self._listeners, self._owners, self._node_exists)
+        self._dirty_conns: set[tuple] = set()
+        self._triggers: set[tuple] = set()
+        self._dirty_nodes: set[str] = set()
+        self._dirty_edges: set[str] = set()
+        self._newest = float("-inf")
+        self._published = Published()
+        self._snapshots: dict[tuple, dict] = {}
+        self._snapshot_json: dict[tuple, bytes] = {}
+
+    # -- contributions ------------------------------------------------------------------------------
+
+    def register_section(self, section: str) -> int:
+        """Give a section its tie-breaking rank (later registered wins ties); returns the rank."""
+        return self._section_rank.setdefault(section, len(self._section_rank))
+
+    def contribute(self, agent_id: str, hostname: str, section: str, timestamp: float, order: int,
+                   contribution: Contribution | None) -> None:
+        """Replace ``agent_id``'s contribution for ``section`` (``None`` removes it).
+
+        A contribution older than the one held -- lower ``(timestamp, order)`` -- is ignored.
+        """
+        key = (agent_id, section)
+        old = self._held.get(key)
+        if old is not None and (timestamp, order) < old.rank[:2]:
+            return
+        if contribution is None:
+            if old is not None:
+                self._replace(key, old, None)
+                del self._held[key]
+                self._forget_section(agent_id, section)
+                self._settle()
+            return
+        rank = (timestamp, order, contribution.priority, self.register_section(section))
+        new = _Held(rank, hostname, contribution)
+        self._replace(key, old, new)
+        self._held[key] = new
+        self._agent_sections.setdefault(agent_id, {})[section] = None
+        self._newest = max(self._newest, timestamp)
+        self._settle()
+
+    def remove_agent(self, agent_id: str) -> None:
+        for section in list(self._agent_sections.get(agent_id, ())):
+            key = (agent_id, section)
+            self._replace(key, self._held.pop(key), None)
+        self._agent_sections.pop(agent_id, None)
+        self._settle()
+
+    def agents(self) -> list[str]:
+        return sorted(self._agent_sections)
+
+    def _forget_section(self, agent_id: str, section: str) -> None:
+        sections = self._agent_sections.get(agent_id, {})
+        sections.pop(section, None)
+        if not sections:
+            self._agent_sections.pop(agent_id, None)
+
+    def _replace(self, key: tuple, old: _Held | None, new: _Held | None) -> None:
+        self._replace_nodes(key, old, new)
+        self._replace_addresses(old, new)
+        self._replace_connections(key, old, new)
+
+    def _replace_nodes(self, key: tuple, old: _Held | None, new: _Held | None) -> None:
+        agent, section = key
+        gone = {node.id: node for node in old.contribution.nodes} if old is not None else {}
+        if new is not None:
+            timestamp = new.rank[0]
+            for node in new.contribution.nodes:
+                gone.pop(node.id, None)
+                state = self._nodes.get(node.id)
+                if state is None:
+                    state = self._nodes[node.id] = _NodeState(timestamp)
+                    self._triggers.add(("N", node.id))
+                elif timestamp < state.first_seen:
+                    state.first_seen = timestamp
+                holders = state.holders
+                entry = (new.rank, agent, section, node)
+                for index, holder in enumerate(holders):
+                    if holder[1] == agent and holder[2] == section:
+                        holders[index] = entry
+                        break
+                else:
+                    holders.append(entry)
+                self._dirty_nodes.add(node.id)
+        for node_id in gone:
+            state = self._nodes[node_id]
+            state.holders = [h for h in state.holders if h[1] != agent or h[2] != section]
+            if not state.holders:
+                del self._nodes[node_id]
+                self._triggers.add(("N", node_id))
+            self._dirty_nodes.add(node_id)
+
+    def _replace_addresses(self, old: _Held | None, new: _Held | None) -> None:
+        before = {(ip, old.hostname, node) for ip, node in old.contribution.addresses} if old else set()
+        after = {(ip, new.hostname, node) for ip, node in new.contribution.addresses} if new else set()
+        for ip, hostname, node in before - after:
+            owners = self._owners[ip]
+            owners[(hostname, node)] -= 1
+            if owners[(hostname, node)] <= 0:
+                del owners[(hostname, node)]
+                self._triggers.add(("O", ip))
+                if not owners:
+                    del self._owners[ip]
+        for ip, hostname, node in after - before:
+            owners = self._owners.setdefault(ip, Counter())
+            if (hostname, node) not in owners:
+                self._triggers.add(("O", ip))
+            owners[(hostname, node)] += 1
+
+    def _replace_connections(self, key: tuple, old: _Held | None, new: _Held | None) -> None:
+        old_listens, old_records = self._classify(key, old)
+        new_listens, new_records = self._classify(key, new)
+        if old_listens != new_listens:
+            self._update_listeners(old_listens, new_listens)
+        for conn_key, record_key in old_records.keys() - new_records.keys():
+            conn = self._conns[conn_key]
+            conn.records.pop(record_key, None)
+            self._dirty_conns.add(conn_key)
+        for (conn_key, record_key), record in new_records.items():
+            conn = self._conns.get(conn_key)
+            if conn is None:
+                conn = self._conns[conn_key] = Conn(conn_key)
+            conn.records[record_key] = record
+            self._dirty_conns.add(conn_key)
+
+    @staticmethod
+    def _classify(key: tuple, held: _Held | None) -> tuple[Counter, dict]:
+        listens: Counter = Counter()
+        records: dict = {}
+        if held is None or not held.contribution.connections:
+            return listens, records
+        host = held.hostname
+        for connection in held.contribution.connections:
+            kind = classify(connection, host)
+            if kind is None:
+                continue
+            if kind[0] == "listen":
+                _, protocol, ip, port, pid = kind
+                listens[(host, protocol, port, ip, pid)] += 1
+            else:
+                _, protocol, local_end, remote_end, pid = kind
+                conn_key = (protocol, local_end, remote_end) if local_end <= remote_end else (
+                    protocol, remote_end, local_end)
+                records[(conn_key, (key, local_end))] = Record(
+                    held.rank, key[0], host, pid, local_end, remote_end)
+        return listens, records
+
+    def _update_listeners(self, old: Counter, new: Counter) -> None:
+        for (host, protocol, port, ip, pid), count in (old - new).items():
+            by_ip = self._listeners[(host, protocol, port)]
+            pids = by_ip[ip]
+            pids[pid] -= count
+            if pids[pid] <= 0:
+                del pids[pid]
+                self._triggers.add(("L", host, protocol, port))
+                if not pids:
+                    del by_ip[ip]
+                    if not by_ip:
+                        del self._listeners[(host, protocol, port)]
+        for (host, protocol, port, ip, pid), count in (new - old).items():
+            pids = self._listeners.setdefault((host, protocol, port), {}).setdefault(ip, Counter())
+            if pid not in pids:
+                self._triggers.add(("L", host, protocol, port))
+            pids[pid] += count
+
+    # -- resolution ---------------------------------------------------------------------------------
+
+    def _node_exists(self, node_id: str) -> bool:
+        return node_id in self._nodes
+
+    def _settle(self) -> None:
+        """Re-resolve every connection that changed or depends on a changed index entry."""
+        dirty = self._dirty_conns
+        for trigger in self._triggers:
+            dependents = self._deps.get(trigger)
+            if dependents:
+                dirty.update(dependents)
+        self._triggers = set()
+        self._dirty_conns = set()
+        touched_externals: set[str] = set()
+        for conn_key in dirty:
+            conn = self._conns.get(conn_key)
+            if conn is None:
+                continue
+            if conn.records:
+                resolved, deps = self._resolver.resolve(conn)
+            else:
+                resolved, deps = None, ()
+                del self._conns[conn_key]
+            self._move_conn(conn, resolved, touched_externals)
+            self._set_deps(conn, deps)
+        for node_id in touched_externals:
+            external = self._externals[node_id]
+            if not external.refs:
+                del self._externals[node_id]
+            self._dirty_nodes.add(node_id)
+
+    def _move_conn(self, conn: Conn, resolved: tuple | None, touched: set) -> None:
+        old = conn.resolved
+        conn.resolved = resolved
+        key = conn.key
+        if old is not None and (resolved is None or old[0] != resolved[0]):
+            edge = self._edges[old[0]]
+            del edge.conns[key]
+            if not edge.conns:
+                del self._edges[old[0]]
+            self._dirty_edges.add(old[0])
+        if resolved is not None:
+            eid, source, target, protocol, port, timestamp = resolved
+            edge = self._edges.get(eid)
+            if edge is None:
+                edge = self._edges[eid] = _Edge(source, target, protocol)
+            edge.conns[key] = (port, timestamp)
+            self._dirty_edges.add(eid)
+        old_ext = {n for n in old[1:3] if n.startswith("external:")} if old else set()
+        new_ext = {n for n in resolved[1:3] if n.startswith("external:")} if resolved else set()
+        for node_id in old_ext - new_ext:
+            self._externals[node_id].refs.pop(key, None)
+            touched.add(node_id)
+        for node_id in new_ext:
+            external = self._externals.get(node_id)
+            if external is None:
+                external = self._externals[node_id] = _External(node_id[9:])
+            external.refs[key] = resolved[5]
+            if node_id not in old_ext:
+                external.first_seen = min(external.first_seen, resolved[5])
+            touched.add(node_id)
+
+    def _set_deps(self, conn: Conn, deps) -> None:
+        interned = self._interned
+        new = tuple(interned.setdefault(dep, dep) for dep in dict.fromkeys(deps))
+        if new == conn.deps:
+            return
+        key = conn.key
+        for dep in new:
+            self._deps.setdefault(dep, set()).add(key)
+        kept = set(new)
+        for dep in conn.deps:
+            if dep in kept:
+                continue
+            dependents = self._deps[dep]
+            dependents.discard(key)
+            if not dependents:
+                del self._deps[dep]
+                del interned[dep]
+        conn.deps = new
+
+    # -- published node and edge bodies -------------------------------------------------------------
+
+    def node_body(self, node_id: str) -> dict | None:
+        """The contract's ``<node>`` for the live state of ``node_id``, or None when it does not exist."""
+        state = self._nodes.get(node_id)
+        if state is None:
+            external = self._externals.get(node_id)
+            return self._external_body(node_id, external) if external is not None else None
+        holders = sorted(state.holders, key=lambda h: h[0])
+        fields = {"type": None, "name": None, "parent": None, "host": None}
+        for _rank, _agent, _section, node in holders:
+            for name in ("type", "name", "parent", "host"):
+                value = getattr(node, name)
+                if value is not None:
+                    fields[name] = value
+        node_type = fields["type"] or type_from_id(node_id)
+        return {
+            "id": node_id,
+            "type": node_type,
+            "name": fields["name"] or _default_name(node_id, node_type),
+            "parent": fields["parent"],
+            "host": fields["host"],
+            "agent_ids": sorted({h[1] for h in holders}),
+            "metadata": _merged(h[3].metadata for h in holders),
+            "metrics": _merged(h[3].metrics for h in holders),
+            "first_seen": rfc3339(state.first_seen),
+            "last_seen": rfc3339(holders[-1][0][0] if len(holders) == 1 else max(h[0][0] for h in holders)),
+        }
+
+    def _external_body(self, node_id: str, external: _External) -> dict:
+        agents = {record.agent for key in external.refs for record in self._conns[key].records.values()}
+        return {
+            "id": node_id, "type": "external", "name": external.ip, "parent": None, "host": None,
+            "agent_ids": sorted(agents), "metadata": {}, "metrics": {},
+            "first_seen": rfc3339(external.first_seen), "last_seen": rfc3339(max(external.refs.values())),
+        }
+
+    def edge_body(self, edge_id: str) -> dict | None:
+        edge = self._edges.get(edge_id)
+        if edge is None:
+            return None
+        conns = edge.conns.values()
+        return {
+            "id": edge_id, "source": edge.source, "target": edge.target, "protocol": edge.protocol,
+            "ports": sorted({port for port, _ in conns}), "connections": len(edge.conns),
+            "last_seen": rfc3339(max(timestamp for _, timestamp in conns)),
+        }
+
+    # -- publishing and reading ---------------------------------------------------------------------
+
+    @property
+    def seq(self) -> int:
+        return self._published.seq
+
+    def publish(self, now: float) -> Publication | None:
+        """Freeze the live state into a new version when anything changed; None (seq unchanged) otherwise.
+
+        The version's timestamp is the newest report timestamp accepted so far (``now`` only before any
+        report), so two servers fed the same reports publish the same bytes.
+        """
+        if not self._dirty_nodes and not self._dirty_edges:
+            return None
+        dirty_nodes, dirty_edges = self._dirty_nodes, self._dirty_edges
+        self._dirty_nodes, self._dirty_edges = set(), set()
+        stamp = self._newest if self._newest != float("-inf") else now
+        publication = self._published.publish(
+            {node_id: self.node_body(node_id) for node_id in dirty_nodes},
+            {edge_id: self.edge_body(edge_id) for edge_id in dirty_edges},
+            rfc3339(stamp),
+        )
+        if publication is not None:
+            self._snapshots.clear()
+            self._snapshot_json.clear()
+        return publication
+
+    def snapshot(self, level: str = "process", host: str | None = None) -> dict:
+        """The published topology for a view: ``{"nodes", "edges", "timestamp", "seq"}``.
+
+        The returned dicts are never mutated afterwards; treat them as read-only.
+        """
+        key = (level, host)
+        snapshot = self._snapshots.get(key)
+        if snapshot is None:
+            snapshot = self._snapshots[key] = self._published.snapshot(level, host)
+        return snapshot
+
+    def snapshot_json(self, level: str = "process", host: str | None = None) -> bytes:
+        key = (level, host)
+        body = self._snapshot_json.get(key)
+        if body is None:
+            body = self._snapshot_json[key] = self._published.snapshot_json(level, host)
+        return body
+
+    def counts(self) -> dict:
+        return self._published.counts()
+
+    # -- persistence ----------------------------------------------------------------------------------
+
+    def export_agent(self, agent_id: str) -> dict | None:
+        """The agent's contributions as JSON-able data (orjson), for :meth:`import_agent`."""
+        sections = self._agent_sections.get(agent_id)
+        if not sections:
+            return None
+        exported = []
+        for section in sorted(sections, key=lambda s: self._section_rank[s]):
+            held = self._held[(agent_id, section)]
+            contribution = held.contribution
+            exported.append({
+                "section": section, "hostname": held.hostname,
+                "timestamp": held.rank[0], "order": held.rank[1], "priority": contribution.priority,
+                "nodes": [[n.id, n.type, n.name, n.parent, n.host, n.metadata, n.metrics]
+                          for n in contribution.nodes],
+                "addresses": [list(pair) for pair in contribution.addresses],
+                "connections": [[c.pid, c.protocol, c.local_ip, c.local_port, c.remote_ip, c.remote_port,
+                                 c.state] for c in contribution.connections],
+            })
+        return {"agent_id": agent_id, "sections": exported}
+
+    def import_agent(self, agent_id: str, data: dict) -> None:
+        for section in data["sections"]:
+            contribution = Contribution(
+                nodes=tuple(NodeIn(*fields) for fields in section["nodes"]),
+                addresses=tuple((ip, node) for ip, node in section["addresses"]),
+                connections=tuple(ConnectionIn(*fields) for fields in section["connections"]),
+                priority=section["priority"],
+            )
+            self.contribute(agent_id, section["hostname"], section["section"], section["timestamp"],
+                            section["order"], contribution)
+
+
+def _merged(mappings) -> dict:
+    present = [m for m in mappings if m]
+    if not present:
+        return {}
+    if len(present) == 1 and type(present[0]) is dict:
+        return present[0]  # shared, never mutated: no copy per node
+    merged: dict = {}
+    for mapping in present:
+        merged.update(mapping)
+    return merged
+
+
+def _default_name(node_id: str, node_type: str) -> str:
+    suffix = node_id.split(":", 1)[1] if ":" in node_id else node_id
+    if node_type == "container":
+        return suffix[:12]
+    if node_type == "process":
+        return suffix.rsplit(":", 1)[-1]
+    return suffix
+
+
+

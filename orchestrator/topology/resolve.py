@@ -1,0 +1,186 @@
+"""Connection resolution: which node is the client and which the server of each connection.
+
+Rules (the contract's "Edges", made precise):
+
+- Protocols are normalised (``tcp6`` -> ``tcp``, ``udp6`` -> ``udp``), IPv4-mapped IPv6 addresses to IPv4.
+- A socket is *listening* when it is tcp in ``LISTEN`` state, or udp without a remote address. Listeners
+  are indexed per ``(host, protocol, port)`` and address; ``0.0.0.0``, ``::`` and ``""`` are the wildcard.
+- One connection reported by both ends is one :class:`Conn`, keyed by its protocol and its two ends in
+  sorted order, so both reports land on the same key whatever their direction. Loopback addresses
+  (``127.0.0.0/8``, ``::1``) are scoped to the reporting host (``127.0.0.1@host-1``): they never meet
+  another host's loopback.
+- Direction: a record whose local address:port is listening on its host is the server end (the newest such
+  record decides); failing that, the newest record's remote end is the server.
+- An end with a record resolves to that record's process (``process:<host>:<pid>``) when the process node
+  exists, else to the record's host. An end without a record resolves through the address owners, seen
+  from the host of the newest record at the other end: the viewer's own address first, else the unique
+  owning host, else none -- an address owned by several other hosts (``172.17.0.1`` on every Docker host)
+  is ambiguous and is treated as unresolvable. A server end then resolves to the process listening on the
+  port on the owner's host (that address or the wildcard; the lowest pid when several share it), else to
+  the owning node (host or container); an unresolvable end is ``external:<ip>``.
+
+Every lookup a resolution makes is recorded as a dependency key, so a listener, an address owner or a
+process node that appears or disappears re-resolves exactly the connections that looked at it.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import NamedTuple
+
+from .model import external_id, host_id, process_id
+
+WILDCARD = "*"
+_WILDCARDS = frozenset(("", "0.0.0.0", "::", "*"))
+
+
+@lru_cache(maxsize=1 << 16)
+def normalise_ip(ip: str) -> str:
+    if ip in _WILDCARDS:
+        return WILDCARD
+    if ip.startswith("::ffff:") and "." in ip:
+        return ip[7:]
+    return ip
+
+
+def is_loopback(ip: str) -> bool:
+    return ip.startswith("127.") or ip == "::1"
+
+
+def normalise_protocol(protocol: str) -> str:
+    return protocol[:-1] if protocol.endswith("6") else protocol
+
+
+class Record(NamedTuple):
+    """One agent's report of one connection. ``rank`` orders records: the newest is the largest."""
+
+    rank: tuple
+    agent: str
+    host: str
+    pid: int | None
+    local_end: tuple[str, int]
+    remote_end: tuple[str, int]
+
+
+class Conn:
+    """A connection as seen by one or both of its ends."""
+
+    __slots__ = ("key", "records", "resolved", "deps")
+
+    def __init__(self, key: tuple) -> None:
+        self.key = key
+        self.records: dict[tuple, Record] = {}
+        self.resolved: tuple | None = None  # (edge id, source, target, protocol, server port, timestamp)
+        self.deps: tuple = ()
+
+
+def scoped(ip: str, host: str) -> str:
+    return f"{ip}@{host}" if is_loopback(ip) else ip
+
+
+def conn_key(protocol: str, local_end: tuple, remote_end: tuple) -> tuple:
+    return (protocol, local_end, remote_end) if local_end <= remote_end else (protocol, remote_end, local_end)
+
+
+def classify(connection, host: str):
+    """``("listen", protocol, ip, port, pid)``, ``("conn", protocol, local_end, remote_end, pid)`` or None."""
+    protocol = normalise_protocol(connection.protocol)
+    remote_ip = normalise_ip(connection.remote_ip)
+    if protocol == "tcp":
+        if connection.state.upper() == "LISTEN":
+            return ("listen", protocol, normalise_ip(connection.local_ip), connection.local_port, connection.pid)
+    elif remote_ip == WILDCARD or connection.remote_port == 0:
+        return ("listen", protocol, normalise_ip(connection.local_ip), connection.local_port, connection.pid)
+    if remote_ip == WILDCARD or connection.remote_port == 0:
+        return None  # a closing tcp socket without a peer: nothing to draw
+    local_ip = normalise_ip(connection.local_ip)
+    local_end = (scoped(local_ip, host), connection.local_port)
+    remote_end = (scoped(remote_ip, host), connection.remote_port)
+    return ("conn", protocol, local_end, remote_end, connection.pid)
+
+
+def edge_id(source: str, target: str, protocol: str) -> str:
+    return f"{source}->{target}" if protocol == "tcp" else f"{source}->{target}/{protocol}"
+
+
+class Resolver:
+    """Resolves one :class:`Conn` against the engine's indexes, collecting dependency keys."""
+
+    def __init__(self, listeners: dict, owners: dict, node_exists) -> None:
+        self.listeners = listeners  # (host, protocol, port) -> {ip: {pid: refcount}}
+        self.owners = owners  # ip -> {(hostname, node id): refcount}
+        self.node_exists = node_exists
+
+    def resolve(self, conn: Conn) -> tuple[tuple, list]:
+        protocol = conn.key[0]
+        records = sorted(conn.records.values())
+        deps: list = []
+        server_end = None
+        for record in reversed(records):
+            ip, port = record.local_end
+            if self._listener_pids(record.host, protocol, ip.split("@", 1)[0], port, deps) is not None:
+                server_end = record.local_end
+                break
+        if server_end is None:
+            server_end = records[-1].remote_end
+        client_end = conn.key[1] if conn.key[2] == server_end else conn.key[2]
+        by_end = {record.local_end: record for record in records}  # newest last wins
+        source = self._end_node(protocol, client_end, server_end, by_end, False, deps)
+        target = self._end_node(protocol, server_end, client_end, by_end, True, deps)
+        timestamp = max(record.rank[0] for record in records)
+        resolved = (edge_id(source, target, protocol), source, target, protocol, server_end[1], timestamp)
+        return resolved, deps
+
+    def _end_node(self, protocol, end, other_end, by_end, server, deps) -> str:
+        record = by_end.get(end)
+        if record is not None:
+            return self._process_or_host(record.host, record.pid, deps)
+        viewer = by_end[other_end].host
+        ip, port = end
+        if "@" in ip:
+            ip = ip.split("@", 1)[0]
+            owner_host, owner_node = viewer, host_id(viewer)
+        else:
+            deps.append(("O", ip))
+            owner = self.owner_of(ip, viewer)
+            if owner is None:
+                return external_id(ip)
+            owner_host, owner_node = owner
+        if server:
+            pids = self._listener_pids(owner_host, protocol, ip, port, deps)
+            if pids:
+                pid = min((p for p in pids if p is not None), default=None)
+                if pid is not None:
+                    node = process_id(owner_host, pid)
+                    deps.append(("N", node))
+                    if self.node_exists(node):
+                        return node
+        return owner_node
+
+    def _process_or_host(self, host: str, pid: int | None, deps: list) -> str:
+        if pid is not None:
+            node = process_id(host, pid)
+            deps.append(("N", node))
+            if self.node_exists(node):
+                return node
+        return host_id(host)
+
+    def _listener_pids(self, host, protocol, ip, port, deps):
+        deps.append(("L", host, protocol, port))
+        by_ip = self.listeners.get((host, protocol, port))
+        if not by_ip:
+            return None
+        pids = by_ip.get(ip)
+        return pids if pids is not None else by_ip.get(WILDCARD)
+
+    def owner_of(self, ip: str, viewer: str) -> tuple[str, str] | None:
+        owners = self.owners.get(ip)
+        if not owners:
+            return None
+        own = [node for (host, node) in owners if host == viewer]
+        if own:
+            return viewer, min(own)  # "container:" sorts before "host:": the more specific owner
+        hosts = {host for (host, _node) in owners}
+        if len(hosts) != 1:
+            return None  # owned by several other hosts: ambiguous
+        return min(owners)

@@ -1,0 +1,314 @@
+"""Published versions of the topology and their views, maintained incrementally.
+
+The base (``level="process"``) holds every node and edge. The ``container`` view maps each process to its
+parent; the ``host`` view maps every node other than hosts and externals (and nodes without a host) to
+``host:<its host>``. A view keeps the nodes that map to themselves (the same dict objects as the base: no
+copies) and rolls edges up onto the mapped ends: connections summed, ports merged, newest ``last_seen``,
+self-loops dropped, the same id scheme. Each publish touches only the changed base nodes and edges, plus the
+edges of a node whose mapping changed (re-parented).
+
+Published dicts are never mutated: a change replaces the dict. A reader holding a snapshot or a node from
+an older version keeps seeing exactly that version.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import orjson
+
+from .model import host_id, rfc3339
+from .resolve import edge_id as make_edge_id
+
+LEVELS = ("process", "container", "host")
+
+
+class Publication:
+    """One published version: its seq, timestamp and the changes from the previous one, per view."""
+
+    __slots__ = ("seq", "timestamp", "_changes", "_diffs")
+
+    def __init__(self, seq: int, timestamp: str, changes: dict) -> None:
+        self.seq = seq
+        self.timestamp = timestamp
+        # level -> (node changes [(id, old, new)], edge changes [(id, old, new, old_hosts, new_hosts)])
+        self._changes = changes
+        self._diffs: dict[tuple, dict] = {}
+
+    def diff(self, level: str = "process", host: str | None = None) -> dict:
+        """The contract's ``topology_diff`` payload for a view, from ``seq - 1`` to ``seq``."""
+        key = (level, host)
+        diff = self._diffs.get(key)
+        if diff is None:
+            diff = self._diffs[key] = self._build_diff(level, host)
+        return diff
+
+    def _build_diff(self, level: str, host: str | None) -> dict:
+        node_changes, edge_changes = self._changes[_check_level(level)]
+        nodes = _section()
+        for node_id, old, new in node_changes:
+            if host is not None:
+                old = old if old is not None and old["host"] == host else None
+                new = new if new is not None and new["host"] == host else None
+            _record(nodes, node_id, old, new)
+        edges = _section()
+        for eid, old, new, old_hosts, new_hosts in edge_changes:
+            if host is not None:
+                old = old if old is not None and host in old_hosts else None
+                new = new if new is not None and host in new_hosts else None
+            _record(edges, eid, old, new)
+        nodes["removed"].sort()
+        edges["removed"].sort()
+        return {"from_seq": self.seq - 1, "nodes": nodes, "edges": edges}
+
+
+def _section() -> dict:
+    return {"added": {}, "updated": {}, "removed": []}
+
+
+def _record(section: dict, item_id: str, old, new) -> None:
+    if new is None:
+        if old is not None:
+            section["removed"].append(item_id)
+    elif old is None:
+        section["added"][item_id] = new
+    elif old != new:
+        section["updated"][item_id] = new
+
+
+class _View:
+    """One level: its nodes, its (rolled-up) edges and per-host indexes for the ``host=`` filter."""
+
+    def __init__(self, level: str, base: "Published") -> None:
+        self.level = level
+        self.base = base
+        self.nodes: dict[str, dict] = base.nodes if level == "process" else {}
+        self.edges: dict[str, dict] = base.edges if level == "process" else {}
+        self.edge_hosts: dict[str, tuple] = {}
+        self.nodes_by_host: dict[str, set] = {}
+        self.edges_by_host: dict[str, set] = {}
+        self.members: dict[str, set] = {}  # view edge id -> base edge ids (collapsed levels)
+        self.base_to_view: dict[str, str | None] = {}
+
+    def maps_to(self, node_id: str) -> str:
+        node = self.base.nodes.get(node_id)
+        if node is None:
+            return node_id
+        if self.level == "container":
+            if node["type"] != "process":
+                return node_id
+            return node["parent"] or (host_id(node["host"]) if node["host"] else node_id)
+        if node["type"] in ("host", "external") or not node["host"]:
+            return node_id
+        return host_id(node["host"])
+
+    def contains(self, node: dict | None) -> bool:
+        if node is None:
+            return False
+        if self.level == "process":
+            return True
+        if self.level == "container":
+            return node["type"] != "process"
+        return node["type"] in ("host", "external") or not node["host"]
+
+    def host_of(self, node_id: str) -> str | None:
+        node = self.nodes.get(node_id)
+        return node["host"] if node is not None else None
+
+    def index_node(self, node_id: str, old: dict | None, new: dict | None) -> None:
+        if old is not None and old["host"] is not None:
+            ids = self.nodes_by_host[old["host"]]
+            ids.discard(node_id)
+            if not ids:
+                del self.nodes_by_host[old["host"]]
+        if new is not None and new["host"] is not None:
+            self.nodes_by_host.setdefault(new["host"], set()).add(node_id)
+
+    def index_edge(self, eid: str, hosts: tuple | None) -> tuple:
+        old_hosts = self.edge_hosts.pop(eid, ())
+        for host in old_hosts:
+            ids = self.edges_by_host[host]
+            ids.discard(eid)
+            if not ids:
+                del self.edges_by_host[host]
+        if hosts:
+            hosts = tuple(h for h in dict.fromkeys(hosts) if h is not None)
+            self.edge_hosts[eid] = hosts
+            for host in hosts:
+                self.edges_by_host.setdefault(host, set()).add(eid)
+        return old_hosts
+
+
+class Published:
+    """The published state: base nodes and edges, the three views, counts by node type."""
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self.timestamp = rfc3339(0.0)
+        self.nodes: dict[str, dict] = {}
+        self.edges: dict[str, dict] = {}
+        self.incident: dict[str, set] = {}  # node id -> base edge ids touching it
+        self.types: Counter = Counter()
+        self.views = {level: _View(level, self) for level in LEVELS}
+
+    def publish(self, node_bodies: dict, edge_bodies: dict, timestamp: str) -> Publication | None:
+        node_changes = self._apply_nodes(node_bodies)
+        edge_changes = self._apply_edges(edge_bodies)
+        if not node_changes and not edge_changes:
+            return None
+        changes = {"process": self._base_changes(node_changes, edge_changes)}
+        for level in ("container", "host"):
+            changes[level] = self._view_changes(self.views[level], node_changes, edge_changes)
+        self.seq += 1
+        self.timestamp = timestamp
+        return Publication(self.seq, timestamp, changes)
+
+    def _apply_nodes(self, bodies: dict) -> list:
+        changes = []
+        for node_id in sorted(bodies):
+            new, old = bodies[node_id], self.nodes.get(node_id)
+            if new == old:
+                continue
+            if new is None:
+                del self.nodes[node_id]
+                self.types[old["type"]] -= 1
+            else:
+                self.nodes[node_id] = new
+                self.types[new["type"]] += 1
+                if old is not None:
+                    self.types[old["type"]] -= 1
+            changes.append((node_id, old, new))
+        return changes
+
+    def _apply_edges(self, bodies: dict) -> list:
+        changes = []
+        for eid in sorted(bodies):
+            new, old = bodies[eid], self.edges.get(eid)
+            if new == old:
+                continue
+            if new is None:
+                del self.edges[eid]
+                for end in (old["source"], old["target"]):
+                    ids = self.incident[end]
+                    ids.discard(eid)
+                    if not ids:
+                        del self.incident[end]
+            else:
+                self.edges[eid] = new
+                if old is None:
+                    self.incident.setdefault(new["source"], set()).add(eid)
+                    self.incident.setdefault(new["target"], set()).add(eid)
+            changes.append((eid, old, new))
+        return changes
+
+    def _base_changes(self, node_changes: list, edge_changes: list) -> tuple:
+        view = self.views["process"]
+        for node_id, old, new in node_changes:
+            view.index_node(node_id, old, new)
+        edges = []
+        for eid, old, new in edge_changes:
+            hosts = (view.host_of(new["source"]), view.host_of(new["target"])) if new is not None else None
+            old_hosts = view.index_edge(eid, hosts)
+            edges.append((eid, old, new, old_hosts, view.edge_hosts.get(eid, ())))
+        return node_changes, edges
+
+    def _view_changes(self, view: _View, node_changes: list, edge_changes: list) -> tuple:
+        nodes = []
+        remap: set[str] = set()
+        for node_id, old, new in node_changes:
+            old_in = old if view.contains(old) else None
+            new_in = new if view.contains(new) else None
+            if old_in is not None or new_in is not None:
+                if new_in is None:
+                    del view.nodes[node_id]
+                else:
+                    view.nodes[node_id] = new_in
+                view.index_node(node_id, old_in, new_in)
+                nodes.append((node_id, old_in, new_in))
+            if old is not None and new is not None and _mapping_fields(old) != _mapping_fields(new):
+                remap.update(self.incident.get(node_id, ()))
+        remap.update(eid for eid, _old, _new in edge_changes)
+        dirty: set[str] = set()
+        for eid in remap:
+            self._remap_edge(view, eid, dirty)
+        edges = []
+        for veid in sorted(dirty):
+            change = self._rollup(view, veid)
+            if change is not None:
+                edges.append(change)
+        return nodes, edges
+
+    @staticmethod
+    def _remap_edge(view: _View, eid: str, dirty: set) -> None:
+        old_veid = view.base_to_view.pop(eid, None)
+        if old_veid is not None:
+            view.members[old_veid].discard(eid)
+            dirty.add(old_veid)
+        edge = view.base.edges.get(eid)
+        if edge is None:
+            return
+        source, target = view.maps_to(edge["source"]), view.maps_to(edge["target"])
+        if source == target:
+            return  # a self-loop created by the collapse
+        veid = make_edge_id(source, target, edge["protocol"])
+        view.base_to_view[eid] = veid
+        view.members.setdefault(veid, set()).add(eid)
+        dirty.add(veid)
+
+    @staticmethod
+    def _rollup(view: _View, veid: str) -> tuple | None:
+        members = view.members.get(veid)
+        old = view.edges.get(veid)
+        new = None
+        if members:
+            base_edges = [view.base.edges[eid] for eid in members]
+            first = base_edges[0]
+            source, target = view.maps_to(first["source"]), view.maps_to(first["target"])
+            new = {
+                "id": veid, "source": source, "target": target, "protocol": first["protocol"],
+                "ports": sorted({port for edge in base_edges for port in edge["ports"]}),
+                "connections": sum(edge["connections"] for edge in base_edges),
+                "last_seen": max(edge["last_seen"] for edge in base_edges),
+            }
+        else:
+            view.members.pop(veid, None)
+        if new == old:
+            return None
+        if new is None:
+            del view.edges[veid]
+            old_hosts = view.index_edge(veid, None)
+            return veid, old, None, old_hosts, ()
+        view.edges[veid] = new
+        old_hosts = view.index_edge(veid, (view.host_of(new["source"]), view.host_of(new["target"])))
+        return veid, old, new, old_hosts, view.edge_hosts.get(veid, ())
+
+    # -- reading ------------------------------------------------------------------------------------
+
+    def snapshot(self, level: str, host: str | None) -> dict:
+        view = self.views[_check_level(level)]
+        if host is None:
+            nodes, edges = dict(view.nodes), dict(view.edges)
+        else:
+            nodes = {node_id: view.nodes[node_id] for node_id in sorted(view.nodes_by_host.get(host, ()))}
+            edges = {eid: view.edges[eid] for eid in sorted(view.edges_by_host.get(host, ()))}
+        return {"nodes": nodes, "edges": edges, "timestamp": self.timestamp, "seq": self.seq}
+
+    def snapshot_json(self, level: str, host: str | None) -> bytes:
+        return orjson.dumps(self.snapshot(level, host), option=orjson.OPT_SORT_KEYS)
+
+    def counts(self) -> dict:
+        types = self.types
+        return {
+            "nodes": len(self.nodes), "edges": len(self.edges), "hosts": types["host"],
+            "containers": types["container"], "processes": types["process"], "externals": types["external"],
+        }
+
+
+def _mapping_fields(node: dict) -> tuple:
+    return node["type"], node["parent"], node["host"]
+
+
+def _check_level(level: str) -> str:
+    if level not in LEVELS:
+        raise ValueError(f"unknown level {level!r}: expected one of {', '.join(LEVELS)}")
+    return level

@@ -1,0 +1,32 @@
+"""The built-in ``network_info`` merger: the host's sockets (listeners and connections) for edge
+resolution, and its interfaces as host metadata."""
+
+from __future__ import annotations
+
+import sys
+
+from orchestrator.hookspecs import hookimpl
+from orchestrator.topology import ConnectionIn, Contribution, NodeIn, host_id
+
+SECTION = "network_info"
+
+
+def network_contribution(hostname: str, network_info) -> Contribution:
+    intern = sys.intern  # the same few addresses repeat across thousands of sockets
+    connections = tuple(
+        ConnectionIn(c.pid, c.protocol, intern(c.local_ip), c.local_port, intern(c.remote_ip), c.remote_port,
+                     c.state)
+        for c in network_info.connections
+    )
+    interfaces = [interface.model_dump(exclude_none=True) for interface in network_info.interfaces]
+    host = NodeIn(id=host_id(hostname), type="host", name=hostname, host=hostname,
+                  metadata={"interfaces": interfaces} if interfaces else None)
+    return Contribution(nodes=(host,), connections=connections)
+
+
+@hookimpl
+def merge_report(report, topology, context):
+    if report.network_info is None:
+        return
+    topology.contribute(report.agent_id, report.hostname, SECTION, report.epoch, context.order,
+                        network_contribution(report.hostname, report.network_info))
