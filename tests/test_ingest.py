@@ -1,0 +1,122 @@
+"""Decoding and validation of report bodies: limits, gzip, error codes, field paths, unknown fields."""
+
+from __future__ import annotations
+
+import gzip
+
+import orjson
+import pytest
+from pydantic import BaseModel
+
+from orchestrator.errors import ApiError
+from orchestrator.ingest import decode_body, parse_report
+
+LIMIT = 1024 * 1024
+GOOD = {"agent_id": "agent-1", "hostname": "host-1", "timestamp": "2025-10-13T00:00:00Z"}
+
+
+def parse(body: dict, sections=None, depth=32):
+    return parse_report(orjson.dumps(body), sections or {}, depth)
+
+
+def status_of(fn, *args):
+    with pytest.raises(ApiError) as err:
+        fn(*args)
+    return err.value
+
+
+def test_plain_json_body_passes_through():
+    assert decode_body(b"{}", "application/json; charset=utf-8", None, LIMIT) == b"{}"
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])
+def test_wrong_content_type_is_415(content_type):
+    assert status_of(decode_body, b"{}", content_type, None, LIMIT).status == 415
+
+
+def test_unknown_content_encoding_is_415():
+    assert status_of(decode_body, b"{}", "application/json", "br", LIMIT).status == 415
+
+
+def test_gzip_body_is_inflated():
+    assert decode_body(gzip.compress(b'{"a":1}'), "application/json", "gzip", LIMIT) == b'{"a":1}'
+
+
+def test_gzip_bomb_is_refused_without_inflating_it():
+    bomb = gzip.compress(b" " * (50 * LIMIT))  # 50 MiB of spaces in ~50 KB
+    err = status_of(decode_body, bomb, "application/json", "gzip", LIMIT)
+    assert err.status == 413 and "decompressed" in err.message
+
+
+def test_corrupt_or_truncated_gzip_is_400():
+    assert status_of(decode_body, b"not gzip", "application/json", "gzip", LIMIT).status == 400
+    assert status_of(decode_body, gzip.compress(b'{"a": 1}')[:-10], "application/json", "gzip", LIMIT).status == 400
+
+
+def test_plain_body_over_limit_is_413():
+    assert status_of(decode_body, b" " * (LIMIT + 1), "application/json", None, LIMIT).status == 413
+
+
+def test_malformed_json_is_400():
+    err = status_of(parse_report, b'{"agent_id": ', {}, 32)
+    assert err.status == 400 and err.code == "malformed_json"
+
+
+def test_every_bad_field_is_named_by_its_json_path():
+    body = {**GOOD, "agent_id": "bad id!", "timestamp": "yesterday",
+            "processes_info": {"processes": [{"pid": 1}, {"pid": -4}]},
+            "network_info": {"connections": [{"local_port": 70000, "remote_ip": "10.0.0.999"}]}}
+    err = status_of(parse, body)
+    assert err.status == 422
+    fields = {d["field"] for d in err.details}
+    assert fields == {"agent_id", "timestamp", "processes_info.processes.1.pid",
+                      "network_info.connections.0.local_port", "network_info.connections.0.remote_ip"}
+
+
+@pytest.mark.parametrize("stamp", ["2025-10-13", "1760313600", "2025-13-45T00:00:00Z", "2025-10-13T00:00:00"])
+def test_timestamps_that_are_not_rfc3339_are_rejected(stamp):
+    assert status_of(parse, {**GOOD, "timestamp": stamp}).status == 422
+
+
+def test_rfc3339_with_fraction_and_offset_is_accepted():
+    report = parse({**GOOD, "timestamp": "2025-10-13T02:00:00.123456789+02:00"})
+    assert report.epoch == pytest.approx(1760313600.123456)
+
+
+@pytest.mark.parametrize("missing", ["agent_id", "hostname", "timestamp"])
+def test_required_fields(missing):
+    body = dict(GOOD)
+    del body[missing]
+    err = status_of(parse, body)
+    assert err.status == 422 and err.details[0]["field"] == missing
+
+
+def test_unknown_fields_are_kept():
+    report = parse({**GOOD, "probe_version": "2.1", "processes_info": {"processes": [{"pid": 1, "nice": 5}]}})
+    assert report.model_extra["probe_version"] == "2.1"
+    assert report.processes_info.processes[0].model_extra == {"nice": 5}
+
+
+def test_deeply_nested_unknown_fields_are_refused():
+    deep = {}
+    node = deep
+    for _ in range(40):
+        node["x"] = {}
+        node = node["x"]
+    err = status_of(parse, {**GOOD, "extra": deep}, None, 16)
+    assert err.status == 422 and "nests deeper" in err.message
+
+
+def test_json_array_instead_of_object_is_422():
+    assert status_of(parse_report, b"[]", {}, 32).status == 422
+
+
+class GpuInfo(BaseModel):
+    gpus: list[int]
+
+
+def test_plugin_sections_are_validated_with_their_model():
+    report = parse({**GOOD, "gpu_info": {"gpus": [1, 2]}}, sections={"gpu_info": GpuInfo})
+    assert report.sections["gpu_info"].gpus == [1, 2]
+    err = status_of(parse, {**GOOD, "gpu_info": {"gpus": ["x"]}}, {"gpu_info": GpuInfo})
+    assert err.details[0]["field"] == "gpu_info.gpus.0"
