@@ -1,0 +1,256 @@
+"""The topology engine: node merge rules, section replacement, ordering, determinism, persistence."""
+
+from __future__ import annotations
+
+import orjson
+from test_topology_support import C1, C2, host_a, host_b, host_c, merge, proc, scenario, stamp
+
+from orchestrator.topology import Contribution, NodeIn, Topology
+
+NODE_FIELDS = ["id", "type", "name", "parent", "host", "agent_ids", "metadata", "metrics", "first_seen",
+               "last_seen"]
+
+
+def published(*bodies) -> Topology:
+    topology = Topology()
+    for order, body in enumerate(bodies):
+        merge(topology, body, order)
+    topology.publish(0)
+    return topology
+
+
+def test_nodes_have_the_contract_shape_ids_and_parents():
+    topology = scenario(Topology())
+    topology.publish(0)
+    nodes = topology.snapshot()["nodes"]
+    for node in nodes.values():
+        assert list(node) == NODE_FIELDS
+    assert nodes["host:host-a"]["parent"] is None
+    assert nodes[f"container:{C1}"]["parent"] == "host:host-a"
+    assert nodes["process:host-a:100"]["parent"] == f"container:{C1}"
+    assert nodes["process:host-a:200"]["parent"] == "host:host-a"
+    assert all(node["parent"] is None or node["parent"] in nodes for node in nodes.values())
+
+
+def test_unknown_report_fields_become_metadata_and_numbers_metrics():
+    nodes = published(host_a()).snapshot()["nodes"]
+    host = nodes["host:host-a"]
+    assert host["metadata"]["rack"] == "r1" and host["metadata"]["os"] == "linux"
+    assert host["metadata"]["interfaces"] == [{"name": "eth0", "rx_bytes": 1, "tx_bytes": 2}]
+    assert host["metrics"] == {"cpu_percent": 10.0}
+    assert nodes[f"container:{C1}"]["metadata"]["image"] == "nginx"
+    assert nodes[f"container:{C1}"]["metrics"] == {"cpu_percent": 1.5}
+    assert nodes["process:host-a:200"]["metadata"] == {"user": "svc"}
+
+
+def test_container_seen_only_through_a_cgroup_is_a_stub_node_under_its_host():
+    node = published(host_a()).snapshot()["nodes"][f"container:{C2}"]
+    assert (node["type"], node["parent"], node["host"]) == ("container", "host:host-a", "host-a")
+    assert node["name"] == C2[:12]
+
+
+def test_first_and_last_seen_come_from_report_timestamps():
+    topology = Topology()
+    merge(topology, host_a(1), 0)
+    merge(topology, host_a(5), 1)
+    topology.publish(999_999_999)
+    node = topology.snapshot()["nodes"]["process:host-a:200"]
+    assert node["first_seen"] == "2025-10-13T00:00:01.000Z"
+    assert node["last_seen"] == "2025-10-13T00:00:05.000Z"
+    assert topology.snapshot()["timestamp"] == "2025-10-13T00:00:05.000Z"
+
+
+def test_vanished_process_container_and_connection_are_gone_at_once():
+    topology = published(host_a(1), host_b(1))
+    body = host_a(2)
+    body["processes_info"]["processes"] = [p for p in body["processes_info"]["processes"] if p["pid"] != 300]
+    body["docker_info"]["containers"] = []
+    body["processes_info"]["processes"] = [p for p in body["processes_info"]["processes"] if p["pid"] != 100]
+    body["network_info"]["connections"] = body["network_info"]["connections"][:4]
+    merge(topology, body, 5)
+    topology.publish(0)
+    snapshot = topology.snapshot()
+    assert "process:host-a:300" not in snapshot["nodes"]
+    assert f"container:{C1}" not in snapshot["nodes"]
+    assert "external:8.8.8.8" not in snapshot["nodes"]
+    # host-b still reports its end of the postgres connection: the edge stays, from host-b's view.
+    assert "external:10.0.0.1" not in snapshot["nodes"]
+    assert "host:host-a->process:host-b:500" in snapshot["edges"]
+
+
+def test_a_section_absent_from_a_report_leaves_earlier_data_alone():
+    topology = published(host_a(1), {"agent_id": "agent-a", "hostname": "host-a", "timestamp": stamp(2),
+                                     "host_info": {"ip_addresses": ["10.0.0.1"]}})
+    assert "process:host-a:200" in topology.snapshot()["nodes"]
+    assert "process:host-a:200->external:8.8.8.8" in topology.snapshot()["edges"]
+
+
+def test_an_older_report_is_ignored():
+    topology = Topology()
+    merge(topology, host_a(5), 0)
+    older = host_a(3)
+    older["processes_info"]["processes"] = [proc(999, "ghost")]
+    merge(topology, older, 1)
+    topology.publish(0)
+    nodes = topology.snapshot()["nodes"]
+    assert "process:host-a:999" not in nodes and "process:host-a:200" in nodes
+
+
+def test_same_timestamp_later_order_wins():
+    topology = Topology()
+    merge(topology, host_a(5), 0)
+    newer = host_a(5)
+    newer["processes_info"]["processes"] = [proc(200, "renamed")]
+    merge(topology, newer, 1)
+    topology.publish(0)
+    assert topology.snapshot()["nodes"]["process:host-a:200"]["name"] == "renamed"
+
+
+def test_overlapping_agents_carry_both_ids_and_newest_field_wins():
+    second = host_a(9, agent_id="agent-a2")
+    second["docker_info"]["containers"][0]["name"] = "web-renamed"
+    topology = published(host_a(1), second)
+    node = topology.snapshot()["nodes"][f"container:{C1}"]
+    assert node["agent_ids"] == ["agent-a", "agent-a2"] and node["name"] == "web-renamed"
+    merge(topology, host_a(10), 2)  # agent-a is now the newest word on the name
+    topology.publish(0)
+    assert topology.snapshot()["nodes"][f"container:{C1}"]["name"] == "web"
+    topology.remove_agent("agent-a")
+    topology.publish(0)
+    node = topology.snapshot()["nodes"][f"container:{C1}"]
+    assert node["agent_ids"] == ["agent-a2"] and node["name"] == "web-renamed"
+
+
+def test_a_plugin_section_reparents_containers_under_pods_by_priority():
+    topology = published(host_a(1))
+    pod = Contribution(
+        nodes=(NodeIn("pod:default/web", type="pod", name="web", parent="host:host-a", host="host-a"),
+               NodeIn(f"container:{C1}", parent="pod:default/web")),
+        priority=10,
+    )
+    topology.contribute("agent-a", "host-a", "kubernetes_info", _epoch(1), 0, pod)
+    topology.publish(0)
+    nodes = topology.snapshot()["nodes"]
+    assert nodes["pod:default/web"]["type"] == "pod"
+    assert nodes[f"container:{C1}"]["parent"] == "pod:default/web"
+    assert nodes[f"container:{C1}"]["name"] == "web"  # docker's fields it did not set survive
+    host_view = topology.snapshot("host")["nodes"]
+    assert "pod:default/web" not in host_view and "host:host-a" in host_view
+    topology.contribute("agent-a", "host-a", "kubernetes_info", _epoch(2), 1, None)
+    topology.publish(0)
+    assert topology.snapshot()["nodes"][f"container:{C1}"]["parent"] == "host:host-a"
+
+
+def _epoch(second: int) -> float:
+    from orchestrator.models import parse_rfc3339
+
+    return parse_rfc3339(stamp(second))
+
+
+def test_priority_breaks_exact_ties_only():
+    topology = Topology()
+    low = Contribution(nodes=(NodeIn("x:1", type="x", name="low"),), priority=0)
+    high = Contribution(nodes=(NodeIn("x:1", type="x", name="high"),), priority=5)
+    topology.contribute("a", "h", "s_high", 1.0, 0, high)
+    topology.contribute("a", "h", "s_low", 1.0, 0, low)  # registered later, but lower priority
+    topology.publish(0)
+    assert topology.snapshot()["nodes"]["x:1"]["name"] == "high"
+    topology.contribute("a", "h", "s_low", 2.0, 1, low)  # newer beats priority
+    topology.publish(0)
+    assert topology.snapshot()["nodes"]["x:1"]["name"] == "low"
+
+
+def test_publish_returns_none_and_keeps_seq_when_nothing_changed():
+    topology = Topology()
+    assert topology.seq == 0 and topology.publish(0) is None
+    scenario(topology)
+    publication = topology.publish(0)
+    assert publication.seq == 1 == topology.seq
+    assert topology.publish(0) is None and topology.seq == 1
+    scenario(topology)  # the same reports again, same timestamps: nothing to publish
+    assert topology.publish(0) is None
+
+
+def test_remove_agent_drops_its_nodes_and_edges():
+    topology = scenario(Topology())
+    topology.remove_agent("agent-c")
+    topology.publish(0)
+    snapshot = topology.snapshot()
+    assert topology.agents() == ["agent-a", "agent-b"]
+    assert not any("host-c" in node_id for node_id in snapshot["nodes"])
+    assert "external:172.17.0.1" not in snapshot["nodes"]
+    assert not any(edge["source"].startswith("process:host-c") for edge in snapshot["edges"].values())
+
+
+def test_counts_describe_the_published_state():
+    topology = scenario(Topology())
+    assert topology.counts()["nodes"] == 0
+    topology.publish(0)
+    assert topology.counts() == {"nodes": 14, "edges": 9, "hosts": 3, "containers": 2, "processes": 6,
+                                 "externals": 3}
+
+
+def test_same_reports_in_different_batches_publish_identical_bytes():
+    reports = [host_a(1), host_b(1), host_c(2), host_a(3), host_b(4)]
+    reports[3]["processes_info"]["processes"].pop()
+    one = Topology()
+    for order, body in enumerate(reports):
+        merge(one, body, order)
+        one.publish(1000 + order)
+    other = Topology()
+    for order, body in enumerate(reports):
+        merge(other, body, order)
+    other.publish(5)
+    for level in ("process", "container", "host"):
+        a, b = orjson.loads(one.snapshot_json(level)), orjson.loads(other.snapshot_json(level))
+        assert (a["nodes"], a["edges"], a["timestamp"]) == (b["nodes"], b["edges"], b["timestamp"])
+    # Same number of publishes, different points: identical bytes, seq included.
+    third = Topology()
+    for order, body in enumerate(reports):
+        merge(third, body, order)
+        if order in (0, 4):
+            third.publish(7)
+    fourth = Topology()
+    for order, body in enumerate(reports):
+        merge(fourth, body, order)
+        if order in (2, 4):
+            fourth.publish(99)
+    assert third.snapshot_json() == fourth.snapshot_json()
+    assert third.snapshot_json("host", "host-a") == fourth.snapshot_json("host", "host-a")
+
+
+def test_snapshots_handed_out_never_change():
+    topology = scenario(Topology(), second=1)
+    topology.publish(0)
+    held = topology.snapshot()
+    frozen = orjson.dumps(held)
+    node = held["nodes"]["process:host-a:200"]
+    frozen_node = dict(node)
+    merge(topology, host_a(5, processes_info={"processes": [proc(200, "changed")]}), 9)
+    topology.remove_agent("agent-b")
+    topology.publish(0)
+    assert orjson.dumps(held) == frozen and node == frozen_node
+    assert topology.snapshot()["nodes"]["process:host-a:200"]["name"] == "changed"
+
+
+def test_snapshot_json_is_cached_per_seq():
+    topology = scenario(Topology())
+    topology.publish(0)
+    first = topology.snapshot_json("container")
+    assert topology.snapshot_json("container") is first
+    assert orjson.loads(first)["seq"] == 1
+    merge(topology, host_a(9), 9)
+    topology.publish(0)
+    assert orjson.loads(topology.snapshot_json("container"))["seq"] == 2
+
+
+def test_export_import_round_trip_rebuilds_the_same_topology():
+    topology = scenario(Topology())
+    topology.publish(0)
+    restored = Topology()
+    for agent in topology.agents():
+        exported = orjson.loads(orjson.dumps(topology.export_agent(agent)))
+        restored.import_agent(agent, exported)
+    restored.publish(0)
+    assert restored.snapshot_json() == topology.snapshot_json()
+    assert topology.export_agent("nobody") is None
