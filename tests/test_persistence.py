@@ -1,0 +1,345 @@
+"""Durable state: round trip through SQLite, incremental checkpoints, deletions, corrupt files, failures,
+and a checkpoint that never stalls the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import sqlite3
+import time
+
+import orjson
+import pytest
+from structlog.testing import capture_logs
+
+from orchestrator import persistence
+from orchestrator.cleanup import archive_agent, delete_archived
+from orchestrator.ingest import Accepted, Ingest
+from orchestrator.metrics import create_metrics
+from orchestrator.models import Report, format_rfc3339
+from orchestrator.persistence import FILENAME, Store
+from orchestrator.plugins import get_plugin_manager
+from orchestrator.settings import Settings
+from orchestrator.state import State
+
+BUILTIN_PLUGINS = ("cgroup_container_id", "host_topology", "docker_topology", "process_topology",
+                   "network_topology", "timeseries_sink", "latest_report_sink")
+
+
+def make_state(tmp_path, **sections) -> State:
+    settings = Settings.model_validate({"storage": {"data_dir": str(tmp_path)}, **sections})
+    plugins = get_plugin_manager(settings)  # the built-ins, when their entry points are installed
+    for name in BUILTIN_PLUGINS:
+        if not plugins.has_plugin(name):
+            plugins.register(importlib.import_module(f"orchestrator_plugins.{name}"), name=name)
+    state = State(settings=settings, metrics=create_metrics(), plugins=plugins)
+    state.ingest = Ingest(state)
+    return state
+
+
+def report_body(agent_id: str, ts: float, processes: int = 5, cpu: float = 10.0) -> dict:
+    hostname = agent_id.replace("agent", "host")
+    return {
+        "agent_id": agent_id, "hostname": hostname, "timestamp": format_rfc3339(ts),
+        "host_info": {"cpu_percent": cpu, "memory_used": 1000, "net_rx_bytes": 10, "net_tx_bytes": 20,
+                      "ip_addresses": ["10.0.0.1"]},
+        "processes_info": {"processes": [{"pid": 100 + i, "name": f"proc-{i}"} for i in range(processes)]},
+        "network_info": {"connections": [{"pid": 100, "protocol": "tcp", "local_ip": "10.0.0.1",
+                                          "local_port": 40000, "remote_ip": "10.9.9.9", "remote_port": 443,
+                                          "state": "ESTABLISHED"}]},
+    }
+
+
+def apply_report(state: State, agent_id: str, now: float | None = None, **kwargs) -> None:
+    """What the request handler and the ingest worker do for one accepted report."""
+    now = time.time() if now is None else now
+    body = report_body(agent_id, now, **kwargs)
+    state.order += 1
+    state.registry.record_report(agent_id, body["hostname"], now)
+    state.ingest.apply(Accepted(Report.model_validate(body), orjson.dumps(body), now, state.order))
+
+
+def stored_ids(path, table: str) -> set[str]:
+    with sqlite3.connect(path) as conn:
+        return {row[0] for row in conn.execute(f"SELECT agent_id FROM {table}")}
+
+
+def snapshot_of(state: State) -> dict:
+    return {
+        "agents": {a.agent_id: a.to_state() for a in state.registry.all()},
+        "latest": {k: (v.received_at, v.compressed) for k, v in state.latest.items()},
+        "topology": {a: state.topology.export_agent(a) for a in state.topology.agents()},
+        "timeseries": {a: state.timeseries.export_agent(a) for a in state.timeseries.get_all_agents()},
+        "archive": state.archive,
+        "order": state.order,
+    }
+
+
+def nodes_of(state: State) -> dict:
+    # first_seen is not part of Topology.export_agent: a restored node is first seen at its newest report.
+    return {node_id: {k: v for k, v in node.items() if k != "first_seen"}
+            for node_id, node in state.topology.snapshot()["nodes"].items()}
+
+
+@pytest.fixture
+def store(tmp_path):
+    store, problem = Store.open(tmp_path)
+    assert problem is None
+    yield store
+    store.conn.close()
+
+
+async def test_round_trip_restores_agents_reports_topology_series_archive_and_order(tmp_path, store):
+    state = make_state(tmp_path)
+    for agent_id in ("agent-1", "agent-2", "agent-3"):
+        apply_report(state, agent_id)
+    apply_report(state, "agent-1", cpu=55.5)
+    assert archive_agent(state, "agent-3", time.time() + 10_000)
+    state.order += 7  # accepted reports still queued count too
+    state.topology.publish(time.time())
+    before = snapshot_of(state)
+
+    result = await store.checkpoint(state)
+    assert result.ok and result.written == 3 and not state.dirty_agents
+    store.close()
+
+    reopened, problem = Store.open(tmp_path)
+    fresh = make_state(tmp_path)
+    counts = reopened.restore(fresh)
+    reopened.close()
+
+    assert problem is None and counts["skipped"] == 0
+    assert snapshot_of(fresh) == before
+    assert fresh.archive["agent-3"]["timeseries"] is not None
+    # Published at restore: queries see the topology at once, not after the next report.
+    assert nodes_of(fresh) == nodes_of(state) != {}
+    assert nodes_of(fresh).keys() >= {"host:host-1", "process:host-2:100"}
+    assert fresh.timeseries.query("agent-1")["points"] == state.timeseries.query("agent-1")["points"]
+
+
+async def test_incremental_checkpoint_writes_only_dirty_agents(tmp_path, store):
+    state = make_state(tmp_path)
+    apply_report(state, "agent-1")
+    apply_report(state, "agent-2")
+    await store.checkpoint(state)
+
+    state.registry.get("agent-2").hostname = "not-marked-dirty"
+    apply_report(state, "agent-1", processes=9)
+    result = await store.checkpoint(state)
+
+    assert (result.written, result.deleted) == (1, 0)
+    with sqlite3.connect(store.path) as conn:
+        records = {k: orjson.loads(v) for k, v in conn.execute("SELECT agent_id, record FROM agents")}
+    assert records["agent-2"]["hostname"] == "host-2"  # untouched: it was not dirty
+    assert records["agent-1"]["reports_received"] == 2
+    assert (await store.checkpoint(state)).written == 0  # nothing dirty, nothing written
+
+
+async def test_rows_of_deleted_agents_are_removed(tmp_path, store):
+    state = make_state(tmp_path)
+    for agent_id in ("agent-1", "agent-2"):
+        apply_report(state, agent_id)
+    await store.checkpoint(state)
+
+    archive_agent(state, "agent-1", time.time() + 10_000)
+    await store.checkpoint(state)
+    assert stored_ids(store.path, "archive") == {"agent-1"}
+    assert stored_ids(store.path, "agents") == stored_ids(store.path, "topology") == {"agent-2"}
+
+    delete_archived(state, "agent-1")
+    result = await store.checkpoint(state)
+    assert result.deleted == 1
+    for table in ("agents", "latest", "topology", "timeseries", "archive"):
+        assert "agent-1" not in stored_ids(store.path, table)
+
+
+async def test_agent_removed_without_being_marked_dirty_still_loses_its_rows(tmp_path, store):
+    state = make_state(tmp_path)
+    apply_report(state, "agent-1")
+    apply_report(state, "agent-2")
+    await store.checkpoint(state)
+
+    state.registry.remove("agent-2")
+    state.topology.remove_agent("agent-2")
+    state.timeseries.delete_agent("agent-2")
+    del state.latest["agent-2"]
+    assert not state.dirty_agents
+    result = await store.checkpoint(state)
+
+    assert result.deleted == 1
+    for table in ("agents", "latest", "topology", "timeseries"):
+        assert stored_ids(store.path, table) == {"agent-1"}
+
+
+async def test_checkpoint_without_restore_never_deletes_what_is_stored(tmp_path, store):
+    state = make_state(tmp_path)
+    apply_report(state, "agent-1")
+    await store.checkpoint(state)
+    store.close()
+
+    reopened, _ = Store.open(tmp_path)  # an app that forgot restore() must not wipe the file
+    await reopened.checkpoint(make_state(tmp_path))
+    reopened.close()
+    assert stored_ids(tmp_path / FILENAME, "agents") == {"agent-1"}
+
+
+def corrupt_files(tmp_path) -> list[str]:
+    return sorted(p.name for p in tmp_path.iterdir() if ".corrupt-" in p.name)
+
+
+def test_garbage_file_is_set_aside_and_the_store_starts_empty(tmp_path):
+    (tmp_path / FILENAME).write_bytes(b"this is not a database, just garbage bytes " * 200)
+    (tmp_path / (FILENAME + "-wal")).write_bytes(b"junk")
+
+    with capture_logs() as logs:
+        store, problem = Store.open(tmp_path)
+
+    assert problem and "not a database" in problem
+    moved = corrupt_files(tmp_path)
+    assert len(moved) == 2 and moved[0].startswith(FILENAME + ".corrupt-") and moved[1].endswith("-wal")
+    event = next(e for e in logs if e["event"] == "data_file_corrupt")
+    assert event["log_level"] == "error" and event["problem"] == problem
+    assert store.restore(make_state(tmp_path))["agents"] == 0
+    store.close()
+
+
+async def test_truncated_database_is_set_aside_and_the_store_starts_empty(tmp_path, store):
+    state = make_state(tmp_path)
+    for i in range(40):
+        apply_report(state, f"agent-{i}", processes=50)
+    await store.checkpoint(state)
+    store.close()
+    path = tmp_path / FILENAME
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.truncate(size // 2)
+
+    reopened, problem = Store.open(tmp_path)
+
+    assert problem is not None
+    assert corrupt_files(tmp_path)
+    fresh = make_state(tmp_path)
+    assert reopened.restore(fresh)["agents"] == 0 and len(fresh.registry) == 0
+    reopened.close()
+
+
+def test_unknown_schema_version_is_set_aside(tmp_path):
+    Store.open(tmp_path)[0].close()
+    with sqlite3.connect(tmp_path / FILENAME) as conn:
+        conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+
+    store, problem = Store.open(tmp_path)
+    assert "schema version" in problem and corrupt_files(tmp_path)
+    store.close()
+
+
+async def test_undecodable_row_is_skipped_and_the_rest_restored(tmp_path, store):
+    state = make_state(tmp_path)
+    apply_report(state, "agent-1")
+    apply_report(state, "agent-2")
+    await store.checkpoint(state)
+    with store.conn:
+        store.conn.execute("UPDATE timeseries SET series = x'00' WHERE agent_id = 'agent-2'")
+
+    fresh = make_state(tmp_path)
+    with capture_logs() as logs:
+        counts = store.restore(fresh)
+    assert counts["skipped"] == 1 and counts["agents"] == 2
+    assert fresh.timeseries.get_all_agents() == ["agent-1"]
+    assert any(e["event"] == "restore_row_skipped" and e["agent_id"] == "agent-2" for e in logs)
+
+
+async def test_failed_checkpoint_puts_the_dirty_agents_back(tmp_path, store, monkeypatch):
+    state = make_state(tmp_path)
+    apply_report(state, "agent-1")
+    apply_report(state, "agent-2")
+
+    def broken_write(rows, order):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(store, "_write", broken_write)
+    with capture_logs() as logs:
+        result = await store.checkpoint(state)
+
+    assert not result.ok
+    assert state.dirty_agents == {"agent-1", "agent-2"}
+    assert state.metrics.registry.get_sample_value("app_checkpoint_failures_total") == 1
+    assert any(e["event"] == "checkpoint_failed" and e["log_level"] == "error" for e in logs)
+
+    monkeypatch.undo()
+    assert (await store.checkpoint(state)).written == 2
+    assert stored_ids(store.path, "agents") == {"agent-1", "agent-2"}
+
+
+async def test_checkpoint_is_timed(tmp_path, store):
+    state = make_state(tmp_path)
+    apply_report(state, "agent-1")
+    await store.checkpoint(state)
+    assert state.metrics.registry.get_sample_value("app_checkpoint_duration_seconds_count") == 1
+    assert store.stats()["checkpoints"] == 1 and store.stats()["size_bytes"] > 0
+
+
+async def test_checkpoint_does_not_block_the_loop(tmp_path, store, monkeypatch):
+    state = make_state(tmp_path)
+    for i in range(200):
+        apply_report(state, f"agent-{i}", processes=20)
+    real_write = store._write
+
+    def slow_write(rows, order):
+        time.sleep(0.2)  # a slow disk: the loop must keep serving meanwhile
+        real_write(rows, order)
+
+    monkeypatch.setattr(store, "_write", slow_write)
+    monkeypatch.setattr(persistence, "GATHER_BUDGET_SECONDS", 0.0005)
+    gaps: list[float] = []
+
+    async def ticker():
+        last = time.perf_counter()
+        while True:
+            await asyncio.sleep(0)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    ticking = asyncio.create_task(ticker())
+    result = await store.checkpoint(state)
+    ticking.cancel()
+
+    assert result.ok and result.written == 200 and result.seconds >= 0.2
+    assert len(gaps) > 100  # it kept ticking through gathering and the write
+    assert max(gaps) < 0.05
+
+
+async def test_cancelled_checkpoint_waits_for_its_write_and_keeps_the_agents_dirty(tmp_path, store, monkeypatch):
+    state = make_state(tmp_path)
+    apply_report(state, "agent-1")
+    real_write = store._write
+    finished = []
+
+    def slow_write(rows, order):
+        time.sleep(0.1)
+        real_write(rows, order)
+        finished.append(True)
+
+    monkeypatch.setattr(store, "_write", slow_write)
+    task = asyncio.create_task(store.checkpoint(state))
+    await asyncio.sleep(0.02)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    assert finished  # the connection is free again: the thread's write ended before the cancel did
+    assert state.dirty_agents == {"agent-1"}  # the shutdown checkpoint writes it again, to be sure
+    monkeypatch.undo()
+    assert (await store.checkpoint(state)).ok
+
+
+async def test_run_checkpoints_periodically_until_cancelled(tmp_path, store):
+    state = make_state(tmp_path, storage={"data_dir": str(tmp_path), "checkpoint_interval": "1s"})
+    apply_report(state, "agent-1")
+    task = asyncio.create_task(store.run(state))
+    await asyncio.sleep(1.2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert stored_ids(store.path, "agents") == {"agent-1"}
