@@ -88,6 +88,7 @@ class ClientStats:
     failed: int = 0  # gave up (only when a caller limits attempts)
     heartbeats: int = 0
     registrations: int = 0
+    refused: int = 0  # agents the server would not register (bad token, invalid id)
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -277,8 +278,11 @@ class AgentClient:
             if max_attempts is not None and attempt >= max_attempts:
                 raise ServerUnavailable(f"{method} {path}: {failure} (after {attempt} attempts)")
             self.stats.retried += 1
-            log.warning("agent.retry", agent_id=self.agent_id, method=method, path=path,
-                        failure=failure, attempt=attempt, delay=round(delay, 3))
+            # Overload answers are routine and a dead server is worth one line, not one per attempt.
+            quiet = attempt > 1 or failure in ("HTTP 429", "HTTP 503")
+            (log.debug if quiet else log.warning)(
+                "agent.retry", agent_id=self.agent_id, method=method, path=path,
+                failure=failure, attempt=attempt, delay=round(delay, 3))
             await self.sleep(delay)
 
     def _retry_delay(self, response: httpx.Response, backoff: Backoff) -> float:
