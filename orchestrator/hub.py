@@ -113,8 +113,9 @@ class Hub:
                       ("topology_update", "topology_diff", "report_update", "pong", "error")}
         self._closes = metrics.websocket_closes
         self._broadcast_seconds = metrics.broadcast_seconds
-        self._nodes_gauge = {kind: metrics.topology_nodes.labels(kind) for kind in
-                             ("host", "container", "process", "external")}
+        self._nodes_gauge = {plural: metrics.topology_nodes.labels(kind) for kind, plural in
+                             (("host", "hosts"), ("container", "containers"), ("process", "processes"),
+                              ("external", "externals"))}
         self._edges_gauge = metrics.topology_edges
         self._clients: set[Client] = set()
         self._views: dict[View, ViewState] = {}
@@ -178,8 +179,8 @@ class Hub:
 
     def _update_gauges(self) -> None:
         counts = self.state.topology.counts()
-        for kind, gauge in self._nodes_gauge.items():
-            gauge.set(counts.get(kind + "s", 0))
+        for plural, gauge in self._nodes_gauge.items():
+            gauge.set(counts.get(plural, 0))
         self._edges_gauge.set(counts.get("edges", 0))
 
     def _fan_out(self, clients, message: bytes, kind: str) -> None:
