@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import orjson
-from test_topology_support import C1, C2, host_a, host_b, host_c, merge, proc, scenario, stamp
+from tests.test_topology_support import C1, C2, host_a, host_b, host_c, merge, proc, scenario, stamp
 
 from orchestrator.topology import Contribution, NodeIn, Topology
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from test_topology_support import C1, conn, host_a, host_b, host_c, listen, merge, proc, scenario
+from tests.test_topology_support import C1, conn, host_a, host_b, host_c, listen, merge, proc, scenario
 
 from orchestrator.topology import Topology
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from test_topology_support import C1, apply_diff, host_a, host_b, host_c, merge, proc, scenario
+from tests.test_topology_support import C1, apply_diff, host_a, host_b, host_c, merge, proc, scenario
 
 from orchestrator.topology import LEVELS, Contribution, NodeIn, Topology
 

@@ -17,36 +17,42 @@ address owner or process node (``resolve.py``), so its cost follows the contribu
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 from .model import ConnectionIn, Contribution, NodeIn, rfc3339, type_from_id
-from .resolve import Conn, Record, Resolver, classify
+from .resolve import WILDCARD, Conn, Record, Resolver, classify
 from .views import Publication, Published
 
 BUILTIN_SECTIONS = ("host_info", "docker_info", "processes_info", "network_info")
 
 
 class _Held:
-    __slots__ = ("rank", "hostname", "contribution")
+    """A held contribution. Its sockets are kept classified (listeners, connection records) instead of as
+    ``ConnectionIn`` objects: the records are what resolution needs, and one copy is all memory allows."""
 
-    def __init__(self, rank: tuple, hostname: str, contribution: Contribution) -> None:
+    __slots__ = ("rank", "hostname", "contribution", "listens", "records")
+
+    def __init__(self, rank: tuple, hostname: str, contribution: Contribution, key: tuple) -> None:
         self.rank = rank
         self.hostname = hostname
-        self.contribution = contribution
+        self.listens, self.records = _classify(key, rank, hostname, contribution.connections)
+        self.contribution = replace(contribution, connections=()) if contribution.connections else contribution
 
 
 class _NodeState:
-    __slots__ = ("holders", "first_seen")
+    __slots__ = ("id", "holders", "first_seen")
 
-    def __init__(self, first_seen: float) -> None:
+    def __init__(self, node_id: str, first_seen: float) -> None:
+        self.id = node_id  # the one copy of the id string that edges and resolutions share
         self.holders: list[tuple] = []  # (rank, agent, section, NodeIn)
         self.first_seen = first_seen
 
 
 class _Edge:
-    __slots__ = ("source", "target", "protocol", "conns")
+    __slots__ = ("id", "source", "target", "protocol", "conns")
 
-    def __init__(self, source: str, target: str, protocol: str) -> None:
-        self.source, self.target, self.protocol = source, target, protocol
+    def __init__(self, edge_id: str, source: str, target: str, protocol: str) -> None:
+        self.id, self.source, self.target, self.protocol = edge_id, source, target, protocol
         self.conns: dict[tuple, tuple[int, float]] = {}  # conn key -> (server port, timestamp)
 
 
@@ -80,6 +86,7 @@ class Topology:
         self._dirty_nodes: set[str] = set()
         self._dirty_edges: set[str] = set()
         self._newest = float("-inf")
+        self._agent_lists: dict[tuple, list] = {}
         self._published = Published()
         self._snapshots: dict[tuple, dict] = {}
         self._snapshot_json: dict[tuple, bytes] = {}
@@ -108,7 +115,7 @@ class Topology:
                 self._settle()
             return
         rank = (timestamp, order, contribution.priority, self.register_section(section))
-        new = _Held(rank, hostname, contribution)
+        new = _Held(rank, hostname, contribution, key)
         self._replace(key, old, new)
         self._held[key] = new
         self._agent_sections.setdefault(agent_id, {})[section] = None
@@ -145,8 +152,8 @@ class Topology:
                 gone.pop(node.id, None)
                 state = self._nodes.get(node.id)
                 if state is None:
-                    state = self._nodes[node.id] = _NodeState(timestamp)
-                    self._triggers.add(("N", node.id))
+                    state = self._nodes[node.id] = _NodeState(node.id, timestamp)
+                    self._triggers.add(("N", node.id.rpartition(":")[0]))
                 elif timestamp < state.first_seen:
                     state.first_seen = timestamp
                 holders = state.holders
@@ -163,7 +170,7 @@ class Topology:
             state.holders = [h for h in state.holders if h[1] != agent or h[2] != section]
             if not state.holders:
                 del self._nodes[node_id]
-                self._triggers.add(("N", node_id))
+                self._triggers.add(("N", node_id.rpartition(":")[0]))
             self._dirty_nodes.add(node_id)
 
     def _replace_addresses(self, old: _Held | None, new: _Held | None) -> None:
@@ -184,42 +191,22 @@ class Topology:
             owners[(hostname, node)] += 1
 
     def _replace_connections(self, key: tuple, old: _Held | None, new: _Held | None) -> None:
-        old_listens, old_records = self._classify(key, old)
-        new_listens, new_records = self._classify(key, new)
+        old_listens = old.listens if old is not None else Counter()
+        new_listens = new.listens if new is not None else Counter()
         if old_listens != new_listens:
             self._update_listeners(old_listens, new_listens)
-        for conn_key, record_key in old_records.keys() - new_records.keys():
+        for record in old.records if old is not None else ():
+            conn_key = _conn_key(record)
             conn = self._conns[conn_key]
-            conn.records.pop(record_key, None)
+            conn.records = [r for r in conn.records if r.owner != key or r.local_end != record.local_end]
             self._dirty_conns.add(conn_key)
-        for (conn_key, record_key), record in new_records.items():
+        for record in new.records if new is not None else ():
+            conn_key = _conn_key(record)
             conn = self._conns.get(conn_key)
             if conn is None:
                 conn = self._conns[conn_key] = Conn(conn_key)
-            conn.records[record_key] = record
+            conn.records.append(record)
             self._dirty_conns.add(conn_key)
-
-    @staticmethod
-    def _classify(key: tuple, held: _Held | None) -> tuple[Counter, dict]:
-        listens: Counter = Counter()
-        records: dict = {}
-        if held is None or not held.contribution.connections:
-            return listens, records
-        host = held.hostname
-        for connection in held.contribution.connections:
-            kind = classify(connection, host)
-            if kind is None:
-                continue
-            if kind[0] == "listen":
-                _, protocol, ip, port, pid = kind
-                listens[(host, protocol, port, ip, pid)] += 1
-            else:
-                _, protocol, local_end, remote_end, pid = kind
-                conn_key = (protocol, local_end, remote_end) if local_end <= remote_end else (
-                    protocol, remote_end, local_end)
-                records[(conn_key, (key, local_end))] = Record(
-                    held.rank, key[0], host, pid, local_end, remote_end)
-        return listens, records
 
     def _update_listeners(self, old: Counter, new: Counter) -> None:
         for (host, protocol, port, ip, pid), count in (old - new).items():
@@ -229,6 +216,7 @@ class Topology:
             if pids[pid] <= 0:
                 del pids[pid]
                 self._triggers.add(("L", host, protocol, port))
+                self._triggers.add(("D", host, protocol))
                 if not pids:
                     del by_ip[ip]
                     if not by_ip:
@@ -237,12 +225,14 @@ class Topology:
             pids = self._listeners.setdefault((host, protocol, port), {}).setdefault(ip, Counter())
             if pid not in pids:
                 self._triggers.add(("L", host, protocol, port))
+                self._triggers.add(("D", host, protocol))
             pids[pid] += count
 
     # -- resolution ---------------------------------------------------------------------------------
 
-    def _node_exists(self, node_id: str) -> bool:
-        return node_id in self._nodes
+    def _node_exists(self, node_id: str) -> str | None:
+        state = self._nodes.get(node_id)
+        return state.id if state is not None else None
 
     def _settle(self) -> None:
         """Re-resolve every connection that changed or depends on a changed index entry."""
@@ -273,23 +263,23 @@ class Topology:
 
     def _move_conn(self, conn: Conn, resolved: tuple | None, touched: set) -> None:
         old = conn.resolved
-        conn.resolved = resolved
         key = conn.key
-        if old is not None and (resolved is None or old[0] != resolved[0]):
-            edge = self._edges[old[0]]
-            del edge.conns[key]
-            if not edge.conns:
-                del self._edges[old[0]]
-            self._dirty_edges.add(old[0])
+        if old is not None and (resolved is None or old.id != resolved[0]):
+            del old.conns[key]
+            if not old.conns:
+                del self._edges[old.id]
+            self._dirty_edges.add(old.id)
+        edge = None
         if resolved is not None:
             eid, source, target, protocol, port, timestamp = resolved
             edge = self._edges.get(eid)
             if edge is None:
-                edge = self._edges[eid] = _Edge(source, target, protocol)
+                edge = self._edges[eid] = _Edge(eid, source, target, protocol)
             edge.conns[key] = (port, timestamp)
-            self._dirty_edges.add(eid)
-        old_ext = {n for n in old[1:3] if n.startswith("external:")} if old else set()
-        new_ext = {n for n in resolved[1:3] if n.startswith("external:")} if resolved else set()
+            self._dirty_edges.add(edge.id)
+        conn.resolved = edge
+        old_ext = {n for n in (old.source, old.target) if n.startswith("external:")} if old else set()
+        new_ext = {n for n in (edge.source, edge.target) if n.startswith("external:")} if edge else set()
         for node_id in old_ext - new_ext:
             self._externals[node_id].refs.pop(key, None)
             touched.add(node_id)
@@ -343,18 +333,26 @@ class Topology:
             "name": fields["name"] or _default_name(node_id, node_type),
             "parent": fields["parent"],
             "host": fields["host"],
-            "agent_ids": sorted({h[1] for h in holders}),
+            "agent_ids": self._agent_list(h[1] for h in holders),
             "metadata": _merged(h[3].metadata for h in holders),
             "metrics": _merged(h[3].metrics for h in holders),
             "first_seen": rfc3339(state.first_seen),
             "last_seen": rfc3339(holders[-1][0][0] if len(holders) == 1 else max(h[0][0] for h in holders)),
         }
 
+    def _agent_list(self, agents) -> list[str]:
+        # Nodes share a handful of distinct agent lists: one list object per distinct list, never mutated.
+        key = tuple(sorted(set(agents)))
+        shared = self._agent_lists.get(key)
+        if shared is None:
+            shared = self._agent_lists[key] = list(key)
+        return shared
+
     def _external_body(self, node_id: str, external: _External) -> dict:
-        agents = {record.agent for key in external.refs for record in self._conns[key].records.values()}
+        agents = {record.owner[0] for key in external.refs for record in self._conns[key].records}
         return {
             "id": node_id, "type": "external", "name": external.ip, "parent": None, "host": None,
-            "agent_ids": sorted(agents), "metadata": {}, "metrics": {},
+            "agent_ids": self._agent_list(agents), "metadata": {}, "metrics": {},
             "first_seen": rfc3339(external.first_seen), "last_seen": rfc3339(max(external.refs.values())),
         }
 
@@ -434,8 +432,7 @@ class Topology:
                 "nodes": [[n.id, n.type, n.name, n.parent, n.host, n.metadata, n.metrics]
                           for n in contribution.nodes],
                 "addresses": [list(pair) for pair in contribution.addresses],
-                "connections": [[c.pid, c.protocol, c.local_ip, c.local_port, c.remote_ip, c.remote_port,
-                                 c.state] for c in contribution.connections],
+                "connections": _exported_sockets(held),
             })
         return {"agent_id": agent_id, "sections": exported}
 
@@ -449,6 +446,41 @@ class Topology:
             )
             self.contribute(agent_id, section["hostname"], section["section"], section["timestamp"],
                             section["order"], contribution)
+
+
+def _classify(key: tuple, rank: tuple, host: str, connections) -> tuple[Counter, list]:
+    """A contribution's sockets as listener counts and connection records (duplicates dropped)."""
+    listens: Counter = Counter()
+    records: dict = {}
+    for connection in connections:
+        kind = classify(connection, host)
+        if kind is None:
+            continue
+        if kind[0] == "listen":
+            _, protocol, ip, port, pid = kind
+            listens[(host, protocol, port, ip, pid)] += 1
+        else:
+            _, protocol, local_end, remote_end, pid = kind
+            records[(protocol, local_end, remote_end)] = Record(
+                rank, key, host, protocol, pid, local_end, remote_end)
+    return listens, list(records.values())
+
+
+def _conn_key(record: Record) -> tuple:
+    local_end, remote_end, protocol = record.local_end, record.remote_end, record.protocol
+    return (protocol, local_end, remote_end) if local_end <= remote_end else (protocol, remote_end, local_end)
+
+
+def _exported_sockets(held: _Held) -> list[list]:
+    sockets = []
+    for (_host, protocol, port, ip, pid), count in held.listens.items():
+        state = "LISTEN" if protocol == "tcp" else ""
+        sockets.extend([[pid, protocol, "0.0.0.0" if ip == WILDCARD else ip, port, "", 0, state]] * count)
+    for record in held.records:
+        (local_ip, local_port), (remote_ip, remote_port) = record.local_end, record.remote_end
+        sockets.append([record.pid, record.protocol, local_ip.split("@", 1)[0], local_port,
+                        remote_ip.split("@", 1)[0], remote_port, "ESTABLISHED"])
+    return sockets
 
 
 def _merged(mappings) -> dict:

@@ -20,7 +20,11 @@ Rules (the contract's "Edges", made precise):
   the owning node (host or container); an unresolvable end is ``external:<ip>``.
 
 Every lookup a resolution makes is recorded as a dependency key, so a listener, an address owner or a
-process node that appears or disappears re-resolves exactly the connections that looked at it.
+process node that appears or disappears re-resolves the connections that looked at it. Keys are coarse
+where fine keys would cost a set per connection: the direction check depends on the host's listeners of
+that protocol (``("D", host, protocol)``), a process end on the host's set of processes
+(``("N", "process:<host>")``); a server lookup on the exact ``("L", host, protocol, port)``, an address on
+``("O", ip)``.
 """
 
 from __future__ import annotations
@@ -55,8 +59,9 @@ class Record(NamedTuple):
     """One agent's report of one connection. ``rank`` orders records: the newest is the largest."""
 
     rank: tuple
-    agent: str
+    owner: tuple  # (agent, section): the contribution it came from
     host: str
+    protocol: str
     pid: int | None
     local_end: tuple[str, int]
     remote_end: tuple[str, int]
@@ -69,8 +74,8 @@ class Conn:
 
     def __init__(self, key: tuple) -> None:
         self.key = key
-        self.records: dict[tuple, Record] = {}
-        self.resolved: tuple | None = None  # (edge id, source, target, protocol, server port, timestamp)
+        self.records: list[Record] = []
+        self.resolved = None  # the engine's edge this connection is counted in
         self.deps: tuple = ()
 
 
@@ -113,12 +118,13 @@ class Resolver:
 
     def resolve(self, conn: Conn) -> tuple[tuple, list]:
         protocol = conn.key[0]
-        records = sorted(conn.records.values())
+        records = sorted(conn.records)
         deps: list = []
         server_end = None
         for record in reversed(records):
             ip, port = record.local_end
-            if self._listener_pids(record.host, protocol, ip.split("@", 1)[0], port, deps) is not None:
+            deps.append(("D", record.host, protocol))
+            if self._lookup(record.host, protocol, ip.split("@", 1)[0], port) is not None:
                 server_end = record.local_end
                 break
         if server_end is None:
@@ -151,22 +157,25 @@ class Resolver:
             if pids:
                 pid = min((p for p in pids if p is not None), default=None)
                 if pid is not None:
-                    node = process_id(owner_host, pid)
-                    deps.append(("N", node))
-                    if self.node_exists(node):
+                    deps.append(("N", f"process:{owner_host}"))
+                    node = self.node_exists(process_id(owner_host, pid))
+                    if node is not None:
                         return node
         return owner_node
 
     def _process_or_host(self, host: str, pid: int | None, deps: list) -> str:
         if pid is not None:
-            node = process_id(host, pid)
-            deps.append(("N", node))
-            if self.node_exists(node):
+            deps.append(("N", f"process:{host}"))
+            node = self.node_exists(process_id(host, pid))
+            if node is not None:
                 return node
         return host_id(host)
 
     def _listener_pids(self, host, protocol, ip, port, deps):
         deps.append(("L", host, protocol, port))
+        return self._lookup(host, protocol, ip, port)
+
+    def _lookup(self, host, protocol, ip, port):
         by_ip = self.listeners.get((host, protocol, port))
         if not by_ip:
             return None
