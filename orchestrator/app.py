@@ -19,7 +19,7 @@ from orchestrator.hub import Hub
 from orchestrator.ingest import Ingest
 from orchestrator.metrics import create_metrics
 from orchestrator.persistence import Store
-from orchestrator.plugins import configure_plugins, get_plugin_manager
+from orchestrator.plugins import configure_plugins, get_plugin_manager, plugin_names
 from orchestrator.settings import Settings
 from orchestrator.state import State
 
@@ -92,7 +92,7 @@ async def _start_up(app: Sanic) -> None:
         log.warning("auth_disabled", host=settings.server.host,
                     message="no tokens configured: anyone who can reach this address can post and read")
     log.info("server_starting", host=settings.server.host, port=settings.server.port,
-             agents=len(state.registry), plugins=sorted(n for n, _ in state.plugins.list_name_plugin()))
+             agents=len(state.registry), plugins=plugin_names(state.plugins))
 
 
 async def _start_background(app: Sanic) -> None:

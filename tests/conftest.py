@@ -2,92 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import gzip
-import os
-import signal
-import socket
-import subprocess
-import sys
-import threading
-import time
-from pathlib import Path
-
 import httpx
-import orjson
 import pytest
-from sanic import Sanic
 
 from orchestrator.app import create_app
-from orchestrator.models import format_rfc3339
 from orchestrator.settings import Settings
-
-Sanic.test_mode = True
-REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def make_settings(tmp_path: Path | None = None, **sections) -> Settings:
-    """Test settings: fast broadcast, no persistence unless a data dir is given."""
-    tree = {"server": {"host": "127.0.0.1", "port": 0},
-            "websocket": {"broadcast_interval": "50ms"},
-            "storage": {"persist": False} if tmp_path is None else {"data_dir": str(tmp_path)}}
-    for name, values in sections.items():
-        tree[name] = {**tree.get(name, {}), **values}
-    return Settings.model_validate(tree)
-
-
-class ServerThread:
-    """A real server: the app's own event loop in a thread, a real TCP socket, real shutdown listeners."""
-
-    def __init__(self, app: Sanic, port: int) -> None:
-        self.app, self.port = app, port
-        self.url = f"http://127.0.0.1:{port}"
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._server = None
-
-    @property
-    def state(self):
-        return self.app.ctx.state
-
-    def start(self) -> "ServerThread":
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(15)
-        return self
-
-    async def _start(self) -> None:
-        self._server = await self.app.create_server(host="127.0.0.1", port=self.port,
-                                                    return_asyncio_server=True, access_log=False)
-        await self._server.startup()
-        await self._server.before_start()
-        await self._server.after_start()
-
-    def call(self, fn, *args):
-        """Run ``fn`` on the server's loop (the state's owner) and return its result."""
-        async def run():
-            return fn(*args)
-        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(15)
-
-    def stop(self) -> None:
-        if self._server is None:
-            return
-        async def stop():
-            await self._server.before_stop()
-            self._server.close()
-            await self._server.wait_closed()
-            await self._server.after_stop()
-        try:
-            asyncio.run_coroutine_threadsafe(stop(), self.loop).result(30)
-        finally:
-            self._server = None
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(10)
+from tests.support import ServerProcess, ServerThread, free_port, make_settings
 
 
 @pytest.fixture
@@ -127,69 +47,6 @@ def http(server):
         yield client
 
 
-def report(agent_id="agent-1", hostname=None, ts=None, **sections) -> dict:
-    body = {"agent_id": agent_id, "hostname": hostname or agent_id.replace("agent", "host"),
-            "timestamp": format_rfc3339(ts if ts is not None else time.time())}
-    body.update(sections)
-    return body
-
-
-def post_report(client: httpx.Client, body: dict, gzipped: bool = False, **headers) -> httpx.Response:
-    data = orjson.dumps(body)
-    headers = {"Content-Type": "application/json", **headers}
-    if gzipped:
-        data = gzip.compress(data)
-        headers["Content-Encoding"] = "gzip"
-    return client.post("/api/v1/reports", content=data, headers=headers)
-
-
-def wait_for(predicate, timeout: float = 5.0, interval: float = 0.02):
-    """Poll until ``predicate()`` is truthy; return its value or fail."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(interval)
-
-
-class ServerProcess:
-    """``python -m orchestrator serve`` as a child process, for signals, exit codes and restarts."""
-
-    def __init__(self, *args: str, env: dict | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        full_env = {**os.environ, "ORCHESTRATOR_LOG_FORMAT": "json", **(env or {})}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator", "serve", "--host", "127.0.0.1", "--port", str(self.port), *args],
-            env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO)
-
-    def wait_healthy(self, timeout: float = 20.0) -> "ServerProcess":
-        def healthy():
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited {self.proc.returncode}: {self.proc.stdout.read().decode()}")
-            try:
-                return httpx.get(self.url + "/health", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-        wait_for(healthy, timeout, 0.1)
-        return self
-
-    def terminate(self, timeout: float = 30.0) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-    def output(self) -> str:
-        return self.proc.stdout.read().decode() if self.proc.stdout else ""
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
 @pytest.fixture
 def server_process():
     procs = []
@@ -202,3 +59,10 @@ def server_process():
     yield start
     for proc in procs:
         proc.kill()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def quiet_logs():
+    # Tests read log events with structlog.testing.capture_logs; the console stays for failures only.
+    from orchestrator.logs import configure_logging
+    configure_logging("warning", "console")
