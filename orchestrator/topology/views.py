@@ -207,9 +207,7 @@ class Published:
             view.index_node(node_id, old, new)
         edges = []
         for eid, old, new in edge_changes:
-            hosts = (view.host_of(new["source"]), view.host_of(new["target"])) if new is not None else None
-            old_hosts = view.index_edge(eid, hosts)
-            edges.append((eid, old, new, old_hosts, view.edge_hosts.get(eid, ())))
+            edges.append(_indexed_change(view, eid, old, new))
         return node_changes, edges
 
     def _view_changes(self, view: _View, node_changes: list, edge_changes: list) -> tuple:
@@ -276,11 +274,9 @@ class Published:
             return None
         if new is None:
             del view.edges[veid]
-            old_hosts = view.index_edge(veid, None)
-            return veid, old, None, old_hosts, ()
-        view.edges[veid] = new
-        old_hosts = view.index_edge(veid, (view.host_of(new["source"]), view.host_of(new["target"])))
-        return veid, old, new, old_hosts, view.edge_hosts.get(veid, ())
+        else:
+            view.edges[veid] = new
+        return _indexed_change(view, veid, old, new)
 
     # -- reading ------------------------------------------------------------------------------------
 
@@ -302,6 +298,17 @@ class Published:
             "nodes": len(self.nodes), "edges": len(self.edges), "hosts": types["host"],
             "containers": types["container"], "processes": types["process"], "externals": types["external"],
         }
+
+
+def _indexed_change(view: _View, eid: str, old: dict | None, new: dict | None) -> tuple:
+    """The change record ``(id, old, new, old hosts, new hosts)``; the host index moves only when the edge
+    appears or disappears (its ends, hence their hosts, are fixed by its id)."""
+    if old is not None and new is not None:
+        hosts = view.edge_hosts.get(eid, ())
+        return eid, old, new, hosts, hosts
+    hosts = (view.host_of(new["source"]), view.host_of(new["target"])) if new is not None else None
+    old_hosts = view.index_edge(eid, hosts)
+    return eid, old, new, old_hosts, view.edge_hosts.get(eid, ())
 
 
 def _mapping_fields(node: dict) -> tuple:
