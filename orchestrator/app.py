@@ -106,10 +106,10 @@ async def _start_background(app: Sanic) -> None:
 
 
 async def _begin_shutdown(app: Sanic) -> None:
-    """Health turns 503, new reports are refused, WebSockets close with 1001; in-flight requests finish."""
+    """Health turns 503 and WebSockets close with 1001. Requests already in flight finish normally (a
+    report among them is still answered 202 and applied): the listener is closed right after this."""
     state: State = app.ctx.state
     state.shutting_down = True
-    state.ingest.closing = True
     log.info("shutdown_started", queued_reports=state.ingest.queue.qsize())
     await state.hub.close_all(1001)
 

@@ -21,7 +21,8 @@ from orchestrator.models import format_rfc3339
 from orchestrator.settings import Settings
 
 Sanic.test_mode = True
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[1]
+
 
 
 def free_port() -> int:
@@ -122,7 +123,8 @@ class ServerProcess:
     def __init__(self, *args: str, env: dict | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        full_env = {**os.environ, "ORCHESTRATOR_LOG_FORMAT": "json", **(env or {})}
+        full_env = {**os.environ, "ORCHESTRATOR_LOG_FORMAT": "json",
+                    "ORCHESTRATOR_WEBSOCKET__BROADCAST_INTERVAL": "50ms", **(env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "orchestrator", "serve", "--host", "127.0.0.1", "--port", str(self.port), *args],
             env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO)
