@@ -12,7 +12,8 @@ An archive record (also what :mod:`orchestrator.persistence` stores)::
     {"agent": Agent.to_state(), "archived_at": float, "timeseries": bytes | None,
      "latest_received_at": float | None, "latest_report": bytes | None}   # zlib, as in LatestReport
 
-The sweep works in batches of ``cleanup.batch_size`` agents and yields to the loop between batches.
+The sweep works in batches of at most ``cleanup.batch_size`` agents and at most ~10 ms, and yields to the
+loop between batches.
 Each agent is archived or deleted in one synchronous step, so a sweep cancelled between batches (at
 shutdown) leaves every agent either fully moved or untouched.
 """
@@ -30,6 +31,9 @@ from orchestrator.models import format_rfc3339
 from orchestrator.state import LatestReport
 
 log = structlog.get_logger("orchestrator.cleanup")
+
+# Longest stretch of sweeping before yielding to requests, whatever the batch size.
+SWEEP_BUDGET_SECONDS = 0.010
 
 
 async def run_cleanup(state) -> None:
@@ -96,13 +100,21 @@ def _record(state, stats: dict, duration: float, alert: bool) -> None:
 
 
 async def _in_batches(state, agent_ids: list[str], step) -> int:
-    """Apply ``step`` to each id, yielding to the loop between batches; count the steps that acted."""
+    """Apply ``step`` to each id, yielding to the loop after ``cleanup.batch_size`` ids or
+    :data:`SWEEP_BUDGET_SECONDS`, whichever comes first; count the steps that acted.
+
+    The time budget matters: removing an agent from a big topology costs milliseconds (its connections
+    are resolved again), so 500 agents in one go would stall the loop for seconds.
+    """
     size = state.settings.cleanup.batch_size
-    done = 0
-    for start in range(0, len(agent_ids), size):
-        if start:
+    done = in_batch = 0
+    started = time.perf_counter()
+    for agent_id in agent_ids:
+        if in_batch >= size or time.perf_counter() - started >= SWEEP_BUDGET_SECONDS:
             await asyncio.sleep(0)
-        done += sum(1 for agent_id in agent_ids[start:start + size] if step(agent_id))
+            in_batch, started = 0, time.perf_counter()
+        done += bool(step(agent_id))
+        in_batch += 1
     return done
 
 

@@ -11,6 +11,7 @@ import orjson
 import pytest
 from structlog.testing import capture_logs
 
+from orchestrator import cleanup
 from orchestrator.cleanup import archived_agents_json, restore_agent, run_cleanup, sweep
 from orchestrator.ingest import Accepted, Ingest
 from orchestrator.metrics import create_metrics
@@ -269,3 +270,22 @@ async def test_run_cleanup_survives_a_failing_sweep(tmp_path, monkeypatch):
         with pytest.raises(asyncio.CancelledError):
             await task
     assert sum(e["event"] == "cleanup_failed" for e in logs) >= 2
+
+
+async def test_sweep_also_yields_when_a_batch_runs_over_its_time_budget(tmp_path, monkeypatch):
+    monkeypatch.setattr(cleanup, "SWEEP_BUDGET_SECONDS", 0.0)
+    state = make_state(tmp_path, batch_size=1000)
+    for i in range(6):
+        apply_report(state, f"agent-{i}", seen_at=T0 - 5)
+    turns = []
+
+    async def ticker():
+        while True:
+            turns.append(len(state.archive))
+            await asyncio.sleep(0)
+
+    ticking = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    await sweep(state, now=T0)
+    ticking.cancel()
+    assert len(set(turns)) >= 5  # the ticker ran between single agents despite the batch size

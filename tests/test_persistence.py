@@ -307,7 +307,7 @@ async def test_checkpoint_does_not_block_the_loop(tmp_path, store, monkeypatch):
 
     assert result.ok and result.written == 200 and result.seconds >= 0.2
     assert len(gaps) > 100  # it kept ticking through gathering and the write
-    assert max(gaps) < 0.05
+    assert max(gaps) < 0.1  # the 0.2 s write never held the loop (generous: CI machines are noisy)
 
 
 async def test_cancelled_checkpoint_waits_for_its_write_and_keeps_the_agents_dirty(tmp_path, store, monkeypatch):

@@ -1,0 +1,158 @@
+"""Benchmark durable state: full and incremental checkpoints, on-loop stalls, restore, file size; and a
+cleanup sweep that archives the whole fleet.
+
+Each agent gets a realistic state: one synthetic fleet report (100 processes, 200 connections, 10
+containers by default) validated and applied through the real pipeline (mergers, time-series and
+latest-report sinks), plus a full hour of time-series points (240 buckets).
+
+Run: ``python benchmarks/bench_checkpoint.py [--agents N]``. Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+
+from orchestrator.cleanup import sweep
+from orchestrator.fleet import Fleet
+from orchestrator.ingest import Accepted, Ingest
+from orchestrator.metrics import create_metrics
+from orchestrator.models import Report
+from orchestrator.persistence import Store
+from orchestrator.plugins import get_plugin_manager
+from orchestrator.settings import Settings
+from orchestrator.state import State
+from orchestrator_plugins.timeseries_sink import report_metrics
+
+BUILTIN_PLUGINS = ("cgroup_container_id", "host_topology", "docker_topology", "process_topology",
+                   "network_topology", "timeseries_sink", "latest_report_sink")
+
+
+def make_state(data_dir: Path) -> State:
+    settings = Settings.model_validate({"storage": {"data_dir": str(data_dir)}})
+    plugins = get_plugin_manager(settings)
+    for name in BUILTIN_PLUGINS:
+        if not plugins.has_plugin(name):
+            plugins.register(importlib.import_module(f"orchestrator_plugins.{name}"), name=name)
+    state = State(settings=settings, metrics=create_metrics(), plugins=plugins)
+    state.ingest = Ingest(state)
+    return state
+
+
+def apply(state: State, fleet: Fleet, index: int, now: float) -> Report:
+    """What the report handler and the ingest worker do with one accepted report."""
+    body = fleet.report(index, now)
+    raw = orjson.dumps(body)
+    report = Report.model_validate_json(raw)
+    state.order += 1
+    state.registry.record_report(report.agent_id, report.hostname, now)
+    state.ingest.apply(Accepted(report, raw, now, state.order))
+    return report
+
+
+def populate(state: State, fleet: Fleet, now: float) -> None:
+    for index in range(fleet.hosts):
+        report = apply(state, fleet, index, now)
+        metrics = report_metrics(report)
+        for back in range(1, state.timeseries.capacity):  # the rest of the hour of history
+            state.timeseries.add_report(report.agent_id, now - 15 * back, metrics, now=now)
+    state.topology.publish(now)
+
+
+async def with_stall_probe(coro) -> tuple[object, float, float]:
+    """Run ``coro`` while a ticker measures the longest gap between its turns on the loop.
+    Returns the result, the wall time and the longest stall."""
+    longest = 0.0
+
+    async def ticker():
+        nonlocal longest
+        last = time.perf_counter()
+        while True:
+            await asyncio.sleep(0)
+            now = time.perf_counter()
+            longest = max(longest, now - last)
+            last = now
+
+    ticking = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    start = time.perf_counter()
+    result = await coro
+    elapsed = time.perf_counter() - start
+    ticking.cancel()
+    return result, elapsed, longest
+
+
+def db_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
+
+
+async def main(agents: int) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    data_dir = Path(tempfile.mkdtemp(prefix="bench-checkpoint-"))
+    now = time.time()
+    start = time.perf_counter()
+    fleet = Fleet(agents)
+    state = make_state(data_dir)
+    populate(state, fleet, now)
+    rows.append((f"build state ({agents} agents via the pipeline + 240 points each)",
+                 f"{time.perf_counter() - start:.1f} s"))
+
+    store, _ = Store.open(data_dir)
+    result, elapsed, stall = await with_stall_probe(store.checkpoint(state, full=True))
+    assert result.ok and result.written == agents
+    rows += [(f"full checkpoint ({agents} agents)", f"{elapsed * 1000:.0f} ms"),
+             ("  longest on-loop stall (ticker)", f"{stall * 1000:.1f} ms"),
+             ("  longest gather step (checkpoint's own count)", f"{result.longest_step * 1000:.1f} ms")]
+    rows.append(("DB size after full checkpoint (db + wal)", f"{db_size(store.path) / 1e6:.1f} MB"))
+
+    later = now + 15
+    for index in range(0, agents, max(1, agents // 100))[:100]:
+        apply(state, fleet, index, later)
+    dirty = len(state.dirty_agents)
+    result, elapsed, stall = await with_stall_probe(store.checkpoint(state))
+    assert result.ok and result.written == dirty
+    rows += [(f"incremental checkpoint ({dirty} dirty)", f"{elapsed * 1000:.0f} ms"),
+             ("  longest on-loop stall (ticker)", f"{stall * 1000:.1f} ms")]
+    store.close()
+    rows.append(("DB size after close (WAL folded in)", f"{db_size(store.path) / 1e6:.1f} MB"))
+
+    reopened, problem = Store.open(data_dir)
+    assert problem is None
+    fresh = make_state(data_dir)
+    start = time.perf_counter()
+    counts = reopened.restore(fresh)
+    rows.append((f"restore ({counts['agents']} agents, incl. topology publish)",
+                 f"{(time.perf_counter() - start) * 1000:.0f} ms"))
+    assert counts["skipped"] == 0 and len(fresh.registry) == agents
+
+    result = await sweep_all(fresh, later)
+    rows += result
+    reopened.close()
+    return rows
+
+
+async def sweep_all(state: State, now: float) -> list[tuple[str, str]]:
+    """A sweep long after the last report: every agent goes to the archive."""
+    stats, elapsed, stall = await with_stall_probe(
+        sweep(state, now + state.settings.agents.stale_threshold + 1))
+    batch = state.settings.cleanup.batch_size
+    return [(f"cleanup sweep archiving {stats['archived']} agents (batch {batch})", f"{elapsed * 1000:.0f} ms"),
+            ("  longest on-loop stall (ticker)", f"{stall * 1000:.1f} ms")]
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--agents", type=int, default=1000)
+    args = parser.parse_args()
+    import structlog, logging  # noqa: E401 - quiet the per-event logs while measuring
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    table = asyncio.run(main(args.agents))
+    print("| measure | value |\n|---|---|")
+    for name, value in table:
+        print(f"| {name} | {value} |")
