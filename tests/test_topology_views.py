@@ -144,3 +144,22 @@ def test_pod_reparenting_shows_in_the_container_view_diff():
     assert "pod:web" in diff["nodes"]["added"]
     assert diff["nodes"]["updated"][f"container:{C1}"]["parent"] == "pod:web"
     assert apply_diff(before, diff)["nodes"] == topology.snapshot("container")["nodes"]
+
+
+def test_a_self_loop_edge_can_disappear():
+    # Fuzzing found it: a process connected over loopback to its own listener is an edge from the process
+    # to itself; when the connection went away, publishing crashed un-indexing the same end twice.
+    from tests.test_topology_support import conn, listen
+
+    topology = Topology()
+    body = {"agent_id": "a", "hostname": "h", "timestamp": "2025-10-13T00:00:01Z",
+            "processes_info": {"processes": [proc(1, "init")]},
+            "network_info": {"connections": [listen(1, "0.0.0.0", 80), conn(1, ("::1", 5000), ("::1", 80), "tcp6")]}}
+    merge(topology, body, 0)
+    topology.publish(0)
+    assert "process:h:1->process:h:1" in topology.snapshot()["edges"]
+    body = dict(body, timestamp="2025-10-13T00:00:02Z")
+    body["network_info"] = {"connections": [listen(1, "0.0.0.0", 80)]}
+    merge(topology, body, 1)
+    topology.publish(0)
+    assert topology.snapshot()["edges"] == {}

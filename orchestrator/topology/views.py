@@ -188,7 +188,8 @@ class Published:
                 continue
             if new is None:
                 del self.edges[eid]
-                for end in (old["source"], old["target"]):
+                # A self-loop (a process connected to its own listener) has one end, indexed once.
+                for end in {old["source"], old["target"]}:
                     ids = self.incident[end]
                     ids.discard(eid)
                     if not ids:
