@@ -254,3 +254,27 @@ def test_export_import_round_trip_rebuilds_the_same_topology():
     restored.publish(0)
     assert restored.snapshot_json() == topology.snapshot_json()
     assert topology.export_agent("nobody") is None
+
+
+def test_export_import_keeps_first_seen_across_several_reports():
+    from tests.test_topology_support import conn
+
+    topology = Topology()
+    merge(topology, host_a(1), 0)
+    merge(topology, host_c(2), 1)
+    later = host_a(3)
+    later["processes_info"]["processes"].append(proc(600, "late"))
+    later["network_info"]["connections"].append(conn(600, ("10.0.0.1", 40009), ("1.2.3.4", 443)))
+    merge(topology, later, 2)
+    merge(topology, host_b(4), 3)
+    merge(topology, host_a(5), 4)
+    merge(topology, host_c(6), 5)
+    topology.publish(0)
+    assert orjson.loads(topology.snapshot_json())["nodes"]["process:host-a:200"]["first_seen"].endswith("01.000Z")
+    restored = Topology()
+    for agent in reversed(topology.agents()):
+        restored.import_agent(agent, orjson.loads(orjson.dumps(topology.export_agent(agent))))
+    restored.publish(0)
+    for level in ("process", "container", "host"):
+        for host in (None, "host-a", "host-c"):
+            assert restored.snapshot_json(level, host) == topology.snapshot_json(level, host)

@@ -69,6 +69,8 @@ class _External:
 class Topology:
     """The live topology and its published versions. Not thread-safe: one event loop owns it."""
 
+    _importing = False
+
     def __init__(self) -> None:
         self._held: dict[tuple[str, str], _Held] = {}
         self._agent_sections: dict[str, dict[str, None]] = {}
@@ -91,6 +93,9 @@ class Topology:
         self._published = Published()
         self._snapshots: dict[tuple, dict] = {}
         self._snapshot_json: dict[tuple, bytes] = {}
+        # first_seen of nodes being restored by import_agent, for nodes not created yet (an external may
+        # appear only once another agent's addresses are imported); dropped by the next live contribution.
+        self._restored_first_seen: dict[str, float] = {}
 
     # -- contributions ------------------------------------------------------------------------------
 
@@ -104,6 +109,8 @@ class Topology:
 
         A contribution older than the one held -- lower ``(timestamp, order)`` -- is ignored.
         """
+        if self._restored_first_seen and not self._importing:
+            self._restored_first_seen = {}
         key = (agent_id, section)
         old = self._held.get(key)
         if old is not None and (timestamp, order) < old.rank[:2]:
@@ -133,6 +140,10 @@ class Topology:
     def agents(self) -> list[str]:
         return sorted(self._agent_sections)
 
+    def _first_seen(self, node_id: str, timestamp: float) -> float:
+        restored = self._restored_first_seen.get(node_id)
+        return timestamp if restored is None or restored > timestamp else restored
+
     def _forget_section(self, agent_id: str, section: str) -> None:
         sections = self._agent_sections.get(agent_id, {})
         sections.pop(section, None)
@@ -153,7 +164,7 @@ class Topology:
                 gone.pop(node.id, None)
                 state = self._nodes.get(node.id)
                 if state is None:
-                    state = self._nodes[node.id] = _NodeState(node.id, timestamp)
+                    state = self._nodes[node.id] = _NodeState(node.id, self._first_seen(node.id, timestamp))
                     self._triggers.add(("N", node.id.rpartition(":")[0]))
                 elif timestamp < state.first_seen:
                     state.first_seen = timestamp
@@ -288,6 +299,7 @@ class Topology:
             external = self._externals.get(node_id)
             if external is None:
                 external = self._externals[node_id] = _External(node_id[9:])
+                external.first_seen = self._first_seen(node_id, external.first_seen)
             external.refs[key] = resolved[5]
             if node_id not in old_ext:
                 external.first_seen = min(external.first_seen, resolved[5])
@@ -443,9 +455,40 @@ class Topology:
                 "addresses": [list(pair) for pair in contribution.addresses],
                 "connections": _exported_sockets(held),
             })
-        return {"agent_id": agent_id, "sections": exported}
+        return {"agent_id": agent_id, "sections": exported, "first_seen": self._agent_first_seen(agent_id)}
+
+    def _agent_first_seen(self, agent_id: str) -> dict[str, float]:
+        """``first_seen`` of every node the agent holds and every external its connections reach."""
+        first_seen = {}
+        for section in self._agent_sections[agent_id]:
+            held = self._held[(agent_id, section)]
+            for node in held.contribution.nodes:
+                first_seen[node.id] = self._nodes[node.id].first_seen
+            for record in held.records:
+                edge = self._conns[_conn_key(record)].resolved
+                if edge is None:
+                    continue
+                for end in (edge.source, edge.target):
+                    if end.startswith("external:"):
+                        first_seen[end] = self._externals[end].first_seen
+        return dict(sorted(first_seen.items()))
 
     def import_agent(self, agent_id: str, data: dict) -> None:
+        """Restore an agent exported by :meth:`export_agent` (first_seen included)."""
+        restored = data.get("first_seen") or {}
+        self._restored_first_seen.update(restored)
+        self._importing = True
+        try:
+            self._import_sections(agent_id, data)
+        finally:
+            self._importing = False
+        for node_id, first_seen in restored.items():
+            state = self._nodes.get(node_id) or self._externals.get(node_id)
+            if state is not None and first_seen < state.first_seen:
+                state.first_seen = first_seen
+                self._dirty_nodes.add(node_id)
+
+    def _import_sections(self, agent_id: str, data: dict) -> None:
         for section in data["sections"]:
             contribution = Contribution(
                 nodes=tuple(NodeIn(*fields) for fields in section["nodes"]),
