@@ -163,3 +163,21 @@ def test_a_self_loop_edge_can_disappear():
     merge(topology, body, 1)
     topology.publish(0)
     assert topology.snapshot()["edges"] == {}
+
+
+@pytest.mark.parametrize("level", ["process", "container"])
+def test_an_edge_follows_its_end_to_another_host_in_the_host_filter(level):
+    topology = scenario(Topology())
+    topology.publish(0)
+    before = {host: topology.snapshot(level, host) for host in ("host-a", "host-z")}
+    edge = f"process:host-c:700->container:{C1}" if level == "process" else f"host:host-c->container:{C1}"
+    assert edge in before["host-a"]["edges"] and edge not in before["host-z"]["edges"]
+    # Only the container's host changes (a plugin moves it); its edges stay exactly the same.
+    moved = Contribution(nodes=(NodeIn(f"container:{C1}", host="host-z"),), priority=10)
+    topology.contribute("agent-a", "host-a", "mover", 2e9, 99, moved)
+    publication = topology.publish(0)
+    for host in ("host-a", "host-z"):
+        expected = topology.snapshot(level, host)
+        assert (edge in expected["edges"]) == (host == "host-z")
+        replayed = apply_diff(before[host], publication.diff(level, host))
+        assert replayed["edges"] == expected["edges"] and replayed["nodes"] == expected["nodes"]

@@ -206,9 +206,15 @@ class Published:
         view = self.views["process"]
         for node_id, old, new in node_changes:
             view.index_node(node_id, old, new)
-        edges = []
-        for eid, old, new in edge_changes:
-            edges.append(_indexed_change(view, eid, old, new))
+        edges = [_indexed_change(view, eid, old, new) for eid, old, new in edge_changes]
+        # An edge whose end moved to another host is unchanged itself but enters or leaves host filters.
+        moved = {eid for node_id, old, new in node_changes
+                 if old is not None and new is not None and old["host"] != new["host"]
+                 for eid in self.incident.get(node_id, ())}
+        moved.difference_update(eid for eid, _old, _new in edge_changes)
+        for eid in sorted(moved):
+            edge = self.edges[eid]
+            edges.append(_indexed_change(view, eid, edge, edge))
         return node_changes, edges
 
     def _view_changes(self, view: _View, node_changes: list, edge_changes: list) -> tuple:
@@ -272,6 +278,8 @@ class Published:
         else:
             view.members.pop(veid, None)
         if new == old:
+            if new is not None and _hosts(view, new) != view.edge_hosts.get(veid, ()):
+                return _indexed_change(view, veid, old, new)  # an end moved to another host
             return None
         if new is None:
             del view.edges[veid]
@@ -302,14 +310,23 @@ class Published:
 
 
 def _indexed_change(view: _View, eid: str, old: dict | None, new: dict | None) -> tuple:
-    """The change record ``(id, old, new, old hosts, new hosts)``; the host index moves only when the edge
-    appears or disappears (its ends, hence their hosts, are fixed by its id)."""
-    if old is not None and new is not None:
-        hosts = view.edge_hosts.get(eid, ())
-        return eid, old, new, hosts, hosts
-    hosts = (view.host_of(new["source"]), view.host_of(new["target"])) if new is not None else None
+    """The change record ``(id, old, new, old hosts, new hosts)``; the host index moves when the edge
+    appears or disappears, or when one of its ends now lies on another host."""
+    if new is not None:
+        hosts = _hosts(view, new)
+        if old is not None and hosts == view.edge_hosts.get(eid, ()):
+            return eid, old, new, hosts, hosts
+    else:
+        hosts = None
     old_hosts = view.index_edge(eid, hosts)
     return eid, old, new, old_hosts, view.edge_hosts.get(eid, ())
+
+
+def _hosts(view: _View, edge: dict) -> tuple:
+    source, target = view.host_of(edge["source"]), view.host_of(edge["target"])
+    if source == target:
+        return () if source is None else (source,)
+    return tuple(h for h in (source, target) if h is not None)
 
 
 def _mapping_fields(node: dict) -> tuple:
