@@ -21,7 +21,7 @@ import orjson
 
 from orchestrator.cleanup import sweep
 from orchestrator.fleet import Fleet
-from orchestrator.ingest import Accepted, Ingest
+from orchestrator.ingest import Ingest
 from orchestrator.metrics import create_metrics
 from orchestrator.models import Report
 from orchestrator.persistence import Store
@@ -50,9 +50,9 @@ def apply(state: State, fleet: Fleet, index: int, now: float) -> Report:
     body = fleet.report(index, now)
     raw = orjson.dumps(body)
     report = Report.model_validate_json(raw)
-    state.order += 1
+    state.ingest.submit(report, raw, now)
     state.registry.record_report(report.agent_id, report.hostname, now)
-    state.ingest.apply(Accepted(report, raw, now, state.order))
+    state.ingest.apply(state.ingest.queue.get_nowait())
     return report
 
 

@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 
 from orchestrator import cleanup
 from orchestrator.cleanup import archived_agents_json, restore_agent, run_cleanup, sweep
-from orchestrator.ingest import Accepted, Ingest
+from orchestrator.ingest import Ingest
 from orchestrator.metrics import create_metrics
 from orchestrator.models import Report, format_rfc3339
 from orchestrator.plugins import get_plugin_manager
@@ -44,9 +44,9 @@ def apply_report(state: State, agent_id: str, seen_at: float, ts: float = T0) ->
     body = {"agent_id": agent_id, "hostname": hostname, "timestamp": format_rfc3339(ts),
             "host_info": {"cpu_percent": 12.5, "memory_used": 1000},
             "processes_info": {"processes": [{"pid": 1, "name": "init"}, {"pid": 2, "name": "sshd"}]}}
-    state.order += 1
+    state.ingest.submit(Report.model_validate(body), orjson.dumps(body), seen_at)
     state.registry.record_report(agent_id, hostname, seen_at)
-    state.ingest.apply(Accepted(Report.model_validate(body), orjson.dumps(body), seen_at, state.order))
+    state.ingest.apply(state.ingest.queue.get_nowait())
 
 
 def sample(state: State, name: str, **labels) -> float | None:

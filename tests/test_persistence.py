@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 
 from orchestrator import persistence
 from orchestrator.cleanup import archive_agent, delete_archived
-from orchestrator.ingest import Accepted, Ingest
+from orchestrator.ingest import Ingest
 from orchestrator.metrics import create_metrics
 from orchestrator.models import Report, format_rfc3339
 from orchestrator.persistence import FILENAME, Store
@@ -54,9 +54,9 @@ def apply_report(state: State, agent_id: str, now: float | None = None, **kwargs
     """What the request handler and the ingest worker do for one accepted report."""
     now = time.time() if now is None else now
     body = report_body(agent_id, now, **kwargs)
-    state.order += 1
+    state.ingest.submit(Report.model_validate(body), orjson.dumps(body), now)
     state.registry.record_report(agent_id, body["hostname"], now)
-    state.ingest.apply(Accepted(Report.model_validate(body), orjson.dumps(body), now, state.order))
+    state.ingest.apply(state.ingest.queue.get_nowait())
 
 
 def stored_ids(path, table: str) -> set[str]:
