@@ -210,16 +210,16 @@ def table(args, rounds: list[dict]) -> str:
     def ms(values):
         return f"{statistics.median(values) * 1000:.1f} / {max(values) * 1000:.1f}"
     lines = [
-        f"WebSocket fan-out: {args.clients} clients, {args.rounds} rounds, broadcast interval {args.interval}, "
-        f"{args.preload_hosts} preloaded hosts × {args.processes} processes, new host with {args.processes} processes",
+        (f"WebSocket fan-out: {args.clients} clients, {args.rounds} rounds, broadcast interval {args.interval}, "
+         f"{args.preload_hosts} preloaded hosts × {args.processes} processes, new host with {args.processes} processes"),
         "",
         "| measure | median / max |",
         "|---|---|",
         f"| 202 → first client has the diff (ms) | {ms([r['first'] for r in rounds])} |",
         f"| 202 → LAST client has the diff (ms) | {ms([r['last'] for r in rounds])} |",
         f"| first → last client: the fan-out itself (ms) | {ms([r['last'] - r['first'] for r in rounds])} |",
-        f"| server CPU per publish+broadcast, `app_websocket_broadcast_seconds` (ms) | "
-        f"{ms([r['broadcast_cpu'] for r in rounds if r['broadcasts']])} |",
+        (f"| server CPU per publish+broadcast, `app_websocket_broadcast_seconds` (ms) | "
+         f"{ms([r['broadcast_cpu'] for r in rounds if r['broadcasts']])} |"),
         f"| server process CPU per round, incl. writing {args.clients} frames (ms) | {ms([r['server_cpu'] for r in rounds])} |",
     ]
     return "\n".join(lines)

@@ -56,7 +56,7 @@ class View:
     host: str | None = None
 
     @classmethod
-    def parse(cls, level: Any, host: Any) -> "View":
+    def parse(cls, level: Any, host: Any) -> View:
         level = "process" if level in (None, "") else level
         if level not in LEVELS:
             raise ViewError(f"level must be one of {', '.join(LEVELS)}, got {level!r}")
