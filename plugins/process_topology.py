@@ -21,7 +21,7 @@ def process_contribution(hostname: str, processes_info, container_of) -> Contrib
     nodes = [host_stub(hostname)]
     containers: dict[str, NodeIn] = {}
     for process in processes_info.processes:
-        fields = process.model_dump(exclude_none=True, exclude=_NOT_METADATA)
+        fields = _metadata(process)
         metrics = {name: value for name in _METRICS if (value := getattr(process, name)) is not None}
         full_id = container_of(process)
         parent = host_node
@@ -34,6 +34,20 @@ def process_contribution(hostname: str, processes_info, container_of) -> Contrib
                             parent=parent, host=hostname, metadata=fields, metrics=metrics))
     nodes.extend(containers.values())
     return Contribution(nodes=tuple(nodes))
+
+
+def _metadata(process) -> dict:
+    if process.model_extra:
+        return process.model_dump(exclude_none=True, exclude=_NOT_METADATA)
+    # The common case without unknown fields, built directly: model_dump costs ~7 us per process.
+    fields = {}
+    if process.ppid is not None:
+        fields["ppid"] = process.ppid
+    if process.cmdline is not None:
+        fields["cmdline"] = process.cmdline
+    if process.user is not None:
+        fields["user"] = process.user
+    return fields
 
 
 @hookimpl

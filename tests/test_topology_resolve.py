@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import orjson
+
 from tests.test_topology_support import C1, conn, host_a, host_b, host_c, listen, merge, proc, scenario
 
 from orchestrator.topology import Topology
@@ -144,3 +146,27 @@ def test_ipv4_mapped_addresses_and_tcp6_are_normalised():
         conn(700, ("::ffff:10.0.0.3", 1), ("::ffff:10.0.0.2", 5432), "tcp6")]}), 1)
     edge = edges_of(topology)["process:host-c:700->process:host-b:500"]
     assert edge["protocol"] == "tcp"
+
+
+def test_re_reports_that_only_refresh_connections_match_a_full_re_resolution():
+    from orchestrator.fleet import Fleet
+    from orchestrator.models import Report
+    from tests.test_topology_support import MERGERS, context
+
+    fleet, topology = Fleet(12, seed=3), Topology()
+    rounds = [range(12), [3, 1, 4], [5, 9, 2, 6], [0, 7, 1], [8, 2, 11, 3]]
+    order = 0
+    for index, hosts in enumerate(rounds):
+        for host in hosts:
+            order += 1
+            # Out-of-order timestamps across agents: the newest record of a connection changes hands.
+            now = 1_760_000_000.0 + 15 * index + (host % 3) * 0.01 - order * 0.001
+            report = Report.model_validate_json(fleet.report_bytes(host, now))
+            for merger in MERGERS:
+                merger.merge_report(report=report, topology=topology, context=context(order))
+        topology.publish(0)
+    incremental = topology.snapshot_json()
+    topology._dirty_conns.update(topology._conns)  # noqa: SLF001 - resolve everything from scratch
+    topology._settle()  # noqa: SLF001
+    topology.publish(0)
+    assert orjson.loads(topology.snapshot_json())["edges"] == orjson.loads(incremental)["edges"]

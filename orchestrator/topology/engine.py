@@ -165,7 +165,7 @@ class Topology:
                 state = self._nodes.get(node.id)
                 if state is None:
                     state = self._nodes[node.id] = _NodeState(node.id, self._first_seen(node.id, timestamp))
-                    self._triggers.add(("N", node.id.rpartition(":")[0]))
+                    self._triggers.add(node.id)
                 elif timestamp < state.first_seen:
                     state.first_seen = timestamp
                 holders = state.holders
@@ -182,7 +182,7 @@ class Topology:
             state.holders = [h for h in state.holders if h[1] != agent or h[2] != section]
             if not state.holders:
                 del self._nodes[node_id]
-                self._triggers.add(("N", node_id.rpartition(":")[0]))
+                self._triggers.add(node_id)
             self._dirty_nodes.add(node_id)
 
     def _replace_addresses(self, old: _Held | None, new: _Held | None) -> None:
@@ -207,18 +207,50 @@ class Topology:
         new_listens = new.listens if new is not None else Counter()
         if old_listens != new_listens:
             self._update_listeners(old_listens, new_listens)
-        for record in old.records if old is not None else ():
-            conn_key = _conn_key(record)
-            conn = self._conns[conn_key]
-            conn.records = [r for r in conn.records if r.owner != key or r.local_end != record.local_end]
-            self._dirty_conns.add(conn_key)
+        gone = {(_conn_key(r), r.local_end): r for r in old.records} if old is not None else {}
+        conns, dirty = self._conns, self._dirty_conns
         for record in new.records if new is not None else ():
             conn_key = _conn_key(record)
-            conn = self._conns.get(conn_key)
-            if conn is None:
-                conn = self._conns[conn_key] = Conn(conn_key)
-            conn.records.append(record)
-            self._dirty_conns.add(conn_key)
+            previous = gone.pop((conn_key, record.local_end), None)
+            if previous is not None:
+                conn = conns[conn_key]
+                records = conn.records
+                newest = records[0] if len(records) == 1 else max(records)
+                for index, held in enumerate(records):
+                    if held is previous:
+                        records[index] = record
+                        break
+                if ((newest is previous or conn.stable) and previous.pid == record.pid and previous.host == record.host
+                        and conn.resolved is not None):
+                    # The same socket reported again by the newest of its reporters, still the newest: the
+                    # resolution is a function of the records' order, hosts, pids and ends (unchanged) and
+                    # of the indexes (their changes trigger re-resolution on their own), so only the
+                    # timestamp moves.
+                    self._refresh(conn, record.rank[0] if len(records) == 1 else max(records)[0][0])
+                    continue
+            else:
+                conn = conns.get(conn_key)
+                if conn is None:
+                    conn = conns[conn_key] = Conn(conn_key)
+                conn.records.append(record)
+            dirty.add(conn_key)
+        for (conn_key, _local_end), record in gone.items():
+            conn = conns[conn_key]
+            conn.records = [r for r in conn.records if r is not record]
+            dirty.add(conn_key)
+
+    def _refresh(self, conn: Conn, timestamp: float) -> None:
+        edge = conn.resolved
+        key = conn.key
+        port, seen = edge.conns[key]
+        if seen == timestamp:
+            return
+        edge.conns[key] = (port, timestamp)
+        self._dirty_edges.add(edge.id)
+        for end in (edge.source, edge.target):
+            if end.startswith("external:"):
+                self._externals[end].refs[key] = timestamp
+                self._dirty_nodes.add(end)
 
     def _update_listeners(self, old: Counter, new: Counter) -> None:
         for (host, protocol, port, ip, pid), count in (old - new).items():

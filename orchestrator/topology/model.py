@@ -1,4 +1,4 @@
-"""What a merger hands the engine: small frozen dataclasses, built once per report section.
+"""What a merger hands the engine: small immutable records (named tuples, a frozen dataclass), built once per report section.
 
 A :class:`Contribution` is one agent's complete current view of one report section. ``None`` in a
 :class:`NodeIn` field means "this contribution does not know it": it neither sets nor clears the field.
@@ -8,17 +8,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 from orchestrator.models import format_rfc3339
 
 
-@dataclass(frozen=True, slots=True)
-class NodeIn:
+class NodeIn(NamedTuple):
     """One node as one contribution sees it. Only ``id`` is required; a bare id keeps the node alive.
 
     ``metadata`` and ``metrics`` are merged key by key across contributions (newest wins per key); the
     engine keeps the mapping it is given and never mutates it, so don't mutate it afterwards either.
+    (A named tuple rather than a frozen dataclass: a report builds hundreds, and this builds 3x faster.)
     """
 
     id: str
@@ -30,8 +30,7 @@ class NodeIn:
     metrics: Mapping[str, Any] | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class ConnectionIn:
+class ConnectionIn(NamedTuple):
     """A socket as the probe saw it on the reporting host. Listening sockets are connections too:
     ``state == "LISTEN"`` for tcp, a udp socket without a remote address; the engine tells them apart."""
 

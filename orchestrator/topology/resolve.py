@@ -22,8 +22,8 @@ Rules (the contract's "Edges", made precise):
 Every lookup a resolution makes is recorded as a dependency key, so a listener, an address owner or a
 process node that appears or disappears re-resolves the connections that looked at it. Keys are coarse
 where fine keys would cost a set per connection: the direction check depends on the host's listeners of
-that protocol (``("D", host, protocol)``), a process end on the host's set of processes
-(``("N", "process:<host>")``); a server lookup on the exact ``("L", host, protocol, port)``, an address on
+that protocol (``("D", host, protocol)``); a process end on that process node's id (a plain string: one
+appearing or vanishing process re-resolves only its own connections); a server lookup on the exact ``("L", host, protocol, port)``, an address on
 ``("O", ip)``.
 """
 
@@ -70,13 +70,16 @@ class Record(NamedTuple):
 class Conn:
     """A connection as seen by one or both of its ends."""
 
-    __slots__ = ("key", "records", "resolved", "deps")
+    __slots__ = ("key", "records", "resolved", "deps", "stable")
 
     def __init__(self, key: tuple) -> None:
         self.key = key
         self.records: list[Record] = []
         self.resolved = None  # the engine's edge this connection is counted in
         self.deps: tuple = ()
+        # True when the resolution does not depend on the records' order (both ends reported, exactly one
+        # of them listening): a re-report that makes another record the newest only moves the timestamp.
+        self.stable = False
 
 
 def scoped(ip: str, host: str) -> str:
@@ -121,12 +124,15 @@ class Resolver:
         records = sorted(conn.records)
         deps: list = []
         server_end = None
+        listening = 0
         for record in reversed(records):
             ip, port = record.local_end
             deps.append(("D", record.host, protocol))
             if self._lookup(record.host, protocol, ip.split("@", 1)[0], port) is not None:
-                server_end = record.local_end
-                break
+                listening += 1
+                if server_end is None:
+                    server_end = record.local_end
+        conn.stable = listening == 1 and len(records) == 2 and records[0].local_end != records[1].local_end
         if server_end is None:
             server_end = records[-1].remote_end
         client_end = conn.key[1] if conn.key[2] == server_end else conn.key[2]
@@ -157,16 +163,18 @@ class Resolver:
             if pids:
                 pid = min((p for p in pids if p is not None), default=None)
                 if pid is not None:
-                    deps.append(("N", f"process:{owner_host}"))
-                    node = self.node_exists(process_id(owner_host, pid))
+                    node_id = process_id(owner_host, pid)
+                    deps.append(node_id)
+                    node = self.node_exists(node_id)
                     if node is not None:
                         return node
         return owner_node
 
     def _process_or_host(self, host: str, pid: int | None, deps: list) -> str:
         if pid is not None:
-            deps.append(("N", f"process:{host}"))
-            node = self.node_exists(process_id(host, pid))
+            node_id = process_id(host, pid)
+            deps.append(node_id)
+            node = self.node_exists(node_id)
             if node is not None:
                 return node
         return host_id(host)
