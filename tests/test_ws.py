@@ -385,6 +385,22 @@ async def test_connect_disconnect_cycles_leave_no_clients_or_tasks(ws_server):
     assert "app_websocket_clients 0.0" in metrics
 
 
+async def test_client_that_stops_answering_protocol_pings_is_dropped(start_ws_server):
+    server = start_ws_server(ping_interval="500ms", ping_timeout="500ms")
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"GET /api/v1/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+    deadline = time.monotonic() + 5
+    while server.call(lambda: server.state.hub.client_count) != 1 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert server.call(lambda: server.state.hub.client_count) == 1
+    while server.call(lambda: server.state.hub.client_count) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)  # never reads, never answers a ping
+    assert server.call(lambda: server.state.hub.client_count) == 0
+    writer.close()
+
+
 async def test_websocket_clients_gauge_follows_connections(ws_server):
     async def gauge() -> float:
         async with httpx.AsyncClient(base_url=ws_server.url) as http:
