@@ -232,8 +232,16 @@ class Published:
                 nodes.append((node_id, old_in, new_in))
             if old is not None and new is not None and _mapping_fields(old) != _mapping_fields(new):
                 remap.update(self.incident.get(node_id, ()))
-        remap.update(eid for eid, _old, _new in edge_changes)
         dirty: set[str] = set()
+        base_to_view = view.base_to_view
+        for eid, old, new in edge_changes:
+            if old is None or new is None:
+                remap.add(eid)
+            elif eid not in remap:
+                # Same id, same ends, same mapping: only the rolled-up counts and times can change.
+                veid = base_to_view.get(eid)
+                if veid is not None:
+                    dirty.add(veid)
         for eid in remap:
             self._remap_edge(view, eid, dirty)
         edges = []
