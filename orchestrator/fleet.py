@@ -415,13 +415,14 @@ class Fleet:
         in_containers = self.processes // 2 if self.containers else 0
         host_quota = self.processes - in_containers
         procs = host.processes
-        next_pid = iter(range(1, 10**9))
+        last_pid = 300  # the kernel's own threads take the first few hundred
 
         def add(**fields: Any) -> int:
-            fields.setdefault("pid", None)
+            nonlocal last_pid
             proc = _Proc(slot=len(procs), **fields)
             if proc.pid is None and proc.period is None:
-                proc.pid = next(next_pid)
+                last_pid += rng.randint(1, 60)
+                proc.pid = last_pid
             procs.append(proc)
             return proc.slot
 
@@ -432,8 +433,7 @@ class Fleet:
 
         shims = []
         for spec in _HOST_SERVICES[:host_quota]:
-            host_proc(*spec)
-            next_pid = iter(range(procs[-1].pid + rng.randint(1, 60), 10**9))
+            host_proc(*spec, pid={"systemd": 1, "kthreadd": 2}.get(spec[0]))
         for k in range(min(self.containers, max(0, host_quota - len(procs)))):
             shims.append(host_proc("containerd-shim", "/usr/bin/containerd-shim-runc-v2 -namespace moby "
                                    "-address /run/containerd/containerd.sock", "root",
@@ -447,7 +447,7 @@ class Fleet:
             worker = ("kworker/{}:{}", "ksoftirqd/{}", "migration/{}", "rcu_gp", "kworker/u{}:{}")[n % 5]
             name = worker.format(n % host.static_info["cpu_count"], n // 5)
             add(name=name, cmdline="", user="root", cgroup=_cgroup_text("/", host.cgroup_v1), threads=1,
-                cpu=0.0, rss=0, ppid=2)
+                cpu=0.0, rss=0, ppid=2, pid=3 + n if n < 290 else None)
         self._lay_out_container_processes(host, rng, in_containers, shims)
 
     def _lay_out_container_processes(self, host: _Host, rng: random.Random, count: int, shims: list[int]) -> None:
@@ -515,13 +515,15 @@ class Fleet:
     def _connect_out(self, host: _Host, incoming: list[list[tuple[_Conn, str]]]) -> None:
         rng = random.Random(f"fleet-out:{self.seed}:{host.index}")
         clients = self._clients(host)
-        others = [i for i in range(self.hosts) if i != host.index and self._hosts[i].listeners]
-        if not clients or not others:
+        if not clients or self.hosts < 2:
             return
         for _ in range(int(self.connections * 0.55)):
             if len(host.connections) >= self.connections:
                 break
-            target = self._hosts[others[rng.randrange(len(others))]]
+            other = rng.randrange(self.hosts - 1)
+            target = self._hosts[other + 1 if other >= host.index else other]
+            if not target.listeners:  # a host with too few processes to run a service
+                continue
             remote_ip, remote_port, _ = target.listeners[rng.randrange(len(target.listeners))]
             conn = _Conn(owner=rng.choice(clients), local_ip=host.ip, remote_ip=remote_ip,
                          remote_port=remote_port, salt=rng.randrange(1 << 30), phase=rng.uniform(0, 3600),
