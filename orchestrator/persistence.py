@@ -11,7 +11,8 @@ What is stored (``<data_dir>/orchestrator.db``, schema version :data:`SCHEMA_VER
     agents      agent_id PRIMARY KEY, record BLOB          orjson of Agent.to_state()
     latest      agent_id PRIMARY KEY, received_at REAL,    the newest report, zlib-compressed as held
                 report BLOB                                in memory (LatestReport.compressed)
-    topology    agent_id PRIMARY KEY, contribution BLOB    orjson of Topology.export_agent()
+    topology    agent_id PRIMARY KEY, contribution BLOB    zlib(orjson of Topology.export_agent()),
+                                                           compressed off the loop (55 KB -> 9 KB)
     timeseries  agent_id PRIMARY KEY, series BLOB          TimeSeriesStore.export_agent() blob
     archive     agent_id PRIMARY KEY, archived_at REAL,    an archived agent (see orchestrator.cleanup):
                 agent BLOB, series BLOB NULL,              registry entry (orjson), time-series blob,
@@ -38,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -153,11 +155,13 @@ class Store:
         :return: how many rows of each table were restored, and how many were skipped.
         """
         counts = dict.fromkeys(_AGENT_TABLES, 0) | {"skipped": 0}
+        timings: dict[str, float] = {}
         loaders = {
             "agents": _restore_agent, "latest": _restore_latest, "topology": _restore_topology,
             "timeseries": _restore_timeseries, "archive": _restore_archive,
         }
         for table, restore_row in loaders.items():
+            started = time.perf_counter()
             for row in self.conn.execute(f"SELECT * FROM {table}"):  # noqa: S608 - fixed table names
                 self._stored_ids.add(row[0])
                 try:
@@ -167,10 +171,13 @@ class Store:
                     log.error("restore_row_skipped", table=table, agent_id=row[0], error=repr(exc))
                 else:
                     counts[table] += 1
+            timings[f"{table}_ms"] = round((time.perf_counter() - started) * 1000, 1)
         meta = dict(self.conn.execute("SELECT key, value FROM meta"))
         state.order = max(state.order, int(meta.get("order", 0)))
+        started = time.perf_counter()
         state.topology.publish(time.time())
-        log.info("state_restored", path=str(self.path), order=state.order, **counts)
+        timings["publish_ms"] = round((time.perf_counter() - started) * 1000, 1)
+        log.info("state_restored", path=str(self.path), order=state.order, **counts, **timings)
         return counts
 
     # -- checkpoints ------------------------------------------------------------------------------------
@@ -261,6 +268,8 @@ class Store:
         with self.conn:
             for table in _AGENT_TABLES:
                 upserts = [getattr(r, table) for r in rows if getattr(r, table) is not None]
+                if table == "topology":
+                    upserts = [(agent_id, zlib.compress(contribution, 1)) for agent_id, contribution in upserts]
                 deletes = [(r.agent_id,) for r in rows if getattr(r, table) is None]
                 if upserts:
                     self.conn.executemany(_UPSERT[table], upserts)
@@ -344,7 +353,7 @@ def _restore_latest(state, row) -> None:
 
 
 def _restore_topology(state, row) -> None:
-    state.topology.import_agent(row[0], orjson.loads(row[1]))
+    state.topology.import_agent(row[0], orjson.loads(zlib.decompress(row[1])))
 
 
 def _restore_timeseries(state, row) -> None:
