@@ -37,6 +37,7 @@ moved aside (``orchestrator.db.corrupt-<UTC timestamp>`` with its ``-wal``/``-sh
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 import zlib
@@ -57,6 +58,7 @@ log = structlog.get_logger("orchestrator.persistence")
 SCHEMA_VERSION = 1
 FILENAME = "orchestrator.db"
 _SQLITE_HEADER = b"SQLite format 3\x00"
+_CORRUPT_ERRORS = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
 # Longest stretch of on-loop gathering before the checkpoint yields to requests.
 GATHER_BUDGET_SECONDS = 0.004
 
@@ -120,6 +122,7 @@ class Store:
         # Agent ids with at least one row, known since restore(): an id that leaves the state without
         # being marked dirty is found by comparing with it, so its rows are deleted all the same.
         self._stored_ids: set[str] = set()
+        self._saved_order: int | None = None  # the order of the last checkpoint written
         self.checkpoints = 0
         self.failures = 0
         self.last_checkpoint_at: float | None = None
@@ -139,8 +142,13 @@ class Store:
         path = data_dir / FILENAME
         try:
             return cls(path), None
-        except (CorruptStore, sqlite3.DatabaseError) as exc:
+        except sqlite3.DatabaseError as exc:
+            # Locked, busy, unreadable: not the file's fault. Setting it aside would lose good data.
+            if getattr(exc, "sqlite_errorname", None) not in _CORRUPT_ERRORS:
+                raise
             problem = str(exc) or type(exc).__name__
+        except CorruptStore as exc:
+            problem = str(exc)
         moved = _move_aside(path)
         log.error("data_file_corrupt", path=str(path), problem=problem, moved_to=str(moved),
                   action="starting with empty state")
@@ -192,6 +200,8 @@ class Store:
         async with self._lock:
             start = time.perf_counter()
             ids = self._take_ids(state, full)
+            if not ids and state.order == self._saved_order:
+                return CheckpointResult(ok=True)  # nothing happened: no transaction, no fsync
             try:
                 rows, longest = await _gather(state, sorted(ids))
                 order = state.order  # after gathering: never below an order any gathered data carries
@@ -206,6 +216,7 @@ class Store:
                 return CheckpointResult(ok=False, seconds=time.perf_counter() - start)
             seconds = time.perf_counter() - start
             written = self._remember(rows)
+            self._saved_order = order
             self.checkpoints += 1
             self.last_checkpoint_at, self.last_checkpoint_seconds = time.time(), seconds
             state.metrics.checkpoint_seconds.observe(seconds)
@@ -326,18 +337,18 @@ def _live_ids(state) -> set[str]:
 
 
 async def _finish_in_thread(func, *args) -> None:
-    """Run ``func`` in a worker thread; if cancelled meanwhile, wait for the thread before re-raising
-    (and raise the thread's own error if it failed), so nobody mistakes an unfinished write for done."""
+    """Run ``func`` in a worker thread; if cancelled meanwhile, wait for the thread to end before the
+    cancellation goes on, so the connection is free when the caller's next step (the shutdown
+    checkpoint) starts."""
     future = asyncio.ensure_future(asyncio.to_thread(func, *args))
     try:
         await asyncio.shield(future)
     except asyncio.CancelledError:
         while not future.done():
-            try:
-                await asyncio.shield(future)
-            except asyncio.CancelledError:
-                continue
-        future.result()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([future])
+        if future.exception() is not None:  # its agents are put back by the caller all the same
+            log.error("checkpoint_failed", error=repr(future.exception()), cancelled=True)
         raise
 
 

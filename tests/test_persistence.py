@@ -343,3 +343,44 @@ async def test_run_checkpoints_periodically_until_cancelled(tmp_path, store):
     with pytest.raises(asyncio.CancelledError):
         await task
     assert stored_ids(store.path, "agents") == {"agent-1"}
+
+
+def test_a_locked_database_is_an_error_not_a_corrupt_file(tmp_path, monkeypatch):
+    Store.open(tmp_path)[0].close()
+
+    def locked(path):
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(persistence, "_connect", locked)
+    with pytest.raises(sqlite3.OperationalError):
+        Store.open(tmp_path)
+    assert not corrupt_files(tmp_path) and (tmp_path / FILENAME).exists()
+
+
+async def test_idle_checkpoint_writes_nothing(tmp_path, store):
+    state = make_state(tmp_path)
+    apply_report(state, "agent-1")
+    await store.checkpoint(state)
+    saved_at = store.conn.execute("SELECT value FROM meta WHERE key = 'saved_at'").fetchone()
+
+    result = await store.checkpoint(state)
+
+    assert result.ok and store.checkpoints == 1
+    assert store.conn.execute("SELECT value FROM meta WHERE key = 'saved_at'").fetchone() == saved_at
+
+
+async def test_cancel_during_a_failing_write_still_cancels_and_keeps_the_agents_dirty(tmp_path, store, monkeypatch):
+    state = make_state(tmp_path)
+    apply_report(state, "agent-1")
+
+    def failing_write(rows, order):
+        time.sleep(0.1)
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(store, "_write", failing_write)
+    task = asyncio.create_task(store.checkpoint(state))
+    await asyncio.sleep(0.02)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert state.dirty_agents == {"agent-1"}
