@@ -191,6 +191,9 @@ class AgentClient:
         self.max_retry_after = max_retry_after
         self.retry_after_jitter = retry_after_jitter
         self.compresslevel = compresslevel
+        # Set when the server could not be reached: once it answers again it may be a new instance
+        # that lost its registry, so the agent re-announces itself (``run_agent``).
+        self.lost_server = False
 
     async def register(self, *, max_attempts: int | None = None) -> dict[str, Any]:
         """``POST /api/v1/agents/register``; ClientError when the server refuses."""
@@ -271,6 +274,7 @@ class AgentClient:
                 response = await self.http.request(method, path, content=content, headers=headers)
             except httpx.TransportError as exc:  # refused, reset, timed out: the server is away
                 failure, delay = f"{type(exc).__name__}: {exc}", backoff.next_delay()
+                self.lost_server = True
             else:
                 if response.status_code < 500 and response.status_code not in RETRY_STATUSES:
                     return response
@@ -332,6 +336,7 @@ async def run_agent(
     rng = rng or random.Random()
     await client.register()
     config = config or await client.fetch_config()
+    client.lost_server = False
     interval = report_interval or config.report_interval
     beats = asyncio.create_task(heartbeat_loop(client, config.heartbeat_interval, sleep))
     try:
@@ -340,6 +345,9 @@ async def run_agent(
         while True:
             started = loop.time()
             await client.post_report(await next_report())
+            if client.lost_server:  # back after an outage: maybe a restarted server, re-announce
+                client.lost_server = False
+                await client.register()
             period = interval * (1.0 + rng.uniform(-jitter, jitter))
             await sleep(max(0.0, period - (loop.time() - started)))
     finally:

@@ -256,3 +256,31 @@ def _with_sleep(init, sleep):
         init(self, *args, **kwargs)
 
     return patched
+
+
+async def test_run_agent_re_registers_after_the_server_was_away():
+    paths: list[str] = []
+    refusals = iter([False, True, True, False])  # the second report meets a restarting server
+
+    def handler(request):
+        if request.url.path == "/api/v1/reports" and next(refusals, False):
+            raise httpx.ConnectError("connection refused", request=request)
+        paths.append(request.url.path)
+        return httpx.Response(202 if request.url.path == "/api/v1/reports" else 200, json={})
+
+    sleep = FakeSleep()
+    client = agent(httpx.MockTransport(handler), sleep)
+    reports = 0
+
+    async def next_report():
+        nonlocal reports
+        reports += 1
+        if reports == 4:
+            raise KeyboardInterrupt
+        return REPORT
+
+    with pytest.raises(KeyboardInterrupt):
+        await run_agent(client, next_report, sleep=sleep, config=AgentConfig())
+    paths = [p for p in paths if "/heartbeat/" not in p]  # the fake sleep makes heartbeats spin
+    assert paths == ["/api/v1/agents/register", "/api/v1/reports", "/api/v1/reports",
+                     "/api/v1/agents/register", "/api/v1/reports"]
