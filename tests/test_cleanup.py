@@ -4,11 +4,14 @@ time-series purge, cancellation mid-sweep, metrics and stats."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
+import logging
 import time
 
 import orjson
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
 from orchestrator import cleanup
@@ -47,6 +50,18 @@ def apply_report(state: State, agent_id: str, seen_at: float, ts: float = T0) ->
     state.ingest.submit(Report.model_validate(body), orjson.dumps(body), seen_at)
     state.registry.record_report(agent_id, hostname, seen_at)
     state.ingest.apply(state.ingest.queue.get_nowait())
+
+
+@contextlib.contextmanager
+def capture_info_logs():
+    """capture_logs, with info events too whatever level the test session's logging filters at."""
+    saved = structlog.get_config()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    try:
+        with capture_logs() as logs:
+            yield logs
+    finally:
+        structlog.configure(**saved)
 
 
 def sample(state: State, name: str, **labels) -> float | None:
@@ -226,7 +241,7 @@ async def test_metrics_and_stats_are_updated(tmp_path):
     apply_report(state, "agent-old", seen_at=T0 - 5)
     apply_report(state, "agent-new", seen_at=T0)
 
-    with capture_logs() as logs:
+    with capture_info_logs() as logs:
         await sweep(state, now=T0)
 
     assert sample(state, "app_cleanup_runs_total") == 1
