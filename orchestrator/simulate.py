@@ -62,8 +62,10 @@ def run(args: argparse.Namespace, *, transport: httpx.AsyncBaseTransport | None 
         print(f"orchestrator simulate: {exc}", file=sys.stderr)
         return 2
     token = args.token or os.environ.get("ORCHESTRATOR_AGENT_TOKEN")
+    started = time.monotonic()
     fleet = Fleet(args.hosts, seed=args.seed, containers=args.containers, processes=args.processes,
                   connections=args.connections)
+    log.info("simulate.fleet_built", hosts=args.hosts, seconds=round(time.monotonic() - started, 2))
     try:
         stats = asyncio.run(simulate(fleet, args.server, token=token, interval=interval, duration=duration,
                                      transport=transport, seed=args.seed))

@@ -284,3 +284,41 @@ async def test_run_agent_re_registers_after_the_server_was_away():
     paths = [p for p in paths if "/heartbeat/" not in p]  # the fake sleep makes heartbeats spin
     assert paths == ["/api/v1/agents/register", "/api/v1/reports", "/api/v1/reports",
                      "/api/v1/agents/register", "/api/v1/reports"]
+
+
+def test_simulate_runs_a_fleet_against_a_server_until_its_duration():
+    from orchestrator import simulate
+    from orchestrator.models import Report
+
+    registered, reported = set(), set()
+
+    def handler(request):
+        path = request.url.path
+        if path == "/api/v1/agents/register":
+            registered.add(orjson.loads(request.content)["agent_id"])
+        if path == "/api/v1/reports":
+            report = orjson.loads(gzip.decompress(request.content))
+            Report.model_validate(report)
+            reported.add(report["agent_id"])
+            return httpx.Response(202, json={"status": "accepted"})
+        if path.startswith("/api/v1/agents/config/"):
+            return httpx.Response(200, json={"report_interval": "15s", "heartbeat_interval": "30s"})
+        return httpx.Response(201, json={"status": "registered"})
+
+    parser = argparse.ArgumentParser()
+    simulate.add_arguments(parser)
+    args = parser.parse_args(["--server", "http://server", "--hosts", "4", "--interval", "200ms",
+                              "--duration", "1s", "--processes", "20", "--connections", "30"])
+    assert simulate.run(args, transport=httpx.MockTransport(handler)) == 0
+    assert registered == reported == {f"sim-host-{i}" for i in range(4)}
+
+
+def test_simulate_exits_1_when_the_server_refuses_the_token(capsys):
+    from orchestrator import simulate
+
+    parser = argparse.ArgumentParser()
+    simulate.add_arguments(parser)
+    args = parser.parse_args(["--server", "http://server", "--hosts", "2", "--token", "wrong"])
+    refuse = httpx.MockTransport(lambda request: httpx.Response(401, json={"error": {"message": "bad token"}}))
+    assert simulate.run(args, transport=refuse) == 1
+    assert "bad token" in capsys.readouterr().err
