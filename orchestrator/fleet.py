@@ -142,7 +142,8 @@ class _Proc:
 
 
 class _Container:
-    __slots__ = ("name", "image", "labels", "ips", "cpu", "rss", "main", "period", "phase", "started", "ids", "seed_key")
+    __slots__ = ("name", "image", "labels", "ips", "main", "period", "phase", "started", "ids",
+                 "seed_key")
 
     def __init__(self, **fields: Any):
         self.period, self.phase, self.main, self.ids = None, 0.0, None, {}
@@ -406,7 +407,7 @@ class Fleet:
                 name=f"{project}-{service.name}-{replica}", image=service.image,
                 labels={"com.docker.compose.project": project, "com.docker.compose.service": service.name,
                         "app": service.name, "tier": service.tier},
-                ips=[_container_ip(k)], cpu=0.0, rss=0,
+                ips=[_container_ip(k)],
                 period=rng.uniform(1800, 4 * 3600) if restarts else None, phase=rng.uniform(0, 4 * 3600),
                 started=host.boot + rng.uniform(60, 86_400), seed_key=f"{self.seed}:{host.index}:{k}",
             ))
@@ -434,7 +435,7 @@ class Fleet:
         shims = []
         for spec in _HOST_SERVICES[:host_quota]:
             host_proc(*spec, pid={"systemd": 1, "kthreadd": 2}.get(spec[0]))
-        for k in range(min(self.containers, max(0, host_quota - len(procs)))):
+        for _ in range(min(self.containers, max(0, host_quota - len(procs)))):
             shims.append(host_proc("containerd-shim", "/usr/bin/containerd-shim-runc-v2 -namespace moby "
                                    "-address /run/containerd/containerd.sock", "root",
                                    "/system.slice/containerd.service", 11, 0.05, 9))
@@ -496,7 +497,7 @@ class Fleet:
         listen("systemd-resolve", "udp", "127.0.0.53", 53, False)
         listen("chronyd", "udp", "127.0.0.1", 323, False)
         exposed = 0
-        for k, container in enumerate(host.containers):
+        for container in host.containers:
             service = next(s for s in _SERVICES if s.image == container.image)
             if service.port is None or container.main is None or exposed >= 4:
                 continue
