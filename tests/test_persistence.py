@@ -8,6 +8,7 @@ import importlib
 import sqlite3
 import time
 
+import httpx
 import orjson
 import pytest
 from structlog.testing import capture_logs
@@ -21,6 +22,7 @@ from orchestrator.persistence import FILENAME, Store
 from orchestrator.plugins import get_plugin_manager
 from orchestrator.settings import Settings
 from orchestrator.state import State
+from tests.support import post_report, report
 
 BUILTIN_PLUGINS = ("cgroup_container_id", "host_topology", "docker_topology", "process_topology",
                    "network_topology", "timeseries_sink", "latest_report_sink")
@@ -384,3 +386,26 @@ async def test_cancel_during_a_failing_write_still_cancels_and_keeps_the_agents_
     with pytest.raises(asyncio.CancelledError):
         await task
     assert state.dirty_agents == {"agent-1"}
+
+
+# -- through a real server process -----------------------------------------------------------------------
+
+
+def test_sigkill_loses_at_most_the_last_checkpoint_interval(tmp_path, server_process):
+    env = {"ORCHESTRATOR_STORAGE__CHECKPOINT_INTERVAL": "1s"}
+    server = server_process("--data-dir", str(tmp_path), env=env).wait_healthy()
+    with httpx.Client(base_url=server.url) as client:
+        assert post_report(client, report("agent-early", host_info={"cpu_percent": 5.0})).status_code == 202
+        time.sleep(2.5)  # at least one checkpoint after the report was applied
+    server.kill()  # SIGKILL: no graceful shutdown, no final checkpoint
+
+    again = server_process("--data-dir", str(tmp_path)).wait_healthy()
+    listed = httpx.get(again.url + "/api/v1/agents/list").json()
+    assert [a["agent_id"] for a in listed["agents"]] == ["agent-early"]
+
+
+def test_server_starts_empty_on_a_corrupt_data_file(tmp_path, server_process):
+    (tmp_path / FILENAME).write_bytes(b"\x00garbage" * 1000)
+    server = server_process("--data-dir", str(tmp_path)).wait_healthy()
+    assert httpx.get(server.url + "/api/v1/agents/list").json()["count"] == 0
+    assert corrupt_files(tmp_path)
