@@ -18,58 +18,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import resource
-import socket
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from importlib.metadata import entry_points
 from pathlib import Path
 
 import httpx
 import orjson
 import websockets
 
-REPO = Path(__file__).resolve().parent.parent
-BUILTINS = ("cgroup_container_id", "host_topology", "docker_topology", "process_topology", "network_topology",
-            "report_limits", "timeseries_sink", "latest_report_sink", "websocket_sink")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def entry_point_shim(directory: Path) -> str | None:
-    """A dist-info declaring the built-in plugins the installed metadata lacks (an editable install made
-    before they existed), so the child server loads them the ordinary way. None when nothing is missing."""
-    installed = {ep.name for ep in entry_points(group="orchestrator")}
-    missing = [name for name in BUILTINS if name not in installed]
-    if not missing:
-        return None
-    dist = directory / "orchestrator_bench_shim-0.dist-info"
-    dist.mkdir(parents=True)
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: orchestrator-bench-shim\nVersion: 0\n")
-    (dist / "entry_points.txt").write_text(
-        "[orchestrator]\n" + "".join(f"{n} = orchestrator_plugins.{n}\n" for n in missing))
-    return str(directory)
-
-
-def start_server(port: int, data_dir: str, interval: str, shim: str | None) -> subprocess.Popen:
-    env = {**os.environ, "ORCHESTRATOR_WEBSOCKET__BROADCAST_INTERVAL": interval,
-           "ORCHESTRATOR_WEBSOCKET__BUFFER_SIZE": "1024", "ORCHESTRATOR_LOG_LEVEL": "warning"}
-    if shim:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [shim, env.get("PYTHONPATH")]))
-    return subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "serve", "--host", "127.0.0.1", "--port", str(port),
-         "--data-dir", data_dir], env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
+from benchmarks.common import Server
 def process_cpu_seconds(pid: int) -> float:
     """CPU time of all the process's threads, in ns resolution (``/proc/<pid>/stat`` only has 10 ms ticks)."""
     total = 0
@@ -141,32 +100,24 @@ class Fleet:
 
 
 async def run(args) -> list[dict]:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryDirectory() as tmp:
-        server = start_server(port, str(Path(tmp) / "data"), args.interval, entry_point_shim(Path(tmp) / "shim"))
-        fleet = Fleet()
+    env = {"ORCHESTRATOR_WEBSOCKET__BROADCAST_INTERVAL": args.interval, "ORCHESTRATOR_WEBSOCKET__BUFFER_SIZE": "1024"}
+    fleet = Fleet()
+    with Server(env=env) as server:
         try:
-            async with httpx.AsyncClient(base_url=base, timeout=30) as http:
-                await wait_healthy(http, server)
+            async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
                 for i in range(args.preload_hosts):
                     assert (await http.post("/api/v1/reports", content=orjson.dumps(host_report(f"pre-{i}", args.processes)),
                                             headers={"Content-Type": "application/json"})).status_code == 202
                 await asyncio.sleep(3 * parse_seconds(args.interval))
-                await fleet.connect(f"ws://127.0.0.1:{port}/api/v1/ws", args.clients)
+                await fleet.connect(f"ws://127.0.0.1:{server.port}/api/v1/ws", args.clients)
                 rounds = []
                 for r in range(args.rounds):
-                    rounds.append(await one_round(http, fleet, server.pid, f"bench-{r}", args))
+                    rounds.append(await one_round(http, fleet, server.proc.pid, f"bench-{r}", args))
                     # A random phase against the broadcast tick, so the wait for the next tick is sampled fairly.
                     await asyncio.sleep(parse_seconds(args.interval) * (0.5 + random.random()))
                 return rounds
         finally:
             await fleet.close()
-            server.terminate()
-            try:
-                server.wait(30)
-            except subprocess.TimeoutExpired:
-                server.kill()
 
 
 async def one_round(http: httpx.AsyncClient, fleet: Fleet, pid: int, hostname: str, args) -> dict:
@@ -185,20 +136,6 @@ async def one_round(http: httpx.AsyncClient, fleet: Fleet, pid: int, hostname: s
     return {"first": fleet.arrivals[0] - accepted, "last": fleet.arrivals[-1] - accepted,
             "broadcast_cpu": (hist_after[0] - hist_before[0]) / broadcasts if broadcasts else float("nan"),
             "broadcasts": broadcasts, "server_cpu": cpu_after - cpu_before}
-
-
-async def wait_healthy(http: httpx.AsyncClient, server: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"server exited {server.returncode}: {server.stderr.read().decode()}")
-        try:
-            if (await http.get("/health")).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        await asyncio.sleep(0.1)
-    raise SystemExit("server did not become healthy within 30s")
 
 
 def parse_seconds(text: str) -> float:

@@ -108,13 +108,16 @@ def merge_report(report, topology, context):
 
 
 @hookspec
-def receive_report(report, raw, state):
+def receive_report(report, raw, gzipped, received_at, state):
     """Hand an accepted, merged report to a sink. Collects from every plugin.
 
     Called once per report after ``merge_report``. Sinks must be quick (they run on the event loop);
     slow I/O belongs in a background task the sink owns.
 
     :param report: the validated :class:`orchestrator.models.Report`.
-    :param raw: the decoded request body as received (bytes), for sinks that store the report as submitted.
+    :param raw: the decoded request body as received (JSON bytes), for sinks that store the report as submitted.
+    :param gzipped: the request body as it came over the wire when the probe gzipped it, else ``None``
+        (a sink that keeps reports compressed can store it without compressing again).
+    :param received_at: the server's clock (epoch seconds) when the report was accepted.
     :param state: the server's :class:`orchestrator.state.State` (registry, time series, hub, ...).
     """

@@ -23,6 +23,7 @@ from orchestrator.models import Process, Report, count_items, error_details
 from orchestrator.plugins import call_each
 
 log = structlog.get_logger("orchestrator.ingest")
+BATCH_SECONDS = 0.005
 
 
 # -- decoding ------------------------------------------------------------------------------------------
@@ -114,6 +115,7 @@ def _depth(value, budget: int) -> int:
 class Accepted:
     report: Report
     raw: bytes
+    gzipped: bytes | None
     received_at: float
     order: int
 
@@ -171,7 +173,7 @@ class Ingest:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    def submit(self, report: Report, raw: bytes, now: float) -> str:
+    def submit(self, report: Report, raw: bytes, now: float, gzipped: bytes | None = None) -> str:
         """Queue a validated report or refuse it *before* accepting (429/503 + Retry-After)."""
         retry = str(max(1, round(self.state.settings.server.retry_after)))
         if self.closing:
@@ -183,7 +185,7 @@ class Ingest:
                            headers={"Retry-After": retry})
         self.state.order += 1
         self._idle.clear()
-        self.queue.put_nowait(Accepted(report, raw, now, self.state.order))
+        self.queue.put_nowait(Accepted(report, raw, gzipped, now, self.state.order))
         self.state.metrics.ingest_queue.set(self.queue.qsize())
         return f"{self.instance}-{self.state.order}"
 
@@ -192,9 +194,9 @@ class Ingest:
         while True:
             item = await self.queue.get()
             self.apply(item)
-            for _ in range(64):
-                if self.queue.empty():
-                    break
+            # Keep applying while the queue has work, but give requests the loop back every few ms.
+            deadline = time.perf_counter() + BATCH_SECONDS
+            while not self.queue.empty() and time.perf_counter() < deadline:
                 self.apply(self.queue.get_nowait())
             self.state.metrics.ingest_queue.set(self.queue.qsize())
             if self.queue.empty():
@@ -209,7 +211,8 @@ class Ingest:
         call_each(state.plugins, "merge_report", state.metrics, order,
                   report=item.report, topology=state.topology, context=context)
         call_each(state.plugins, "receive_report", state.metrics, order,
-                  report=item.report, raw=item.raw, state=state)
+                  report=item.report, raw=item.raw, gzipped=item.gzipped, received_at=item.received_at,
+                  state=state)
         state.dirty_agents.add(item.report.agent_id)
         state.metrics.ingest_seconds.observe(time.perf_counter() - start)
 

@@ -6,10 +6,8 @@ read them. Validation is done once, on the decoded body; the raw bytes are what 
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from datetime import datetime, timezone
-from functools import lru_cache
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, StrictBool
@@ -42,20 +40,20 @@ def _check_timestamp(text: str) -> str:
     return text
 
 
-@lru_cache(maxsize=65536)
-def _check_ip(text: str) -> str:
-    # Probes repeat the same few hundred addresses in every report: the cache makes this a dict lookup.
-    if text == "":
-        return text
-    try:
-        ipaddress.ip_address(text.split("%", 1)[0])  # fe80::1%eth0 carries a zone
-    except ValueError:
-        raise ValueError("must be an IPv4 or IPv6 address") from None
-    return text
+# IP addresses are checked by pattern inside pydantic-core: a Python validator per address cost a third of
+# a report's validation time (two addresses per connection, hundreds of connections per report).
+_V4 = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?:\.(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}"
+_V6 = (
+    r"(?:(?:{h}:){{7}}{h}|(?:{h}:){{1,7}}:|(?:{h}:){{1,6}}:{h}|(?:{h}:){{1,5}}(?::{h}){{1,2}}"
+    r"|(?:{h}:){{1,4}}(?::{h}){{1,3}}|(?:{h}:){{1,3}}(?::{h}){{1,4}}|(?:{h}:){{1,2}}(?::{h}){{1,5}}"
+    r"|{h}:(?::{h}){{1,6}}|:(?:(?::{h}){{1,7}}|:)|(?:{h}:){{6}}{v4}|::(?:ffff(?::0{{1,4}})?:)?{v4}"
+    r"|(?:{h}:){{1,4}}:{v4})"
+).format(h="[0-9a-fA-F]{1,4}", v4=_V4)
+IP_PATTERN = rf"^(?:|{_V4}|{_V6}(?:%[0-9A-Za-z._-]+)?)$"  # empty: no address (a listener's remote end)
 
 
 Timestamp = Annotated[str, AfterValidator(_check_timestamp)]
-IpAddress = Annotated[str, AfterValidator(_check_ip)]
+IpAddress = Annotated[str, Field(pattern=IP_PATTERN)]
 NonNegInt = Annotated[int, Field(ge=0)]
 NonNegNum = Annotated[float, Field(ge=0)]
 Port = Annotated[int, Field(ge=0, le=65535)]

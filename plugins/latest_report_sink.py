@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 from orchestrator.hookspecs import hookimpl
 from orchestrator.state import LatestReport
 
 
 @hookimpl
-def receive_report(report, raw, state):
-    state.latest[report.agent_id] = LatestReport.from_raw(time.time(), raw)
+def receive_report(report, raw, gzipped, received_at, state):
+    state.latest[report.agent_id] = LatestReport.from_raw(received_at, raw, gzipped)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from orchestrator.hookspecs import hookimpl
 from orchestrator.models import count_items
 
@@ -34,5 +32,5 @@ def report_metrics(report) -> dict:
 
 
 @hookimpl
-def receive_report(report, raw, state):
-    state.timeseries.add_report(report.agent_id, report.epoch, report_metrics(report), now=time.time())
+def receive_report(report, received_at, state):
+    state.timeseries.add_report(report.agent_id, report.epoch, report_metrics(report), now=received_at)

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 
 import httpx
-import pytest
 from structlog.testing import capture_logs
 
 from orchestrator.plugins import plugin_names

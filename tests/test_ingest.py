@@ -120,3 +120,32 @@ def test_plugin_sections_are_validated_with_their_model():
     assert report.sections["gpu_info"].gpus == [1, 2]
     err = status_of(parse, {**GOOD, "gpu_info": {"gpus": ["x"]}}, {"gpu_info": GpuInfo})
     assert err.details[0]["field"] == "gpu_info.gpus.0"
+
+
+# -- the IP address pattern agrees with the standard library ---------------------------------------------
+
+import ipaddress  # noqa: E402
+import re  # noqa: E402
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from orchestrator.models import IP_PATTERN  # noqa: E402
+
+IP = re.compile(IP_PATTERN)
+
+
+@given(st.ip_addresses())
+def test_every_real_address_matches_the_pattern(address):
+    assert IP.match(str(address)) and IP.match(address.exploded)
+
+
+@settings(max_examples=2000)
+@given(st.text(alphabet="0123456789abcdefABCDEFg.:", max_size=45))
+def test_the_pattern_accepts_exactly_what_ipaddress_accepts(text):
+    try:
+        ipaddress.ip_address(text)  # takes IPv6 zone ids (fe80::1%eth0) as the pattern does
+        valid = True
+    except ValueError:
+        valid = text == ""
+    assert bool(IP.match(text)) == valid, text

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import socket
 import time
-from importlib.metadata import entry_points
 
 import httpx
 import orjson
@@ -16,21 +14,10 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.support import make_settings, report
 
-# The built-in plugins this feature needs, registered by hand when the installed entry points predate them.
-NEEDED_PLUGINS = ("host_topology", "docker_topology", "process_topology", "network_topology", "websocket_sink")
-
-
-def builtin_plugins() -> list[tuple[str, object]]:
-    installed = {ep.name for ep in entry_points(group="orchestrator")}
-    return [(name, importlib.import_module(f"orchestrator_plugins.{name}"))
-            for name in NEEDED_PLUGINS if name not in installed]
-
-
 @pytest.fixture
 def start_ws_server(start_server):
     def start(**websocket):
-        return start_server(make_settings(websocket={"broadcast_interval": "50ms", **websocket}),
-                            extra_plugins=builtin_plugins())
+        return start_server(make_settings(websocket={"broadcast_interval": "50ms", **websocket}))
     return start
 
 
@@ -248,9 +235,6 @@ async def test_message_over_max_message_size_gets_error_from_the_handler():
     assert conn.messages[-1]["payload"]["code"] == "message_too_large" and hub.client_count == 1
 
 
-@pytest.mark.xfail(strict=True, reason="the app factory sets WEBSOCKET_MAX_SIZE = max_message_size, so the "
-                   "websockets protocol closes with 1009 before the handler sees the message; a protocol cap "
-                   "above max_message_size lets the handler answer with an error as the contract asks")
 async def test_oversized_message_gets_error_and_connection_stays_open(start_ws_server):
     server = start_ws_server(max_message_size=1024)
     async with websockets.connect(ws_url(server)) as ws:

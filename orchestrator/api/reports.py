@@ -30,7 +30,8 @@ async def post_report(request: Request) -> HTTPResponse:
         raise ApiError(422, "report failed validation",
                        details=[{"field": path, "message": message} for path, message in problems])
     now = time.time()
-    report_id = state.ingest.submit(report, raw, now)  # raises 429/503 before anything is accepted
+    gzipped = request.body if raw is not request.body else None
+    report_id = state.ingest.submit(report, raw, now, gzipped)  # raises 429/503 before anything is accepted
     restore_agent(state, report.agent_id)
     state.registry.record_report(report.agent_id, report.hostname, now)
     state.reports_received += 1
