@@ -120,7 +120,7 @@ async def _begin_shutdown(app: Sanic) -> None:
     report among them is still answered 202 and applied): the listener is closed right after this."""
     state: State = app.ctx.state
     state.shutting_down = True
-    log.info("shutdown_started", queued_reports=state.ingest.queue.qsize())
+    log.info("shutdown_started", queued_reports=state.ingest.backlog)
     await state.hub.close_all(1001)
 
 

@@ -95,6 +95,8 @@ def merge_report(report, topology, context):
     Called once per accepted report, in arrival order, by the ingest worker. Each merger owns one or
     more sections and replaces the reporting agent's earlier contribution for them with
     :meth:`orchestrator.topology.Topology.contribute`; a section absent from the report must be left alone.
+    Under load the worker skips this hook for a report that a later queued report of the same agent makes
+    moot (the later one carries every section it carries and is not older); sinks still get every report.
 
     :param report: the validated :class:`orchestrator.models.Report`.
     :param topology: the live :class:`orchestrator.topology.Topology`.

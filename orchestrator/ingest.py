@@ -12,6 +12,7 @@ import asyncio
 import os
 import time
 import zlib
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -19,11 +20,12 @@ import structlog
 from pydantic import BaseModel, ValidationError
 
 from orchestrator.errors import ApiError
-from orchestrator.models import Process, Report, count_items, error_details
+from orchestrator.models import BUILTIN_SECTIONS, Process, Report, count_items, error_details
 from orchestrator.plugins import call_each
 
 log = structlog.get_logger("orchestrator.ingest")
 BATCH_SECONDS = 0.005
+MAX_BATCH = 1024
 
 
 # -- decoding ------------------------------------------------------------------------------------------
@@ -170,8 +172,7 @@ class Ingest:
         settings = self.state.settings
         self.queue = asyncio.Queue(maxsize=settings.server.ingest_queue_size)
         self.extract = ContainerIdCache(self.state.plugins)
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._batch: deque[Accepted] = deque()  # taken off the queue, not applied yet
 
     def submit(self, report: Report, raw: bytes, now: float, gzipped: bytes | None = None) -> str:
         """Queue a validated report or refuse it *before* accepting (429/503 + Retry-After)."""
@@ -184,32 +185,43 @@ class Ingest:
             raise ApiError(429, "ingest queue is full; retry later", code="overloaded",
                            headers={"Retry-After": retry})
         self.state.order += 1
-        self._idle.clear()
         self.queue.put_nowait(Accepted(report, raw, gzipped, now, self.state.order))
         self.state.metrics.ingest_queue.set(self.queue.qsize())
         return f"{self.instance}-{self.state.order}"
 
     async def run(self) -> None:
-        """Apply queued reports until cancelled; a batch at a time, yielding to requests between batches."""
+        """Apply queued reports until cancelled, yielding the loop to requests every few milliseconds.
+
+        The worker takes everything queued as one batch. Under load a batch holds several reports of the
+        same agent; a report whose every section a later report of the batch replaces (same agent, not
+        older) is not merged — sections replace, so merging it would change nothing that stays — but its
+        sinks still run (time series need every point). This is what keeps ingest ahead of a burst.
+        """
         while True:
-            item = await self.queue.get()
-            self.apply(item)
-            # Keep applying while the queue has work, but give requests the loop back every few ms.
-            deadline = time.perf_counter() + BATCH_SECONDS
-            while not self.queue.empty() and time.perf_counter() < deadline:
-                self.apply(self.queue.get_nowait())
+            self._batch.append(await self.queue.get())
+            while not self.queue.empty() and len(self._batch) < MAX_BATCH:
+                self._batch.append(self.queue.get_nowait())
             self.state.metrics.ingest_queue.set(self.queue.qsize())
-            if self.queue.empty():
-                self._idle.set()
+            skip = superseded(self._batch)
+            deadline = time.perf_counter() + BATCH_SECONDS
+            while self._batch:
+                item = self._batch.popleft()
+                self.apply(item, merge=item.order not in skip)
+                if time.perf_counter() > deadline:
+                    await asyncio.sleep(0)
+                    deadline = time.perf_counter() + BATCH_SECONDS
             await asyncio.sleep(0)
 
-    def apply(self, item: Accepted) -> None:
+    def apply(self, item: Accepted, merge: bool = True) -> None:
         state = self.state
         start = time.perf_counter()
         order = state.settings.pipeline.order
-        context = MergeContext(item.order, self.extract)
-        call_each(state.plugins, "merge_report", state.metrics, order,
-                  report=item.report, topology=state.topology, context=context)
+        if merge:
+            context = MergeContext(item.order, self.extract)
+            call_each(state.plugins, "merge_report", state.metrics, order,
+                      report=item.report, topology=state.topology, context=context)
+        else:
+            state.metrics.reports_coalesced.inc()
         call_each(state.plugins, "receive_report", state.metrics, order,
                   report=item.report, raw=item.raw, gzipped=item.gzipped, received_at=item.received_at,
                   state=state)
@@ -217,14 +229,44 @@ class Ingest:
         state.metrics.ingest_seconds.observe(time.perf_counter() - start)
 
     async def drain(self) -> None:
-        """Refuse new reports and apply every accepted one (graceful shutdown)."""
+        """Refuse new reports and apply every accepted one, including a batch the worker was cut off in
+        (graceful shutdown: a 202 is never lost)."""
         self.closing = True
         while not self.queue.empty():
-            self.apply(self.queue.get_nowait())
-        self._idle.set()
+            self._batch.append(self.queue.get_nowait())
+        skip = superseded(self._batch)
+        while self._batch:
+            item = self._batch.popleft()
+            self.apply(item, merge=item.order not in skip)
+        self.state.metrics.ingest_queue.set(0)
 
-    async def wait_idle(self) -> None:
-        await self._idle.wait()
+    @property
+    def backlog(self) -> int:
+        """Accepted reports not applied yet."""
+        return self.queue.qsize() + len(self._batch)
+
+
+def report_sections(report: Report) -> set[str]:
+    sections = {name for name in BUILTIN_SECTIONS if getattr(report, name) is not None}
+    return sections | set(report.sections)
+
+
+def superseded(batch) -> set[int]:
+    """Orders of the reports in ``batch`` whose merge a later report of the same agent makes moot: the later
+    one carries every section the earlier one does, and is not older (sections replace, ties go to the later)."""
+    newest: dict[tuple[str, str], float] = {}  # (agent, section) -> newest epoch among later reports
+    skip = set()
+    for item in reversed(batch):
+        report = item.report
+        sections = report_sections(report)
+        agent = report.agent_id
+        if all(newest.get((agent, s), float("-inf")) >= report.epoch for s in sections):
+            skip.add(item.order)
+        for section in sections:
+            key = (agent, section)
+            if newest.get(key, float("-inf")) < report.epoch:
+                newest[key] = report.epoch
+    return skip
 
 
 def report_summary(report: Report) -> dict:

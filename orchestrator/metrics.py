@@ -16,6 +16,7 @@ class Metrics:
     reports_rejected: Counter
     reports_throttled: Counter
     ingest_queue: Gauge
+    reports_coalesced: Counter
     ingest_seconds: Histogram
     plugin_errors: Counter
     topology_nodes: Gauge
@@ -47,6 +48,8 @@ def create_metrics() -> Metrics:
         reports_rejected=Counter("app_reports_rejected_total", "Reports refused", ["reason"], registry=r),
         reports_throttled=Counter("app_reports_throttled_total", "Reports refused with 429/503 (queue full or shutting down)", registry=r),
         ingest_queue=Gauge("app_ingest_queue_depth", "Accepted reports waiting to be applied", registry=r),
+        reports_coalesced=Counter("app_reports_coalesced_total",
+                                  "Reports not merged because a later queued report of the agent replaced every section", registry=r),
         ingest_seconds=Histogram("app_ingest_apply_seconds", "Time to merge a report and run its sinks", registry=r,
                                  buckets=(.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .5)),
         plugin_errors=Counter("app_plugin_errors_total", "Exceptions raised by plugins", ["plugin", "hook"], registry=r),

@@ -177,3 +177,21 @@ def test_unknown_fields_are_kept_in_the_latest_report(http):
     post_report(http, body)
     latest = wait_for(lambda: (r := http.get("/api/v1/query/agents/agent-1/latest")).status_code == 200 and r.json())
     assert latest["report"] == body and latest["agent_id"] == "agent-1" and latest["received_at"].endswith("Z")
+
+
+def test_backlog_is_coalesced_yet_every_report_reaches_the_sinks(start_server):
+    server = start_server()
+    worker = next(t for t in server.app.ctx.tasks if t.get_name() == "ingest")
+    server.call(worker.cancel)  # reports pile up as they would behind a slow worker
+    base = (time.time() // 15) * 15 - 120
+    with httpx.Client(base_url=server.url) as client:
+        for i in range(5):
+            body = report(ts=base + 15 * i, host_info={"cpu_percent": float(i)},
+                          processes_info={"processes": [{"pid": 100 + i}]})
+            assert post_report(client, body).status_code == 202
+        server.call(lambda: server.app.ctx.tasks.append(asyncio.ensure_future(server.state.ingest.run())))
+        nodes = wait_for(lambda: "process:host-1:104" in (n := topology(client)["nodes"]) and n)
+        assert [n for n in nodes if n.startswith("process:")] == ["process:host-1:104"]
+        series = client.get("/api/v1/query/agents/agent-1/timeseries").json()
+        assert [p["cpu_percent"] for p in series["points"]] == [0.0, 1.0, 2.0, 3.0, 4.0]
+        assert "app_reports_coalesced_total 4.0" in client.get("/metrics").text

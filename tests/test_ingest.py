@@ -149,3 +149,41 @@ def test_the_pattern_accepts_exactly_what_ipaddress_accepts(text):
     except ValueError:
         valid = text == ""
     assert bool(IP.match(text)) == valid, text
+
+
+# -- coalescing: merges a later report makes moot are skipped ------------------------------------------------
+
+from types import SimpleNamespace  # noqa: E402
+
+from orchestrator.ingest import superseded  # noqa: E402
+
+
+def queued(order, agent, epoch_offset, **sections):
+    body = {**GOOD, "agent_id": agent, "timestamp": f"2025-10-13T00:00:{epoch_offset:02d}Z", **sections}
+    return SimpleNamespace(order=order, report=parse(body))
+
+
+def test_a_report_replaced_in_every_section_by_a_later_one_is_not_merged():
+    batch = [queued(1, "a", 0, host_info={}, processes_info={}), queued(2, "a", 5, host_info={}, processes_info={})]
+    assert superseded(batch) == {1}
+
+
+def test_a_report_with_a_section_the_later_one_lacks_is_still_merged():
+    batch = [queued(1, "a", 0, host_info={}, docker_info={}), queued(2, "a", 5, host_info={})]
+    assert superseded(batch) == set()
+
+
+def test_an_older_later_arrival_does_not_supersede():
+    batch = [queued(1, "a", 9, host_info={}), queued(2, "a", 5, host_info={})]
+    assert superseded(batch) == set()
+
+
+def test_other_agents_and_the_last_report_are_never_superseded():
+    batch = [queued(1, "a", 0, host_info={}), queued(2, "b", 5, host_info={}), queued(3, "a", 5, host_info={})]
+    assert superseded(batch) == {1}
+
+
+def test_sections_covered_by_two_later_reports_together_supersede():
+    batch = [queued(1, "a", 0, host_info={}, docker_info={}), queued(2, "a", 1, host_info={}),
+             queued(3, "a", 2, docker_info={})]
+    assert superseded(batch) == {1}

@@ -24,7 +24,7 @@ async def health(request: Request) -> HTTPResponse:
         "uptime": format_duration(round(uptime)),
         "uptime_seconds": round(uptime, 3),
         "agents": len(state.registry),
-        "ingest_queue": state.ingest.queue.qsize() if state.ingest else 0,
+        "ingest_queue": state.ingest.backlog if state.ingest else 0,
     }
     return json(body, status=503 if state.shutting_down else 200)
 

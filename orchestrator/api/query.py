@@ -95,7 +95,7 @@ async def stats(request: Request) -> HTTPResponse:
         "agents_by_status": counts,
         "websocket_clients": state.hub.client_count if state.hub else 0,
         "reports_received": state.reports_received,
-        "ingest_queue": state.ingest.queue.qsize(),
+        "ingest_queue": state.ingest.backlog,
         "seq": state.topology.seq,
         "storage": storage,
         "topology": state.topology.counts(),
