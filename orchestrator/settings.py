@@ -69,7 +69,7 @@ class ServerSettings(_Section):
     max_processes: int = Field(10_000, ge=1)
     max_connections: int = Field(50_000, ge=1)
     max_containers: int = Field(5_000, ge=1)
-    ingest_queue_size: int = Field(2_000, ge=1)
+    ingest_queue_size: int = Field(500, ge=1)
     retry_after: Duration(1.0, 3600.0) = 1.0
     request_timeout: Duration(0.1) = 60.0
     response_timeout: Duration(0.1) = 60.0
