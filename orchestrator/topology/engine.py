@@ -22,7 +22,7 @@ from dataclasses import replace
 
 from .model import ConnectionIn, Contribution, NodeIn, rfc3339, type_from_id
 from .resolve import WILDCARD, Conn, Record, Resolver, classify
-from .views import Publication, Published
+from .views import Publication, Published, multi_add, multi_discard
 
 BUILTIN_SECTIONS = ("host_info", "docker_info", "processes_info", "network_info")
 
@@ -70,6 +70,7 @@ class Topology:
     """The live topology and its published versions. Not thread-safe: one event loop owns it."""
 
     _importing = False
+    _unsettled = False  # imported contributions not resolved yet (import_agent defers resolution)
 
     def __init__(self) -> None:
         self._held: dict[tuple[str, str], _Held] = {}
@@ -81,7 +82,7 @@ class Topology:
         self._listeners: dict[tuple, dict[str, Counter]] = {}
         self._owners: dict[str, Counter] = {}
         self._conns: dict[tuple, Conn] = {}
-        self._deps: dict[tuple, set] = {}
+        self._deps: dict = {}  # dependency key -> conn keys (multi_add: one key or a set)
         self._interned: dict[tuple, tuple] = {}
         self._resolver = Resolver(self._listeners, self._owners, self._node_exists)
         self._dirty_conns: set[tuple] = set()
@@ -90,6 +91,7 @@ class Topology:
         self._dirty_edges: set[str] = set()
         self._newest = float("-inf")
         self._agent_lists: dict[tuple, list] = {}
+        self._port_lists: dict[tuple, list] = {}
         self._published = Published()
         self._snapshots: dict[tuple, dict] = {}
         self._snapshot_json: dict[tuple, bytes] = {}
@@ -110,6 +112,7 @@ class Topology:
         A contribution older than the one held -- lower ``(timestamp, order)`` -- is ignored.
         """
         if self._restored_first_seen and not self._importing:
+            self._settle_imported()
             self._restored_first_seen = {}
         key = (agent_id, section)
         old = self._held.get(key)
@@ -128,7 +131,10 @@ class Topology:
         self._held[key] = new
         self._agent_sections.setdefault(agent_id, {})[section] = None
         self._newest = max(self._newest, timestamp)
-        self._settle()
+        if self._importing:
+            self._unsettled = True  # resolved once, by the next publish or live change
+        else:
+            self._settle()
 
     def remove_agent(self, agent_id: str) -> None:
         for section in list(self._agent_sections.get(agent_id, ())):
@@ -278,13 +284,22 @@ class Topology:
         state = self._nodes.get(node_id)
         return state.id if state is not None else None
 
+    def _settle_imported(self) -> None:
+        if self._unsettled:
+            self._settle()
+
     def _settle(self) -> None:
         """Re-resolve every connection that changed or depends on a changed index entry."""
+        self._unsettled = False
         dirty = self._dirty_conns
+        deps = self._deps
         for trigger in self._triggers:
-            dependents = self._deps.get(trigger)
-            if dependents:
-                dirty.update(dependents)
+            dependents = deps.get(trigger)
+            if dependents is not None:
+                if type(dependents) is set:
+                    dirty.update(dependents)
+                else:
+                    dirty.add(dependents)
         self._triggers = set()
         self._dirty_conns = set()
         touched_externals: set[str] = set()
@@ -343,16 +358,15 @@ class Topology:
         if new == conn.deps:
             return
         key = conn.key
+        deps = self._deps
         for dep in new:
-            self._deps.setdefault(dep, set()).add(key)
+            multi_add(deps, dep, key)
         kept = set(new)
         for dep in conn.deps:
             if dep in kept:
                 continue
-            dependents = self._deps[dep]
-            dependents.discard(key)
-            if not dependents:
-                del self._deps[dep]
+            multi_discard(deps, dep, key)
+            if dep not in deps:
                 del interned[dep]
         conn.deps = new
 
@@ -360,6 +374,7 @@ class Topology:
 
     def node_body(self, node_id: str) -> dict | None:
         """The contract's ``<node>`` for the live state of ``node_id``, or None when it does not exist."""
+        self._settle_imported()
         state = self._nodes.get(node_id)
         if state is None:
             external = self._externals.get(node_id)
@@ -393,6 +408,18 @@ class Topology:
             shared = self._agent_lists[key] = list(key)
         return shared
 
+    def _ports(self, conns) -> list:
+        # Edges share a few distinct port lists: one list object per distinct list, never mutated.
+        if len(conns) == 1:
+            for port, _ in conns:
+                ports = (port,)
+        else:
+            ports = tuple(sorted({port for port, _ in conns}))
+        shared = self._port_lists.get(ports)
+        if shared is None:
+            shared = self._port_lists[ports] = list(ports)
+        return shared
+
     def _external_body(self, node_id: str, external: _External) -> dict:
         agents = {record.owner[0] for key in external.refs for record in self._conns[key].records}
         return {
@@ -402,13 +429,14 @@ class Topology:
         }
 
     def edge_body(self, edge_id: str) -> dict | None:
+        self._settle_imported()
         edge = self._edges.get(edge_id)
         if edge is None:
             return None
         conns = edge.conns.values()
         return {
             "id": edge_id, "source": edge.source, "target": edge.target, "protocol": edge.protocol,
-            "ports": sorted({port for port, _ in conns}), "connections": len(edge.conns),
+            "ports": self._ports(conns), "connections": len(edge.conns),
             "last_seen": rfc3339(max(timestamp for _, timestamp in conns)),
         }
 
@@ -424,6 +452,7 @@ class Topology:
         The version's timestamp is the newest report timestamp accepted so far (``now`` only before any
         report), so two servers fed the same reports publish the same bytes.
         """
+        self._settle_imported()
         if not self._dirty_nodes and not self._dirty_edges:
             return None
         dirty_nodes, dirty_edges = self._dirty_nodes, self._dirty_edges
@@ -472,6 +501,7 @@ class Topology:
 
     def export_agent(self, agent_id: str) -> dict | None:
         """The agent's contributions as JSON-able data (orjson), for :meth:`import_agent`."""
+        self._settle_imported()
         sections = self._agent_sections.get(agent_id)
         if not sections:
             return None
@@ -505,8 +535,18 @@ class Topology:
                         first_seen[end] = self._externals[end].first_seen
         return dict(sorted(first_seen.items()))
 
+    def import_agents(self, agents) -> None:
+        """Restore many agents, ``(agent_id, data)`` pairs, resolving connections once at the end."""
+        for agent_id, data in agents:
+            self.import_agent(agent_id, data)
+        self._settle_imported()
+
     def import_agent(self, agent_id: str, data: dict) -> None:
-        """Restore an agent exported by :meth:`export_agent` (first_seen included)."""
+        """Restore an agent exported by :meth:`export_agent` (first_seen included).
+
+        Connection resolution is deferred to the next publish, live change or read of the engine, so a
+        restore of N agents resolves once instead of N times (the result is the same: resolution is a
+        function of the indexes, not of the order they were filled in)."""
         restored = data.get("first_seen") or {}
         self._restored_first_seen.update(restored)
         self._importing = True

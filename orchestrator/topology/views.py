@@ -62,6 +62,39 @@ class Publication:
         return {"from_seq": self.seq - 1, "nodes": nodes, "edges": edges}
 
 
+def multi_add(index: dict, key, value) -> None:
+    """Add ``value`` to the members of ``key`` in a compact one-to-many index: a key with one member maps
+    to the member itself, only a key with several to a set (most keys have one; a set costs ~200 bytes)."""
+    held = index.get(key)
+    if held is None:
+        index[key] = value
+    elif type(held) is set:
+        held.add(value)
+    elif held != value:
+        index[key] = {held, value}
+
+
+def multi_discard(index: dict, key, value) -> None:
+    held = index.get(key)
+    if held is None:
+        return
+    if type(held) is set:
+        held.discard(value)
+        if len(held) == 1:
+            index[key] = next(iter(held))
+        elif not held:
+            del index[key]
+    elif held == value:
+        del index[key]
+
+
+def multi_get(index: dict, key) -> tuple | set:
+    held = index.get(key)
+    if held is None:
+        return ()
+    return held if type(held) is set else (held,)
+
+
 def _section() -> dict:
     return {"added": {}, "updated": {}, "removed": []}
 
@@ -87,7 +120,8 @@ class _View:
         self.edge_hosts: dict[str, tuple] = {}
         self.nodes_by_host: dict[str, set] = {}
         self.edges_by_host: dict[str, set] = {}
-        self.members: dict[str, set] = {}  # view edge id -> base edge ids (collapsed levels)
+        self.members: dict[str, str | set] = {}  # view edge id -> base edge ids (collapsed levels; multi_add)
+        self.host_tuples: dict[tuple, tuple] = {}  # one shared tuple per distinct edge_hosts value
         self.base_to_view: dict[str, str | None] = {}
 
     def maps_to(self, node_id: str) -> str:
@@ -133,6 +167,7 @@ class _View:
                 del self.edges_by_host[host]
         if hosts:
             hosts = tuple(h for h in dict.fromkeys(hosts) if h is not None)
+            hosts = self.host_tuples.setdefault(hosts, hosts)
             self.edge_hosts[eid] = hosts
             for host in hosts:
                 self.edges_by_host.setdefault(host, set()).add(eid)
@@ -147,7 +182,8 @@ class Published:
         self.timestamp = rfc3339(0.0)
         self.nodes: dict[str, dict] = {}
         self.edges: dict[str, dict] = {}
-        self.incident: dict[str, set] = {}  # node id -> base edge ids touching it
+        self.incident: dict[str, str | set] = {}  # node id -> base edge ids touching it (multi_add)
+        self.ports: dict[tuple, list] = {}  # one shared list per distinct rolled-up port list
         self.types: Counter = Counter()
         self.views = {level: _View(level, self) for level in LEVELS}
 
@@ -190,15 +226,12 @@ class Published:
                 del self.edges[eid]
                 # A self-loop (a process connected to its own listener) has one end, indexed once.
                 for end in {old["source"], old["target"]}:
-                    ids = self.incident[end]
-                    ids.discard(eid)
-                    if not ids:
-                        del self.incident[end]
+                    multi_discard(self.incident, end, eid)
             else:
                 self.edges[eid] = new
                 if old is None:
-                    self.incident.setdefault(new["source"], set()).add(eid)
-                    self.incident.setdefault(new["target"], set()).add(eid)
+                    multi_add(self.incident, new["source"], eid)
+                    multi_add(self.incident, new["target"], eid)
             changes.append((eid, old, new))
         return changes
 
@@ -210,7 +243,7 @@ class Published:
         # An edge whose end moved to another host is unchanged itself but enters or leaves host filters.
         moved = {eid for node_id, old, new in node_changes
                  if old is not None and new is not None and old["host"] != new["host"]
-                 for eid in self.incident.get(node_id, ())}
+                 for eid in multi_get(self.incident, node_id)}
         moved.difference_update(eid for eid, _old, _new in edge_changes)
         for eid in sorted(moved):
             edge = self.edges[eid]
@@ -231,7 +264,7 @@ class Published:
                 view.index_node(node_id, old_in, new_in)
                 nodes.append((node_id, old_in, new_in))
             if old is not None and new is not None and _mapping_fields(old) != _mapping_fields(new):
-                remap.update(self.incident.get(node_id, ()))
+                remap.update(multi_get(self.incident, node_id))
         dirty: set[str] = set()
         base_to_view = view.base_to_view
         for eid, old, new in edge_changes:
@@ -255,7 +288,7 @@ class Published:
     def _remap_edge(view: _View, eid: str, dirty: set) -> None:
         old_veid = view.base_to_view.pop(eid, None)
         if old_veid is not None:
-            view.members[old_veid].discard(eid)
+            multi_discard(view.members, old_veid, eid)
             dirty.add(old_veid)
         edge = view.base.edges.get(eid)
         if edge is None:
@@ -265,12 +298,11 @@ class Published:
             return  # a self-loop created by the collapse
         veid = make_edge_id(source, target, edge["protocol"])
         view.base_to_view[eid] = veid
-        view.members.setdefault(veid, set()).add(eid)
+        multi_add(view.members, veid, eid)
         dirty.add(veid)
 
-    @staticmethod
-    def _rollup(view: _View, veid: str) -> tuple | None:
-        members = view.members.get(veid)
+    def _rollup(self, view: _View, veid: str) -> tuple | None:
+        members = multi_get(view.members, veid)
         old = view.edges.get(veid)
         new = None
         if members:
@@ -279,7 +311,7 @@ class Published:
             source, target = view.maps_to(first["source"]), view.maps_to(first["target"])
             new = {
                 "id": veid, "source": source, "target": target, "protocol": first["protocol"],
-                "ports": sorted({port for edge in base_edges for port in edge["ports"]}),
+                "ports": first["ports"] if len(base_edges) == 1 else self._ports(base_edges),
                 "connections": sum(edge["connections"] for edge in base_edges),
                 "last_seen": max(edge["last_seen"] for edge in base_edges),
             }
@@ -294,6 +326,13 @@ class Published:
         else:
             view.edges[veid] = new
         return _indexed_change(view, veid, old, new)
+
+    def _ports(self, base_edges: list) -> list:
+        ports = tuple(sorted({port for edge in base_edges for port in edge["ports"]}))
+        shared = self.ports.get(ports)
+        if shared is None:
+            shared = self.ports[ports] = list(ports)
+        return shared
 
     # -- reading ------------------------------------------------------------------------------------
 
