@@ -21,11 +21,18 @@ import sys
 import time
 from types import SimpleNamespace
 
+import orjson
+from orchestrator_plugins import (
+    docker_topology,
+    host_topology,
+    network_topology,
+    process_topology,
+)
+from orchestrator_plugins.cgroup_container_id import container_id_from_cgroup
+
 from orchestrator.fleet import Fleet
 from orchestrator.models import Report
 from orchestrator.topology import Topology
-from orchestrator_plugins import docker_topology, host_topology, network_topology, process_topology
-from orchestrator_plugins.cgroup_container_id import container_id_from_cgroup
 
 MERGERS = (host_topology, docker_topology, process_topology, network_topology)
 T0 = 1_760_000_000.0
@@ -100,7 +107,8 @@ def bench(hosts: int) -> dict:
             publication = topology.publish(now)
 
         publishes.append(timed_ms(publish))
-        diffs.append(timed_ms(lambda: [publication.diff(level) for level in ("process", "container", "host")]))
+        diffs.append(timed_ms(lambda publication=publication: [
+            publication.diff(level) for level in ("process", "container", "host")]))
     result = {
         "hosts": hosts, "counts": topology.counts(), "first": first, "steady": steady,
         "first_publish": first_publish, "per_round": per_round, "publishes": publishes, "diffs": diffs,
@@ -109,21 +117,34 @@ def bench(hosts: int) -> dict:
         runs = 5 if hosts >= 1000 and level != "host" else 20
         times, size = [], 0
         for _ in range(runs):
-            topology._snapshot_json.clear()  # noqa: SLF001 - uncached: the cost a new seq pays once
-            topology._snapshots.clear()  # noqa: SLF001
+            topology._snapshot_json.clear()  # uncached: the cost a new seq pays once
+            topology._snapshots.clear()
             times.append(timed_ms(lambda level=level: topology.snapshot_json(level)))
         size = len(topology.snapshot_json(level))
         result[f"json_{level}"] = (statistics.median(times), percentile(times, 0.95), size)
     times = []
+    filter_host = fleet.agent_id(1)
     for _ in range(20):
-        topology._snapshot_json.clear()  # noqa: SLF001
-        topology._snapshots.clear()  # noqa: SLF001
-        times.append(timed_ms(lambda: topology.snapshot_json("process", fleet.agent_id(1))))
+        topology._snapshot_json.clear()
+        topology._snapshots.clear()
+        times.append(timed_ms(lambda: topology.snapshot_json("process", filter_host)))
     result["json_filter"] = (statistics.median(times), percentile(times, 0.95), 0)
     del fleet
     gc.collect()
     result["rss"] = rss_mb()
+    result["restore"] = restore(topology)
     return result
+
+
+def restore(topology: Topology) -> tuple[float, float]:
+    """What persistence's restore does: every agent exported, decoded and imported into an empty
+    topology, then the first publish; (import ms, publish ms). Measured after RSS (it holds two copies)."""
+    exported = [(agent, orjson.loads(orjson.dumps(topology.export_agent(agent)))) for agent in topology.agents()]
+    restored = Topology()
+    imported = timed_ms(lambda: restored.import_agents(exported))
+    published = timed_ms(lambda: restored.publish(T0))
+    assert restored.counts() == topology.counts()
+    return imported, published
 
 
 def main(sizes: list[int]) -> None:
@@ -144,6 +165,8 @@ def main(sizes: list[int]) -> None:
     line("apply re-report (steady) p50 / p95 (ms)",
          lambda r: f"{statistics.median(r['steady']):.2f} / {percentile(r['steady'], 0.95):.2f}")
     line("first publish after bulk load (ms)", lambda r: f"{r['first_publish']:.0f}")
+    line("restore: import_agents / first publish (ms)",
+         lambda r: f"{r['restore'][0]:.0f} / {r['restore'][1]:.0f}")
     line("publish after N re-reports p50 / max (ms)",
          lambda r: f"N={r['per_round']}: {statistics.median(r['publishes']):.1f} / {max(r['publishes']):.1f}")
     line("diffs, 3 levels, per publish p50 (ms)", lambda r: f"{statistics.median(r['diffs']):.1f}")

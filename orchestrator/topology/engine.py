@@ -75,6 +75,7 @@ class Topology:
     def __init__(self) -> None:
         self._held: dict[tuple[str, str], _Held] = {}
         self._agent_sections: dict[str, dict[str, None]] = {}
+        self._host_held: dict[str, dict[tuple, None]] = {}  # hostname -> held keys (for "D" triggers)
         self._section_rank: dict[str, int] = {name: rank for rank, name in enumerate(BUILTIN_SECTIONS)}
         self._nodes: dict[str, _NodeState] = {}
         self._externals: dict[str, _External] = {}
@@ -122,6 +123,7 @@ class Topology:
             if old is not None:
                 self._replace(key, old, None)
                 del self._held[key]
+                self._index_host(key, old, None)
                 self._forget_section(agent_id, section)
                 self._settle()
             return
@@ -129,6 +131,7 @@ class Topology:
         new = _Held(rank, hostname, contribution, key)
         self._replace(key, old, new)
         self._held[key] = new
+        self._index_host(key, old, new)
         self._agent_sections.setdefault(agent_id, {})[section] = None
         self._newest = max(self._newest, timestamp)
         if self._importing:
@@ -139,9 +142,28 @@ class Topology:
     def remove_agent(self, agent_id: str) -> None:
         for section in list(self._agent_sections.get(agent_id, ())):
             key = (agent_id, section)
-            self._replace(key, self._held.pop(key), None)
+            old = self._held.pop(key)
+            self._replace(key, old, None)
+            self._index_host(key, old, None)
         self._agent_sections.pop(agent_id, None)
         self._settle()
+
+    def _index_host(self, key: tuple, old: _Held | None, new: _Held | None) -> None:
+        if old is not None and (new is None or new.hostname != old.hostname):
+            keys = self._host_held[old.hostname]
+            del keys[key]
+            if not keys:
+                del self._host_held[old.hostname]
+        if new is not None:
+            self._host_held.setdefault(new.hostname, {})[key] = None
+
+    def _host_conns(self, host: str, protocol: str, dirty: set) -> None:
+        """The connections with a record on ``host`` of ``protocol``: those whose direction check looked
+        at the host's listeners (the ``("D", host, protocol)`` trigger)."""
+        for key in self._host_held.get(host, ()):
+            for record in self._held[key].records:
+                if record.protocol == protocol:
+                    dirty.add(_conn_key(record))
 
     def agents(self) -> list[str]:
         return sorted(self._agent_sections)
@@ -294,6 +316,9 @@ class Topology:
         dirty = self._dirty_conns
         deps = self._deps
         for trigger in self._triggers:
+            if type(trigger) is tuple and trigger[0] == "D":
+                self._host_conns(trigger[1], trigger[2], dirty)
+                continue
             dependents = deps.get(trigger)
             if dependents is not None:
                 if type(dependents) is set:

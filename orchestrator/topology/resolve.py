@@ -22,7 +22,8 @@ Rules (the contract's "Edges", made precise):
 Every lookup a resolution makes is recorded as a dependency key, so a listener, an address owner or a
 process node that appears or disappears re-resolves the connections that looked at it. Keys are coarse
 where fine keys would cost a set per connection: the direction check depends on the host's listeners of
-that protocol (``("D", host, protocol)``); a process end on that process node's id (a plain string: one
+that protocol (``("D", host, protocol)``: not recorded, the engine finds those connections from the host's
+held contributions, which saves a set of every connection of every host); a process end on that process node's id (a plain string: one
 appearing or vanishing process re-resolves only its own connections); a server lookup on the exact ``("L", host, protocol, port)``, an address on
 ``("O", ip)``.
 """
@@ -127,7 +128,6 @@ class Resolver:
         listening = 0
         for record in reversed(records):
             ip, port = record.local_end
-            deps.append(("D", record.host, protocol))
             if self._lookup(record.host, protocol, ip.split("@", 1)[0], port) is not None:
                 listening += 1
                 if server_end is None:
