@@ -404,6 +404,8 @@ class Topology:
         if state is None:
             external = self._externals.get(node_id)
             return self._external_body(node_id, external) if external is not None else None
+        if len(state.holders) == 1:
+            return self._single_holder_body(node_id, state)
         holders = sorted(state.holders, key=lambda h: h[0])
         fields = {"type": None, "name": None, "parent": None, "host": None}
         for _rank, _agent, _section, node in holders:
@@ -423,6 +425,25 @@ class Topology:
             "metrics": _merged(h[3].metrics for h in holders),
             "first_seen": rfc3339(state.first_seen),
             "last_seen": rfc3339(holders[-1][0][0] if len(holders) == 1 else max(h[0][0] for h in holders)),
+        }
+
+    def _single_holder_body(self, node_id: str, state: _NodeState) -> dict:
+        """``node_body`` for the common node held by one contribution (every process): built directly."""
+        rank, agent, _section, node = state.holders[0]
+        node_type = node.type or type_from_id(node_id)
+        metadata, metrics = node.metadata, node.metrics
+        agents = self._agent_lists.get((agent,))
+        return {
+            "id": node_id,
+            "type": node_type,
+            "name": node.name or _default_name(node_id, node_type),
+            "parent": node.parent,
+            "host": node.host,
+            "agent_ids": agents if agents is not None else self._agent_list((agent,)),
+            "metadata": metadata if type(metadata) is dict else _merged((metadata,)),
+            "metrics": metrics if type(metrics) is dict else _merged((metrics,)),
+            "first_seen": rfc3339(state.first_seen),
+            "last_seen": rfc3339(rank[0]),
         }
 
     def _agent_list(self, agents) -> list[str]:

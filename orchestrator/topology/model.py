@@ -61,7 +61,9 @@ class Contribution:
     priority: int = 0
 
 
+@lru_cache(maxsize=1 << 16)
 def host_id(hostname: str) -> str:
+    # Every edge, view edge and parent naming a host shares one id string per host (memory).
     return f"host:{hostname}"
 
 

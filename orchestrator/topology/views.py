@@ -21,6 +21,7 @@ from .model import host_id, rfc3339
 from .resolve import edge_id as make_edge_id
 
 LEVELS = ("process", "container", "host")
+_UNCHANGED = ()
 
 
 class Publication:
@@ -266,6 +267,7 @@ class Published:
             if old is not None and new is not None and _mapping_fields(old) != _mapping_fields(new):
                 remap.update(multi_get(self.incident, node_id))
         dirty: set[str] = set()
+        deltas: dict[str, list] = {}
         base_to_view = view.base_to_view
         for eid, old, new in edge_changes:
             if old is None or new is None:
@@ -274,15 +276,45 @@ class Published:
                 # Same id, same ends, same mapping: only the rolled-up counts and times can change.
                 veid = base_to_view.get(eid)
                 if veid is not None:
-                    dirty.add(veid)
+                    deltas.setdefault(veid, []).append((old, new))
         for eid in remap:
             self._remap_edge(view, eid, dirty)
         edges = []
-        for veid in sorted(dirty):
-            change = self._rollup(view, veid)
+        for veid in sorted(dirty.union(deltas)):
+            change = None
+            if veid not in dirty:
+                change = self._rollup_delta(view, veid, deltas[veid])
+            if change is None:
+                change = self._rollup(view, veid)
+            elif change is _UNCHANGED:
+                continue
             if change is not None:
                 edges.append(change)
         return nodes, edges
+
+    @staticmethod
+    def _rollup_delta(view: _View, veid: str, pairs: list):
+        """The common change -- member edges with the same ports, more or fewer connections, a newer
+        ``last_seen`` -- applied to the rolled-up edge in O(changed members) instead of re-summing every
+        member. None when it does not apply (then :meth:`_rollup` recomputes)."""
+        old = view.edges.get(veid)
+        if old is None:
+            return None
+        connections, last_seen = old["connections"], old["last_seen"]
+        for before, after in pairs:
+            if after["last_seen"] < before["last_seen"] or (
+                    before["ports"] is not after["ports"] and before["ports"] != after["ports"]):
+                return None
+            connections += after["connections"] - before["connections"]
+            if after["last_seen"] > last_seen:
+                last_seen = after["last_seen"]
+        if connections == old["connections"] and last_seen == old["last_seen"]:
+            return _UNCHANGED
+        new = dict(old)
+        new["connections"] = connections
+        new["last_seen"] = last_seen
+        view.edges[veid] = new
+        return _indexed_change(view, veid, old, new)
 
     @staticmethod
     def _remap_edge(view: _View, eid: str, dirty: set) -> None:
