@@ -81,6 +81,7 @@ def percentile(values: list[float], fraction: float) -> float:
 def bench(hosts: int) -> dict:
     fleet = Fleet(hosts, seed=1)
     gc.collect()
+    rss_before = rss_mb()  # imports and the fleet generator: part of the RSS below, not the topology's
     topology = Topology()
     order = 0
     first = []
@@ -132,6 +133,7 @@ def bench(hosts: int) -> dict:
     del fleet
     gc.collect()
     result["rss"] = rss_mb()
+    result["rss_before"] = rss_before
     result["restore"] = restore(topology)
     return result
 
@@ -177,6 +179,7 @@ def main(sizes: list[int]) -> None:
     line("snapshot_json process, host filter p50 / p95 (ms)",
          lambda r: f"{r['json_filter'][0]:.2f} / {r['json_filter'][1]:.2f}")
     line("RSS, everything loaded and published (MB)", lambda r: f"{r['rss']:.0f}")
+    line("RSS before the topology: imports + fleet generator (MB)", lambda r: f"{r['rss_before']:.0f}")
 
 
 if __name__ == "__main__":

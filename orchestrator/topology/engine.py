@@ -54,7 +54,9 @@ class _Edge:
 
     def __init__(self, edge_id: str, source: str, target: str, protocol: str) -> None:
         self.id, self.source, self.target, self.protocol = edge_id, source, target, protocol
-        self.conns: dict[tuple, tuple[int, float]] = {}  # conn key -> (server port, timestamp)
+        # conn key -> server port. The connection's timestamp is not kept here: edge_body takes it from
+        # the conn's records (a tuple per connection costs 56 bytes, ~10 MB at 1,000 hosts).
+        self.conns: dict[tuple, int] = {}
 
 
 class _External:
@@ -270,10 +272,6 @@ class Topology:
     def _refresh(self, conn: Conn, timestamp: float) -> None:
         edge = conn.resolved
         key = conn.key
-        port, seen = edge.conns[key]
-        if seen == timestamp:
-            return
-        edge.conns[key] = (port, timestamp)
         self._dirty_edges.add(edge.id)
         for end in (edge.source, edge.target):
             if end.startswith("external:"):
@@ -321,10 +319,10 @@ class Topology:
                 continue
             dependents = deps.get(trigger)
             if dependents is not None:
-                if type(dependents) is set:
-                    dirty.update(dependents)
-                else:
+                if type(dependents) is tuple:  # one conn key (multi_add)
                     dirty.add(dependents)
+                else:
+                    dirty.update(dependents)
         self._triggers = set()
         self._dirty_conns = set()
         touched_externals: set[str] = set()
@@ -355,11 +353,11 @@ class Topology:
             self._dirty_edges.add(old.id)
         edge = None
         if resolved is not None:
-            eid, source, target, protocol, port, timestamp = resolved
+            eid, source, target, protocol, port, _timestamp = resolved
             edge = self._edges.get(eid)
             if edge is None:
                 edge = self._edges[eid] = _Edge(eid, source, target, protocol)
-            edge.conns[key] = (port, timestamp)
+            edge.conns[key] = port
             self._dirty_edges.add(edge.id)
         conn.resolved = edge
         old_ext = {n for n in (old.source, old.target) if n.startswith("external:")} if old else set()
@@ -457,10 +455,9 @@ class Topology:
     def _ports(self, conns) -> list:
         # Edges share a few distinct port lists: one list object per distinct list, never mutated.
         if len(conns) == 1:
-            for port, _ in conns:
-                ports = (port,)
+            ports = tuple(conns)
         else:
-            ports = tuple(sorted({port for port, _ in conns}))
+            ports = tuple(sorted(set(conns)))
         shared = self._port_lists.get(ports)
         if shared is None:
             shared = self._port_lists[ports] = list(ports)
@@ -479,11 +476,12 @@ class Topology:
         edge = self._edges.get(edge_id)
         if edge is None:
             return None
-        conns = edge.conns.values()
+        conns = self._conns
+        latest = max(record.rank[0] for key in edge.conns for record in conns[key].records)
         return {
             "id": edge_id, "source": edge.source, "target": edge.target, "protocol": edge.protocol,
-            "ports": self._ports(conns), "connections": len(edge.conns),
-            "last_seen": rfc3339(max(timestamp for _, timestamp in conns)),
+            "ports": self._ports(edge.conns.values()), "connections": len(edge.conns),
+            "last_seen": rfc3339(latest),
         }
 
     # -- publishing and reading ---------------------------------------------------------------------
@@ -498,17 +496,17 @@ class Topology:
         The version's timestamp is the newest report timestamp accepted so far (``now`` only before any
         report), so two servers fed the same reports publish the same bytes.
         """
-        self._settle_imported()
-        if not self._dirty_nodes and not self._dirty_edges:
-            return None
-        dirty_nodes, dirty_edges = self._dirty_nodes, self._dirty_edges
-        self._dirty_nodes, self._dirty_edges = set(), set()
-        stamp = self._newest if self._newest != float("-inf") else now
-        # Publishing allocates many small acyclic objects; collector passes over a heap of millions of
-        # them would double its cost for nothing.
+        # Publishing (and resolving imported contributions) allocates many small acyclic objects;
+        # collector passes over a heap of millions of them would double its cost for nothing.
         collecting = gc.isenabled()
         gc.disable()
         try:
+            self._settle_imported()
+            if not self._dirty_nodes and not self._dirty_edges:
+                return None
+            dirty_nodes, dirty_edges = self._dirty_nodes, self._dirty_edges
+            self._dirty_nodes, self._dirty_edges = set(), set()
+            stamp = self._newest if self._newest != float("-inf") else now
             publication = self._published.publish(
                 {node_id: self.node_body(node_id) for node_id in dirty_nodes},
                 {edge_id: self.edge_body(edge_id) for edge_id in dirty_edges},
@@ -583,9 +581,15 @@ class Topology:
 
     def import_agents(self, agents) -> None:
         """Restore many agents, ``(agent_id, data)`` pairs, resolving connections once at the end."""
-        for agent_id, data in agents:
-            self.import_agent(agent_id, data)
-        self._settle_imported()
+        collecting = gc.isenabled()
+        gc.disable()  # millions of small acyclic objects: collector passes would cost more than the import
+        try:
+            for agent_id, data in agents:
+                self.import_agent(agent_id, data)
+            self._settle_imported()
+        finally:
+            if collecting:
+                gc.enable()
 
     def import_agent(self, agent_id: str, data: dict) -> None:
         """Restore an agent exported by :meth:`export_agent` (first_seen included).

@@ -63,37 +63,50 @@ class Publication:
         return {"from_seq": self.seq - 1, "nodes": nodes, "edges": edges}
 
 
+_SMALL = 8  # members kept in a list up to this many, in a set beyond
+
+
 def multi_add(index: dict, key, value) -> None:
     """Add ``value`` to the members of ``key`` in a compact one-to-many index: a key with one member maps
-    to the member itself, only a key with several to a set (most keys have one; a set costs ~200 bytes)."""
+    to the member itself, a key with a few to a list, only a key with many to a set (most keys have one or
+    two members; an empty set alone costs 216 bytes, a list of two 72)."""
     held = index.get(key)
     if held is None:
         index[key] = value
+    elif type(held) is list:
+        if value not in held:
+            if len(held) < _SMALL:
+                held.append(value)
+            else:
+                index[key] = {*held, value}
     elif type(held) is set:
         held.add(value)
     elif held != value:
-        index[key] = {held, value}
+        index[key] = [held, value]
 
 
 def multi_discard(index: dict, key, value) -> None:
     held = index.get(key)
     if held is None:
         return
-    if type(held) is set:
+    if type(held) is list:
+        if value in held:
+            held.remove(value)
+            if len(held) == 1:
+                index[key] = held[0]
+    elif type(held) is set:
         held.discard(value)
-        if len(held) == 1:
-            index[key] = next(iter(held))
-        elif not held:
-            del index[key]
+        if len(held) <= _SMALL // 2:
+            index[key] = list(held) if len(held) > 1 else next(iter(held))
     elif held == value:
         del index[key]
 
 
-def multi_get(index: dict, key) -> tuple | set:
+def multi_get(index: dict, key) -> tuple | list | set:
     held = index.get(key)
     if held is None:
         return ()
-    return held if type(held) is set else (held,)
+    return held if type(held) is set or type(held) is list else (held,)
 
 
 def _section() -> dict:
@@ -306,8 +319,7 @@ class Published:
                     before["ports"] is not after["ports"] and before["ports"] != after["ports"]):
                 return None
             connections += after["connections"] - before["connections"]
-            if after["last_seen"] > last_seen:
-                last_seen = after["last_seen"]
+            last_seen = max(last_seen, after["last_seen"])
         if connections == old["connections"] and last_seen == old["last_seen"]:
             return _UNCHANGED
         new = dict(old)
