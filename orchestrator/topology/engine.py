@@ -54,9 +54,47 @@ class _Edge:
 
     def __init__(self, edge_id: str, source: str, target: str, protocol: str) -> None:
         self.id, self.source, self.target, self.protocol = edge_id, source, target, protocol
-        # conn key -> server port. The connection's timestamp is not kept here: edge_body takes it from
-        # the conn's records (a tuple per connection costs 56 bytes, ~10 MB at 1,000 hosts).
-        self.conns: dict[tuple, int] = {}
+        # The keys of the conns counted in the edge: one key, a list of a few, a set of many (most edges
+        # have one or two; a dict per edge cost ~230 bytes, ~35 MB at 1,000 hosts). Their ports and
+        # timestamps are the conns' own.
+        self.conns: tuple | list | set | None = None
+
+    def add(self, key: tuple) -> None:
+        held = self.conns
+        if held is None:
+            self.conns = key
+        elif type(held) is tuple:
+            if held != key:
+                self.conns = [held, key]
+        elif type(held) is list:
+            if key not in held:
+                if len(held) < 8:
+                    held.append(key)
+                else:
+                    self.conns = {*held, key}
+        else:
+            held.add(key)
+
+    def discard(self, key: tuple) -> None:
+        held = self.conns
+        if type(held) is tuple:
+            if held == key:
+                self.conns = None
+        elif type(held) is list:
+            if key in held:
+                held.remove(key)
+                if len(held) == 1:
+                    self.conns = held[0]
+        elif held is not None:
+            held.discard(key)
+            if len(held) <= 4:
+                self.conns = list(held) if len(held) > 1 else next(iter(held), None)
+
+    def keys(self) -> tuple | list | set:
+        held = self.conns
+        if held is None:
+            return ()
+        return (held,) if type(held) is tuple else held
 
 
 class _External:
@@ -347,8 +385,8 @@ class Topology:
         old = conn.resolved
         key = conn.key
         if old is not None and (resolved is None or old.id != resolved[0]):
-            del old.conns[key]
-            if not old.conns:
+            old.discard(key)
+            if old.conns is None:
                 del self._edges[old.id]
             self._dirty_edges.add(old.id)
         edge = None
@@ -357,7 +395,8 @@ class Topology:
             edge = self._edges.get(eid)
             if edge is None:
                 edge = self._edges[eid] = _Edge(eid, source, target, protocol)
-            edge.conns[key] = port
+            edge.add(key)
+            conn.port = port
             self._dirty_edges.add(edge.id)
         conn.resolved = edge
         old_ext = {n for n in (old.source, old.target) if n.startswith("external:")} if old else set()
@@ -476,11 +515,11 @@ class Topology:
         edge = self._edges.get(edge_id)
         if edge is None:
             return None
-        conns = self._conns
-        latest = max(record.rank[0] for key in edge.conns for record in conns[key].records)
+        conns = [self._conns[key] for key in edge.keys()]
+        latest = max(record.rank[0] for conn in conns for record in conn.records)
         return {
             "id": edge_id, "source": edge.source, "target": edge.target, "protocol": edge.protocol,
-            "ports": self._ports(edge.conns.values()), "connections": len(edge.conns),
+            "ports": self._ports([conn.port for conn in conns]), "connections": len(conns),
             "last_seen": rfc3339(latest),
         }
 

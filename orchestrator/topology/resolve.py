@@ -71,12 +71,13 @@ class Record(NamedTuple):
 class Conn:
     """A connection as seen by one or both of its ends."""
 
-    __slots__ = ("key", "records", "resolved", "deps", "stable")
+    __slots__ = ("key", "records", "resolved", "port", "deps", "stable")
 
     def __init__(self, key: tuple) -> None:
         self.key = key
         self.records: list[Record] = []
         self.resolved = None  # the engine's edge this connection is counted in
+        self.port = 0  # the server end's port, once resolved
         self.deps: tuple = ()
         # True when the resolution does not depend on the records' order (both ends reported, exactly one
         # of them listening): a re-report that makes another record the newest only moves the timestamp.

@@ -164,6 +164,8 @@ class _View:
         return node["host"] if node is not None else None
 
     def index_node(self, node_id: str, old: dict | None, new: dict | None) -> None:
+        if old is not None and new is not None and old["host"] == new["host"]:
+            return
         if old is not None and old["host"] is not None:
             ids = self.nodes_by_host[old["host"]]
             ids.discard(node_id)
@@ -279,6 +281,8 @@ class Published:
                 nodes.append((node_id, old_in, new_in))
             if old is not None and new is not None and _mapping_fields(old) != _mapping_fields(new):
                 remap.update(multi_get(self.incident, node_id))
+        if not view.edges and not view.base_to_view and 2 * len(edge_changes) >= len(self.edges):
+            return nodes, self._build_edges(view)  # a first publish (a restore): all edges at once
         dirty: set[str] = set()
         deltas: dict[str, list] = {}
         base_to_view = view.base_to_view
@@ -304,6 +308,41 @@ class Published:
             if change is not None:
                 edges.append(change)
         return nodes, edges
+
+    def _build_edges(self, view: _View) -> list:
+        """Every edge of an empty collapsed view from the base edges in one pass: the same edges as
+        remapping and rolling up each base edge, at a fraction of the cost per edge."""
+        groups: dict[str, list] = {}
+        mapped: dict[str, str] = {}
+        maps_to, base_to_view = view.maps_to, view.base_to_view
+        for eid, edge in self.edges.items():
+            source, target = edge["source"], edge["target"]
+            source = mapped.get(source) or mapped.setdefault(source, maps_to(source))
+            target = mapped.get(target) or mapped.setdefault(target, maps_to(target))
+            if source == target:
+                continue  # a self-loop created by the collapse
+            veid = make_edge_id(source, target, edge["protocol"])
+            base_to_view[eid] = veid
+            group = groups.get(veid)
+            if group is None:
+                groups[veid] = [source, target, eid]
+            else:
+                group.append(eid)
+        changes = []
+        base_edges = self.edges
+        for veid in sorted(groups):
+            source, target, *eids = groups[veid]
+            members = [base_edges[eid] for eid in eids]
+            first = members[0]
+            view.members[veid] = eids[0] if len(eids) == 1 else eids if len(eids) <= _SMALL else set(eids)
+            new = view.edges[veid] = {
+                "id": veid, "source": source, "target": target, "protocol": first["protocol"],
+                "ports": first["ports"] if len(members) == 1 else self._ports(members),
+                "connections": sum(edge["connections"] for edge in members),
+                "last_seen": max(edge["last_seen"] for edge in members),
+            }
+            changes.append(_indexed_change(view, veid, None, new))
+        return changes
 
     @staticmethod
     def _rollup_delta(view: _View, veid: str, pairs: list):
