@@ -9,7 +9,10 @@ together (pydantic parsing excluded: it happens before the merge in the server t
 - steady state: rounds of ``hosts * 1/15`` agents re-reporting 15 s later (one second of a fleet reporting
   every 15 s: new metrics, a few processes come and go), each round followed by one publish;
 - snapshot_json per level, uncached (the per-seq cache is cleared before each run);
-- RSS of the process with everything loaded and published (report objects dropped).
+- RSS of the process with everything loaded and published (report objects dropped), and the RSS the
+  harness itself held before the topology (imports and the fleet generator: part of the first figure);
+- restore: every agent exported, then ``import_agents`` into an empty topology and its first publish
+  (what persistence's restore does; measured last, it holds a second topology).
 """
 
 from __future__ import annotations
