@@ -665,6 +665,7 @@ def _classify(key: tuple, rank: tuple, host: str, connections) -> tuple[Counter,
     """A contribution's sockets as listener counts and connection records (duplicates dropped)."""
     listens: Counter = Counter()
     records: dict = {}
+    new_record = tuple.__new__  # Record(...) goes through a Python-level __new__: 3x slower
     for connection in connections:
         kind = classify(connection, host)
         if kind is None:
@@ -674,8 +675,8 @@ def _classify(key: tuple, rank: tuple, host: str, connections) -> tuple[Counter,
             listens[(host, protocol, port, ip, pid)] += 1
         else:
             _, protocol, local_end, remote_end, pid = kind
-            records[(protocol, local_end, remote_end)] = Record(
-                rank, key, host, protocol, pid, local_end, remote_end)
+            records[(protocol, local_end, remote_end)] = new_record(
+                Record, (rank, key, host, protocol, pid, local_end, remote_end))
     return listens, list(records.values())
 
 

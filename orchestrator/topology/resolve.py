@@ -92,21 +92,28 @@ def conn_key(protocol: str, local_end: tuple, remote_end: tuple) -> tuple:
     return (protocol, local_end, remote_end) if local_end <= remote_end else (protocol, remote_end, local_end)
 
 
+_PROTOCOLS = {"tcp": "tcp", "tcp6": "tcp", "udp": "udp", "udp6": "udp"}
+
+
 def classify(connection, host: str):
     """``("listen", protocol, ip, port, pid)``, ``("conn", protocol, local_end, remote_end, pid)`` or None."""
-    protocol = normalise_protocol(connection.protocol)
+    # The hot path of applying a report (once per socket): helpers inlined.
+    protocol = _PROTOCOLS.get(connection.protocol) or normalise_protocol(connection.protocol)
     remote_ip = normalise_ip(connection.remote_ip)
     if protocol == "tcp":
-        if connection.state.upper() == "LISTEN":
+        state = connection.state
+        if state == "LISTEN" or (state != "ESTABLISHED" and state.upper() == "LISTEN"):
             return ("listen", protocol, normalise_ip(connection.local_ip), connection.local_port, connection.pid)
     elif remote_ip == WILDCARD or connection.remote_port == 0:
         return ("listen", protocol, normalise_ip(connection.local_ip), connection.local_port, connection.pid)
     if remote_ip == WILDCARD or connection.remote_port == 0:
         return None  # a closing tcp socket without a peer: nothing to draw
     local_ip = normalise_ip(connection.local_ip)
-    local_end = (scoped(local_ip, host), connection.local_port)
-    remote_end = (scoped(remote_ip, host), connection.remote_port)
-    return ("conn", protocol, local_end, remote_end, connection.pid)
+    if local_ip.startswith("127.") or local_ip == "::1":
+        local_ip = f"{local_ip}@{host}"
+    if remote_ip.startswith("127.") or remote_ip == "::1":
+        remote_ip = f"{remote_ip}@{host}"
+    return ("conn", protocol, (local_ip, connection.local_port), (remote_ip, connection.remote_port), connection.pid)
 
 
 def edge_id(source: str, target: str, protocol: str) -> str:
