@@ -90,7 +90,7 @@ class _Edge:
             if len(held) <= 4:
                 self.conns = list(held) if len(held) > 1 else next(iter(held), None)
 
-    def keys(self) -> tuple | list | set:
+    def conn_keys(self) -> tuple | list | set:
         held = self.conns
         if held is None:
             return ()
@@ -515,7 +515,7 @@ class Topology:
         edge = self._edges.get(edge_id)
         if edge is None:
             return None
-        conns = [self._conns[key] for key in edge.keys()]
+        conns = [self._conns[key] for key in edge.conn_keys()]
         latest = max(record.rank[0] for conn in conns for record in conn.records)
         return {
             "id": edge_id, "source": edge.source, "target": edge.target, "protocol": edge.protocol,
