@@ -342,7 +342,7 @@ class Published:
             else:
                 group.append(eid)
         changes = []
-        base_edges = self.edges
+        base_edges, nodes, edge_hosts, by_host = self.edges, view.nodes, view.edge_hosts, view.edges_by_host
         for veid in sorted(groups):
             source, target, *eids = groups[veid]
             members = [base_edges[eid] for eid in eids]
@@ -354,7 +354,19 @@ class Published:
                 "connections": sum(edge["connections"] for edge in members),
                 "last_seen": max(edge["last_seen"] for edge in members),
             }
-            changes.append(_indexed_change(view, veid, None, new))
+            # _indexed_change(view, veid, None, new), inlined: the view was empty.
+            source_node, target_node = nodes.get(source), nodes.get(target)
+            hosts = tuple(dict.fromkeys(node["host"] for node in (source_node, target_node)
+                                        if node is not None and node["host"] is not None))
+            if hosts:
+                edge_hosts[veid] = hosts[0] if len(hosts) == 1 else hosts
+                for host in hosts:
+                    ids = by_host.get(host)
+                    if ids is None:
+                        by_host[host] = {veid}
+                    else:
+                        ids.add(veid)
+            changes.append((veid, None, new, (), hosts))
         return changes
 
     @staticmethod
