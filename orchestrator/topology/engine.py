@@ -243,7 +243,10 @@ class Topology:
                         holders[index] = entry
                         break
                 else:
-                    holders.append(entry)
+                    if holders:
+                        holders.append(entry)
+                    else:
+                        state.holders = [entry]  # sized 1 (most nodes have one holder)
                 self._dirty_nodes.add(node.id)
         for node_id in gone:
             state = self._nodes[node_id]
@@ -300,7 +303,9 @@ class Topology:
                 conn = conns.get(conn_key)
                 if conn is None:
                     conn = conns[conn_key] = Conn(conn_key)
-                conn.records.append(record)
+                    conn.records = [record]  # sized 1: append() would reserve 4 slots (200k conns)
+                else:
+                    conn.records.append(record)
             dirty.add(conn_key)
         for (conn_key, _local_end), record in gone.items():
             conn = conns[conn_key]
