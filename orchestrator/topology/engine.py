@@ -278,20 +278,27 @@ class Topology:
         new_listens = new.listens if new is not None else Counter()
         if old_listens != new_listens:
             self._update_listeners(old_listens, new_listens)
-        gone = {(_conn_key(r), r.local_end): r for r in old.records} if old is not None else {}
+        # Keyed by the socket itself (protocol and both ends as reported): no conn key per old record.
+        gone = {(r.protocol, r.local_end, r.remote_end): r for r in old.records} if old is not None else {}
         conns, dirty = self._conns, self._dirty_conns
         for record in new.records if new is not None else ():
-            conn_key = _conn_key(record)
-            previous = gone.pop((conn_key, record.local_end), None)
+            _rank, _owner, host, protocol, pid, local_end, remote_end = record
+            conn_key = (protocol, local_end, remote_end) if local_end <= remote_end else (
+                protocol, remote_end, local_end)
+            previous = gone.pop((protocol, local_end, remote_end), None)
             if previous is not None:
                 conn = conns[conn_key]
                 records = conn.records
-                newest = records[0] if len(records) == 1 else max(records)
-                for index, held in enumerate(records):
-                    if held is previous:
-                        records[index] = record
-                        break
-                if ((newest is previous or conn.stable) and previous.pid == record.pid and previous.host == record.host
+                if len(records) == 1:
+                    records[0] = record
+                    newest = previous
+                else:
+                    newest = max(records)
+                    for index, held in enumerate(records):
+                        if held is previous:
+                            records[index] = record
+                            break
+                if ((newest is previous or conn.stable) and previous.pid == pid and previous.host == host
                         and conn.resolved is not None):
                     # The same socket reported again by the newest of its reporters, still the newest: the
                     # resolution is a function of the records' order, hosts, pids and ends (unchanged) and
@@ -307,19 +314,22 @@ class Topology:
                 else:
                     conn.records.append(record)
             dirty.add(conn_key)
-        for (conn_key, _local_end), record in gone.items():
+        for record in gone.values():
+            conn_key = _conn_key(record)
             conn = conns[conn_key]
             conn.records = [r for r in conn.records if r is not record]
             dirty.add(conn_key)
 
     def _refresh(self, conn: Conn, timestamp: float) -> None:
         edge = conn.resolved
-        key = conn.key
         self._dirty_edges.add(edge.id)
-        for end in (edge.source, edge.target):
-            if end.startswith("external:"):
-                self._externals[end].refs[key] = timestamp
-                self._dirty_nodes.add(end)
+        source, target = edge.source, edge.target
+        if source.startswith("external:") or target.startswith("external:"):
+            key = conn.key
+            for end in (source, target):
+                if end.startswith("external:"):
+                    self._externals[end].refs[key] = timestamp
+                    self._dirty_nodes.add(end)
 
     def _update_listeners(self, old: Counter, new: Counter) -> None:
         for (host, protocol, port, ip, pid), count in (old - new).items():
