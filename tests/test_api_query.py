@@ -113,3 +113,24 @@ def test_stats_show_counts_and_redacted_config(start_server):
     assert stats["topology"]["hosts"] == 2 and stats["topology"]["processes"] == 2
     assert stats["config"]["auth"]["read_tokens"] == ["***"] and "topsecret" not in str(stats)
     assert stats["uptime"].endswith("s") and "storage" in stats and "cleanup" in stats
+
+
+def test_a_stale_agent_is_archived_but_its_last_report_and_listing_remain(start_server):
+    import httpx
+
+    from tests.support import make_settings
+
+    server = start_server(make_settings(agents={"stale_threshold": "1s"}, storage={"cleanup_interval": "200ms"}))
+    with httpx.Client(base_url=server.url) as client:
+        post_report(client, report(host_info={"os": "linux"}))
+        wait_for(lambda: "host:host-1" in topo(client)["nodes"])
+        wait_for(lambda: "agent-1" in server.state.archive, timeout=10)
+        assert "host:host-1" not in wait_for(lambda: (t := topo(client)) and "host:host-1" not in t["nodes"] and t)["nodes"]
+        listed = client.get("/api/v1/agents/list?status=stale").json()
+        assert [a["agent_id"] for a in listed["agents"]] == ["agent-1"]
+        latest = client.get("/api/v1/query/agents/agent-1/latest")
+        assert latest.status_code == 200 and latest.json()["report"]["host_info"] == {"os": "linux"}
+        # It comes back: restored, with its report count carried on.
+        post_report(client, report(host_info={"os": "linux"}))
+        agent = wait_for(lambda: [a for a in client.get("/api/v1/agents/list?status=online").json()["agents"]])[0]
+        assert agent["agent_id"] == "agent-1" and agent["reports_received"] == 2

@@ -12,7 +12,7 @@ from orchestrator.api.http import json_body
 from orchestrator.cleanup import archived_agents_json, restore_agent
 from orchestrator.durations import format_duration
 from orchestrator.errors import ApiError
-from orchestrator.models import AGENT_ID_PATTERN, AgentRegistration, error_details, format_rfc3339
+from orchestrator.models import AgentRegistration, error_details, format_rfc3339
 
 bp = Blueprint("agents", url_prefix="/api/v1/agents")
 
@@ -79,8 +79,3 @@ async def list_agents(request: Request) -> HTTPResponse:
         agents = [agent for agent in agents if agent["status"] == wanted]
     return json({"agents": agents, "count": len(agents)})
 
-
-def valid_agent_id(agent_id: str) -> bool:
-    import re
-
-    return re.fullmatch(AGENT_ID_PATTERN.strip("^$"), agent_id) is not None

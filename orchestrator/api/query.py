@@ -11,6 +11,7 @@ from sanic.response import json
 from orchestrator.durations import format_duration, parse_duration
 from orchestrator.errors import ApiError
 from orchestrator.models import format_rfc3339
+from orchestrator.state import LatestReport
 
 bp = Blueprint("query", url_prefix="/api/v1/query")
 LEVELS = ("process", "container", "host")
@@ -41,6 +42,9 @@ async def latest(request: Request, agent_id: str) -> HTTPResponse:
     state = request.app.ctx.state
     _known_agent(state, agent_id)
     entry = state.latest.get(agent_id)
+    archived = state.archive.get(agent_id)
+    if entry is None and archived is not None and archived.get("latest_report") is not None:
+        entry = LatestReport(archived["latest_received_at"], archived["latest_report"])  # a stale agent's last word
     if entry is None:
         raise ApiError(404, f"agent {agent_id!r} has not sent a report yet", code="no_report")
     head = orjson.dumps({"agent_id": agent_id, "received_at": format_rfc3339(entry.received_at)})
