@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import importlib
 import tempfile
 import time
 from pathlib import Path
@@ -21,30 +20,20 @@ from pathlib import Path
 import orjson
 from structlog.testing import capture_logs
 
+from orchestrator.app import build_state
 from orchestrator.cleanup import sweep
 from orchestrator.fleet import Fleet
-from orchestrator.ingest import Ingest
-from orchestrator.metrics import create_metrics
 from orchestrator.models import Report
 from orchestrator.persistence import Store
-from orchestrator.plugins import get_plugin_manager
 from orchestrator.settings import Settings
 from orchestrator.state import State
 from orchestrator_plugins.timeseries_sink import report_metrics
 
-BUILTIN_PLUGINS = ("cgroup_container_id", "host_topology", "docker_topology", "process_topology",
-                   "network_topology", "timeseries_sink", "latest_report_sink")
 
 
 def make_state(data_dir: Path) -> State:
     settings = Settings.model_validate({"storage": {"data_dir": str(data_dir)}})
-    plugins = get_plugin_manager(settings)
-    for name in BUILTIN_PLUGINS:
-        if not plugins.has_plugin(name):
-            plugins.register(importlib.import_module(f"orchestrator_plugins.{name}"), name=name)
-    state = State(settings=settings, metrics=create_metrics(), plugins=plugins)
-    state.ingest = Ingest(state)
-    return state
+    return build_state(settings)
 
 
 def apply(state: State, fleet: Fleet, index: int, now: float) -> Report:

@@ -39,11 +39,7 @@ def create_app(settings: Settings | None = None, extra_plugins: Iterable[tuple[s
     settings = settings or Settings()
     app = Sanic(name or f"orchestrator_{next(_app_numbers)}", configure_logging=False)
     _configure_sanic(app, settings)
-    pm = get_plugin_manager(settings, extra_plugins)
-    state = State(settings=settings, metrics=create_metrics(), plugins=pm)
-    state.sections = configure_plugins(pm, settings)
-    state.ingest = Ingest(state)
-    state.hub = Hub(state)
+    state = build_state(settings, extra_plugins)
     app.ctx.settings = settings
     app.ctx.state = state
     app.ctx.tasks = []
@@ -58,6 +54,17 @@ def create_app(settings: Settings | None = None, extra_plugins: Iterable[tuple[s
     app.register_listener(_begin_shutdown, "before_server_stop")
     app.register_listener(_finish_shutdown, "after_server_stop")
     return app
+
+
+def build_state(settings: Settings, extra_plugins: Iterable[tuple[str, Any]] = ()) -> State:
+    """The server's state with its plugins loaded, ingest queue and hub: what an app serves, usable without
+    HTTP (tests, benchmarks, tools)."""
+    pm = get_plugin_manager(settings, extra_plugins)
+    state = State(settings=settings, metrics=create_metrics(), plugins=pm)
+    state.sections = configure_plugins(pm, settings)
+    state.ingest = Ingest(state)
+    state.hub = Hub(state)
+    return state
 
 
 def _configure_sanic(app: Sanic, settings: Settings) -> None:
@@ -106,7 +113,7 @@ async def _start_background(app: Sanic) -> None:
     # short-lived objects, and each young collection is pure overhead for them.
     gc.collect()
     gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
     app.ctx.tasks = [asyncio.create_task(coro, name=name) for name, coro in (
         ("ingest", state.ingest.run()),
         ("hub", state.hub.run()),

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import time
 
@@ -15,16 +14,12 @@ import structlog
 from structlog.testing import capture_logs
 
 from orchestrator import cleanup
+from orchestrator.app import build_state
 from orchestrator.cleanup import archived_agents_json, restore_agent, run_cleanup, sweep
-from orchestrator.ingest import Ingest
-from orchestrator.metrics import create_metrics
 from orchestrator.models import Report, format_rfc3339
-from orchestrator.plugins import get_plugin_manager
 from orchestrator.settings import Settings
 from orchestrator.state import State
 
-BUILTIN_PLUGINS = ("cgroup_container_id", "host_topology", "process_topology", "timeseries_sink",
-                   "latest_report_sink")
 T0 = time.time()  # reports are dated near the real clock: the time-series sink keeps only recent buckets
 
 
@@ -32,13 +27,7 @@ def make_state(tmp_path, stale_threshold="1s", **cleanup) -> State:
     settings = Settings.model_validate({"storage": {"data_dir": str(tmp_path)},
                                         "agents": {"stale_threshold": stale_threshold},
                                         "cleanup": {"archive_window": "1h", **cleanup}})
-    plugins = get_plugin_manager(settings)
-    for name in BUILTIN_PLUGINS:
-        if not plugins.has_plugin(name):
-            plugins.register(importlib.import_module(f"orchestrator_plugins.{name}"), name=name)
-    state = State(settings=settings, metrics=create_metrics(), plugins=plugins)
-    state.ingest = Ingest(state)
-    return state
+    return build_state(settings)
 
 
 def apply_report(state: State, agent_id: str, seen_at: float, ts: float = T0) -> None:

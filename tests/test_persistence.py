@@ -4,7 +4,6 @@ and a checkpoint that never stalls the event loop."""
 from __future__ import annotations
 
 import asyncio
-import importlib
 import sqlite3
 import time
 
@@ -14,29 +13,19 @@ import pytest
 from structlog.testing import capture_logs
 
 from orchestrator import persistence
+from orchestrator.app import build_state
 from orchestrator.cleanup import archive_agent, delete_archived
-from orchestrator.ingest import Ingest
-from orchestrator.metrics import create_metrics
 from orchestrator.models import Report, format_rfc3339
 from orchestrator.persistence import FILENAME, Store
-from orchestrator.plugins import get_plugin_manager
 from orchestrator.settings import Settings
 from orchestrator.state import State
 from tests.support import post_report, report
 
-BUILTIN_PLUGINS = ("cgroup_container_id", "host_topology", "docker_topology", "process_topology",
-                   "network_topology", "timeseries_sink", "latest_report_sink")
 
 
 def make_state(tmp_path, **sections) -> State:
     settings = Settings.model_validate({"storage": {"data_dir": str(tmp_path)}, **sections})
-    plugins = get_plugin_manager(settings)  # the built-ins, when their entry points are installed
-    for name in BUILTIN_PLUGINS:
-        if not plugins.has_plugin(name):
-            plugins.register(importlib.import_module(f"orchestrator_plugins.{name}"), name=name)
-    state = State(settings=settings, metrics=create_metrics(), plugins=plugins)
-    state.ingest = Ingest(state)
-    return state
+    return build_state(settings)
 
 
 def report_body(agent_id: str, ts: float, processes: int = 5, cpu: float = 10.0) -> dict:
