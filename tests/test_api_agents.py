@@ -69,6 +69,20 @@ def test_config_comes_from_settings_with_per_agent_overrides(start_server):
     assert edge["report_interval"] == "1m" and edge["features"]["docker"] is False
 
 
+def test_label_overrides_match_registered_metadata_and_agent_overrides_win(start_server):
+    settings = make_settings(agents={"overrides": {"environment=edge": {"report_interval": "1m", "heartbeat_interval": "2m"},
+                                                   "edge-7": {"report_interval": "5m"}}})
+    server = start_server(settings)
+    with httpx.Client(base_url=server.url) as client:
+        register(client, "edge-7", environment="edge")
+        register(client, "edge-8", environment="Edge")
+        register(client, "core-1", environment="production")
+        configs = {a: client.get(f"/api/v1/agents/config/{a}").json() for a in ("edge-7", "edge-8", "core-1")}
+    assert (configs["edge-7"]["report_interval"], configs["edge-7"]["heartbeat_interval"]) == ("5m", "2m")
+    assert configs["edge-8"]["report_interval"] == "1m"
+    assert configs["core-1"]["report_interval"] == "15s"
+
+
 def test_list_filters_by_status(start_server):
     server = start_server(make_settings(agents={"stale_threshold": "1s"}))
     with httpx.Client(base_url=server.url) as client:

@@ -52,10 +52,19 @@ async def heartbeat(request: Request, agent_id: str) -> HTTPResponse:
 @bp.get("/config/<agent_id:str>")
 async def config(request: Request, agent_id: str) -> HTTPResponse:
     settings = request.app.ctx.settings.agents
-    override = settings.overrides.get(agent_id)
-    report_interval = (override and override.report_interval) or settings.report_interval
-    heartbeat_interval = (override and override.heartbeat_interval) or settings.heartbeat_interval
-    features = {**settings.features, **(override.features if override else {})}
+    agent = request.app.ctx.state.registry.get(agent_id)
+    metadata = agent.metadata if agent else {}
+    report_interval, heartbeat_interval = settings.report_interval, settings.heartbeat_interval
+    features = dict(settings.features)
+    # Label overrides ("environment=edge", matched against the agent's metadata) first, in file order,
+    # then the agent's own: the most specific wins.
+    matching = [o for key, o in settings.overrides.items() if "=" in key and _has_label(metadata, key)]
+    if agent_id in settings.overrides:
+        matching.append(settings.overrides[agent_id])
+    for override in matching:
+        report_interval = override.report_interval or report_interval
+        heartbeat_interval = override.heartbeat_interval or heartbeat_interval
+        features.update(override.features)
     return json({
         "agent_id": agent_id,
         "report_interval": format_duration(report_interval),
@@ -79,3 +88,7 @@ async def list_agents(request: Request) -> HTTPResponse:
         agents = [agent for agent in agents if agent["status"] == wanted]
     return json({"agents": agents, "count": len(agents)})
 
+
+def _has_label(metadata: dict, label: str) -> bool:
+    key, _, value = label.partition("=")
+    return key in metadata and str(metadata[key]).lower() == value.lower()
