@@ -7,8 +7,11 @@ together (pydantic parsing excluded: it happens before the merge in the server t
 
 - first apply: every host's first report into an empty topology; then the first publish (a restore);
 - steady state: rounds of ``hosts * 1/15`` agents re-reporting 15 s later (one second of a fleet reporting
-  every 15 s: new metrics, a few processes come and go), each round followed by one publish;
-- snapshot_json per level, uncached (the per-seq cache is cleared before each run);
+  every 15 s: new metrics, a few processes come and go), each round followed by one publish; first with
+  the collapsed views idle (nobody reads them: not maintained), then RSS, then the one-pass build of each
+  collapsed view, then rounds with every level's diff asked at each publish (views in use: maintained
+  incrementally; the first of those rounds, which builds them, reported apart);
+- snapshot_json per level, uncached (the per-seq cache is cleared, and a collapsed view dropped, first);
 - RSS of the process with everything loaded and published (report objects dropped), and the RSS the
   harness itself held before the topology (imports and the fleet generator: part of the first figure);
 - restore: every agent exported, then ``import_agents`` into an empty topology and its first publish
@@ -95,27 +98,53 @@ def bench(hosts: int) -> dict:
     del report
     first_publish = timed_ms(lambda: topology.publish(T0))
     per_round = max(1, hosts // 15)
-    steady, publishes, diffs = [], [], []
-    for index in range(ROUNDS):
-        now = T0 + 15 * (index + 1)
-        reporting = [(index * per_round + k) % hosts for k in range(per_round)]
-        reports = [Report.model_validate_json(fleet.report_bytes(host, now)) for host in reporting]
-        for report in reports:
-            order += 1
-            steady.append(apply(topology, report, order))
-        del reports
-        publication = None
+    round_index = 0
 
-        def publish(now=now):
-            nonlocal publication
-            publication = topology.publish(now)
+    def rounds(count: int, read_views: bool, fleet: Fleet = fleet) -> tuple[list, list]:
+        nonlocal order, round_index
+        publishes, diffs = [], []
+        for _ in range(count):
+            index = round_index
+            round_index += 1
+            now = T0 + 15 * (index + 1)
+            reporting = [(index * per_round + k) % hosts for k in range(per_round)]
+            reports = [Report.model_validate_json(fleet.report_bytes(host, now)) for host in reporting]
+            for report in reports:
+                order += 1
+                steady.append(apply(topology, report, order))
+            del reports
+            publication = None
 
-        publishes.append(timed_ms(publish))
-        diffs.append(timed_ms(lambda publication=publication: [
-            publication.diff(level) for level in ("process", "container", "host")]))
+            def publish(now=now):
+                nonlocal publication
+                publication = topology.publish(now)
+
+            publishes.append(timed_ms(publish))
+            levels = ("process", "container", "host") if read_views else ("process",)
+            diffs.append(timed_ms(lambda publication=publication, levels=levels: [
+                publication.diff(level) for level in levels]))
+        return publishes, diffs
+
+    steady = []
+    # Collapsed views idle (no client reads them: not maintained), then in use (diffs of all three levels
+    # every publish, like the hub with clients on every level: maintained incrementally; the first round
+    # pays their one-pass builds, so it is left out of the figures).
+    idle_publishes, _ = rounds(ROUNDS, read_views=False)
+    gc.collect()
+    rss_idle = rss_mb()
+    published = topology._published
+    builds = {}
+    for level in ("container", "host"):
+        times = [timed_ms(lambda level=level: published.build_view(level, published.nodes, published.edges))
+                 for _ in range(5)]
+        builds[level] = (statistics.median(times), max(times))
+    first_use = rounds(1, read_views=True)
+    publishes, diffs = rounds(ROUNDS, read_views=True)
     result = {
         "hosts": hosts, "counts": topology.counts(), "first": first, "steady": steady,
         "first_publish": first_publish, "per_round": per_round, "publishes": publishes, "diffs": diffs,
+        "idle_publishes": idle_publishes, "first_use": (first_use[0][0], first_use[1][0]), "builds": builds,
+        "rss_idle": rss_idle,
     }
     for level in ("process", "container", "host"):
         runs = 5 if hosts >= 1000 and level != "host" else 20
@@ -123,6 +152,8 @@ def bench(hosts: int) -> dict:
         for _ in range(runs):
             topology._snapshot_json.clear()  # uncached: the cost a new seq pays once
             topology._snapshots.clear()
+            if level != "process":
+                published.views.pop(level, None)  # and the view not in use: built from the base
             times.append(timed_ms(lambda level=level: topology.snapshot_json(level)))
         size = len(topology.snapshot_json(level))
         result[f"json_{level}"] = (statistics.median(times), percentile(times, 0.95), size)
@@ -172,16 +203,25 @@ def main(sizes: list[int]) -> None:
     line("first publish after bulk load (ms)", lambda r: f"{r['first_publish']:.0f}")
     line("restore: import_agents / first publish (ms)",
          lambda r: f"{r['restore'][0]:.0f} / {r['restore'][1]:.0f}")
-    line("publish after N re-reports p50 / max (ms)",
+    line("publish after N re-reports, collapsed views idle p50 / max (ms)",
+         lambda r: f"N={r['per_round']}: {statistics.median(r['idle_publishes']):.1f} / "
+                   f"{max(r['idle_publishes']):.1f}")
+    line("RSS after publishing, collapsed views idle (MB)", lambda r: f"{r['rss_idle']:.0f}")
+    for level in ("container", "host"):
+        line(f"{level} view one-pass build p50 / max (ms)",
+             lambda r, level=level: f"{r['builds'][level][0]:.1f} / {r['builds'][level][1]:.1f}")
+    line("first publish + diffs once views are first read (ms)",
+         lambda r: f"{r['first_use'][0]:.1f} + {r['first_use'][1]:.1f}")
+    line("publish after N re-reports, views in use p50 / max (ms)",
          lambda r: f"N={r['per_round']}: {statistics.median(r['publishes']):.1f} / {max(r['publishes']):.1f}")
-    line("diffs, 3 levels, per publish p50 (ms)", lambda r: f"{statistics.median(r['diffs']):.1f}")
+    line("diffs, 3 levels, per publish, views in use p50 (ms)", lambda r: f"{statistics.median(r['diffs']):.1f}")
     for level in ("process", "container", "host"):
         line(f"snapshot_json {level} uncached p50 / p95 (ms), size",
              lambda r, level=level: f"{r[f'json_{level}'][0]:.1f} / {r[f'json_{level}'][1]:.1f}, "
                                     f"{r[f'json_{level}'][2] / 2**20:.1f} MiB")
     line("snapshot_json process, host filter p50 / p95 (ms)",
          lambda r: f"{r['json_filter'][0]:.2f} / {r['json_filter'][1]:.2f}")
-    line("RSS, everything loaded and published (MB)", lambda r: f"{r['rss']:.0f}")
+    line("RSS, everything loaded and published, all views in use (MB)", lambda r: f"{r['rss']:.0f}")
     line("RSS before the topology: imports + fleet generator (MB)", lambda r: f"{r['rss_before']:.0f}")
 
 

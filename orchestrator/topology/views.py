@@ -4,8 +4,16 @@ The base (``level="process"``) holds every node and edge. The ``container`` view
 parent; the ``host`` view maps every node other than hosts and externals (and nodes without a host) to
 ``host:<its host>``. A view keeps the nodes that map to themselves (the same dict objects as the base: no
 copies) and rolls edges up onto the mapped ends: connections summed, ports merged, newest ``last_seen``,
-self-loops dropped, the same id scheme. Each publish touches only the changed base nodes and edges, plus the
-edges of a node whose mapping changed (re-parented).
+self-loops dropped, the same id scheme.
+
+Collapsed views are lazy: one exists only while it is *in use*. :meth:`Published.view` (snapshots) builds
+a view that is not in use from the base in one pass (:meth:`Published.build_view`); from then on each
+publish maintains it incrementally (touching only the changed base nodes and edges, plus the edges of a
+node whose mapping changed) for as long as it keeps being read: a view not read (snapshot or diff) at
+seq ``s`` is dropped by the publish of ``s + 1``. :meth:`Publication.diff` of a view not in use at
+``seq - 1`` rebuilds it at ``seq - 1`` from the base with the publication's changes reverted, then advances
+it like a publish would; so the first diff asked for a view costs one build, the next ones (the hub asks
+every publish while a view has clients) an incremental step, and a view nobody reads costs nothing.
 
 Published dicts are never mutated: a change replaces the dict. A reader holding a snapshot or a node from
 an older version keeps seeing exactly that version.
@@ -13,6 +21,7 @@ an older version keeps seeing exactly that version.
 
 from __future__ import annotations
 
+import gc
 from collections import Counter
 
 import orjson
@@ -21,27 +30,40 @@ from .model import host_id, rfc3339
 from .resolve import edge_id as make_edge_id
 
 LEVELS = ("process", "container", "host")
+COLLAPSED = ("container", "host")
 _UNCHANGED = ()
 
 
 class Publication:
     """One published version: its seq, timestamp and the changes from the previous one, per view."""
 
-    __slots__ = ("seq", "timestamp", "_changes", "_diffs")
+    __slots__ = ("seq", "timestamp", "_changes", "_diffs", "_raw", "_published")
 
-    def __init__(self, seq: int, timestamp: str, changes: dict) -> None:
+    def __init__(self, seq: int, timestamp: str, changes: dict, raw: tuple, published: Published) -> None:
         self.seq = seq
         self.timestamp = timestamp
-        # level -> (node changes [(id, old, new)], edge changes [(id, old, new, old_hosts, new_hosts)])
+        # level -> (node changes [(id, old, new)], edge changes [(id, old, new, old_hosts, new_hosts)]);
+        # a collapsed level only when its view was in use at publish time (else added by diff on demand)
         self._changes = changes
         self._diffs: dict[tuple, dict] = {}
+        self._raw = raw  # the base changes as applied: (node changes, edge changes [(id, old, new)])
+        self._published = published
 
     def diff(self, level: str = "process", host: str | None = None) -> dict:
-        """The contract's ``topology_diff`` payload for a view, from ``seq - 1`` to ``seq``."""
+        """The contract's ``topology_diff`` payload for a view, from ``seq - 1`` to ``seq``.
+
+        A collapsed view that was not in use at ``seq - 1`` is caught up here: built from the base at
+        ``seq - 1`` (the current base with this publication's changes reverted), then advanced with them.
+        That is possible only while this publication is the latest one: asked later, such a diff raises
+        :class:`LookupError` (the hub asks its diffs right after each publish; one asked in time is cached).
+        """
         key = (level, host)
         diff = self._diffs.get(key)
         if diff is None:
+            if _check_level(level) not in self._changes:
+                self._published.catch_up(level, self)
             diff = self._diffs[key] = self._build_diff(level, host)
+        self._published.mark_read(level, self.seq)
         return diff
 
     def _build_diff(self, level: str, host: str | None) -> dict:
@@ -126,7 +148,7 @@ def _record(section: dict, item_id: str, old, new) -> None:
 class _View:
     """One level: its nodes, its (rolled-up) edges and per-host indexes for the ``host=`` filter."""
 
-    def __init__(self, level: str, base: "Published") -> None:
+    def __init__(self, level: str, base: Published) -> None:
         self.level = level
         self.base = base
         self.nodes: dict[str, dict] = base.nodes if level == "process" else {}
@@ -208,7 +230,9 @@ class Published:
         self.incident: dict[str, str | set] = {}  # node id -> base edge ids touching it (multi_add)
         self.ports: dict[tuple, list] = {}  # one shared list per distinct rolled-up port list
         self.types: Counter = Counter()
-        self.views = {level: _View(level, self) for level in LEVELS}
+        # The process view always; a collapsed view only while in use (see the module docstring).
+        self.views: dict[str, _View] = {"process": _View("process", self)}
+        self.read_seq: dict[str, int] = {}  # collapsed level -> the last seq it was read at
 
     def publish(self, node_bodies: dict, edge_bodies: dict, timestamp: str) -> Publication | None:
         node_changes = self._apply_nodes(node_bodies)
@@ -216,11 +240,164 @@ class Published:
         if not node_changes and not edge_changes:
             return None
         changes = {"process": self._base_changes(node_changes, edge_changes)}
-        for level in ("container", "host"):
-            changes[level] = self._view_changes(self.views[level], node_changes, edge_changes)
+        for level in COLLAPSED:
+            view = self.views.get(level)
+            if view is None:
+                continue
+            if self.read_seq.get(level, -1) < self.seq:
+                del self.views[level]  # not read at the previous seq: idle, its memory goes
+                continue
+            changes[level] = self._view_changes(view, node_changes, edge_changes)
         self.seq += 1
         self.timestamp = timestamp
-        return Publication(self.seq, timestamp, changes)
+        return Publication(self.seq, timestamp, changes, (node_changes, edge_changes), self)
+
+    def mark_read(self, level: str, seq: int) -> None:
+        if seq == self.seq and level != "process":
+            self.read_seq[level] = seq
+
+    def view(self, level: str) -> _View:
+        """A view at the current seq, built from the base in one pass if it was not in use."""
+        view = self.views.get(_check_level(level))
+        if view is None:
+            view = self.views[level] = self.build_view(level, self.nodes, self.edges)
+        self.mark_read(level, self.seq)
+        return view
+
+    def catch_up(self, level: str, publication: Publication) -> None:
+        """Make ``publication`` (the latest) carry the changes of a collapsed view that was not in use at
+        ``seq - 1``: the view built from the base at ``seq - 1``, advanced incrementally to ``seq`` (the
+        same code as a publish with the view in use), kept in use afterwards."""
+        if publication.seq != self.seq:
+            raise LookupError(f"the {level!r} diff of seq {publication.seq} is no longer available "
+                              f"(seq {self.seq} is published; ask a publication's diffs before the next one)")
+        node_changes, edge_changes = publication._raw
+        nodes, edges = dict(self.nodes), dict(self.edges)
+        for node_id, old, _new in node_changes:
+            if old is None:
+                del nodes[node_id]
+            else:
+                nodes[node_id] = old
+        for eid, old, _new in edge_changes:
+            if old is None:
+                del edges[eid]
+            else:
+                edges[eid] = old
+        view = self.build_view(level, nodes, edges)
+        del nodes, edges
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            publication._changes[level] = self._view_changes(view, node_changes, edge_changes)
+        finally:
+            if collecting:
+                gc.enable()
+        self.views[level] = view
+        self.read_seq[level] = self.seq
+
+    def build_view(self, level: str, nodes: dict, edges: dict) -> _View:
+        # Many small acyclic objects: collector passes over a heap of millions would double the cost.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return self._build_view(level, nodes, edges)
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _build_view(self, level: str, nodes: dict, edges: dict) -> _View:
+        """A collapsed view of the base ``nodes``/``edges`` in one pass over each: every node mapped to
+        its view node with one dict lookup, base edges grouped by (mapped source, mapped target,
+        protocol), output dicts built once per view edge. The same state as maintaining the view
+        incrementally from an empty topology."""
+        view = _View(level, self)
+        view_nodes, nodes_by_host = view.nodes, view.nodes_by_host
+        mapped: dict[str, str] = {}  # base node id -> view node id, for the nodes not in the view
+        host_ids: dict[str, str] = {}
+        container = level == "container"
+        for node_id, node in nodes.items():
+            kind, host = node["type"], node["host"]
+            if container:
+                if kind == "process":
+                    parent = node["parent"]
+                    if parent:
+                        mapped[node_id] = parent
+                    elif host:
+                        mapped[node_id] = host_ids.get(host) or host_ids.setdefault(host, host_id(host))
+                    continue
+            elif kind != "host" and kind != "external" and host:
+                mapped[node_id] = host_ids.get(host) or host_ids.setdefault(host, host_id(host))
+                continue
+            view_nodes[node_id] = node
+            if host is not None:
+                ids = nodes_by_host.get(host)
+                if ids is None:
+                    nodes_by_host[host] = {node_id}
+                else:
+                    ids.add(node_id)
+        groups: dict[tuple, str | list] = {}
+        get = mapped.get
+        for eid, edge in edges.items():
+            source, target = edge["source"], edge["target"]
+            source, target = get(source, source), get(target, target)
+            if source == target:
+                continue  # a self-loop created by the collapse
+            key = (source, target, edge["protocol"])
+            group = groups.get(key)
+            if group is None:
+                groups[key] = eid
+            elif type(group) is str:
+                groups[key] = [group, eid]
+            else:
+                group.append(eid)
+        view_edges, members, base_to_view = view.edges, view.members, view.base_to_view
+        edge_hosts, by_host = view.edge_hosts, view.edges_by_host
+        for (source, target, protocol), group in groups.items():
+            veid = make_edge_id(source, target, protocol)
+            if type(group) is str:
+                edge = edges[group]
+                base_to_view[group] = veid
+                members[veid] = group
+                view_edges[veid] = {
+                    "id": veid, "source": source, "target": target, "protocol": protocol,
+                    "ports": edge["ports"], "connections": edge["connections"], "last_seen": edge["last_seen"],
+                }
+            else:
+                grouped = [edges[eid] for eid in group]
+                for eid in group:
+                    base_to_view[eid] = veid
+                members[veid] = group if len(group) <= _SMALL else set(group)
+                view_edges[veid] = {
+                    "id": veid, "source": source, "target": target, "protocol": protocol,
+                    "ports": self._ports(grouped),
+                    "connections": sum(edge["connections"] for edge in grouped),
+                    "last_seen": max(edge["last_seen"] for edge in grouped),
+                }
+            node = view_nodes.get(source)
+            source_host = node["host"] if node is not None else None
+            node = view_nodes.get(target)
+            target_host = node["host"] if node is not None else None
+            if source_host is None:
+                if target_host is None:
+                    continue
+                hosts = target_host
+            elif target_host is None or target_host == source_host:
+                hosts = source_host
+            else:
+                hosts = (source_host, target_host)
+                ids = by_host.get(target_host)
+                if ids is None:
+                    by_host[target_host] = {veid}
+                else:
+                    ids.add(veid)
+            edge_hosts[veid] = hosts
+            first = hosts if type(hosts) is str else source_host
+            ids = by_host.get(first)
+            if ids is None:
+                by_host[first] = {veid}
+            else:
+                ids.add(veid)
+        return view
 
     def _apply_nodes(self, bodies: dict) -> list:
         changes = []
@@ -445,7 +622,7 @@ class Published:
     # -- reading ------------------------------------------------------------------------------------
 
     def snapshot(self, level: str, host: str | None) -> dict:
-        view = self.views[_check_level(level)]
+        view = self.view(level)
         if host is None:
             nodes, edges = dict(view.nodes), dict(view.edges)
         else:
