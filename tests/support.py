@@ -123,6 +123,7 @@ class ServerProcess:
     def __init__(self, *args: str, env: dict | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self._output: str | None = None
         full_env = {**os.environ, "ORCHESTRATOR_LOG_FORMAT": "json",
                     "ORCHESTRATOR_WEBSOCKET__BROADCAST_INTERVAL": "50ms", **(env or {})}
         self.proc = subprocess.Popen(
@@ -140,12 +141,17 @@ class ServerProcess:
         wait_for(healthy, timeout, 0.1)
         return self
 
-    def terminate(self, timeout: float = 30.0) -> int:
+    def terminate(self, timeout: float = 60.0) -> int:
+        """SIGTERM, then wait for the exit while draining the log pipe (a full pipe would block the server)."""
         self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
+        out, _ = self.proc.communicate(timeout=timeout)
+        self._output = out.decode()
+        return self.proc.returncode
 
     def output(self) -> str:
-        return self.proc.stdout.read().decode() if self.proc.stdout else ""
+        if self._output is None and self.proc.stdout:
+            self._output = self.proc.stdout.read().decode()
+        return self._output or ""
 
     def kill(self) -> None:
         if self.proc.poll() is None:

@@ -76,7 +76,13 @@ def test_docker_entrypoint_command_starts_the_server(tmp_path):
         assert (tmp_path / "orchestrator.db").exists()
     finally:
         proc.terminate()
-        assert proc.wait(30) == 0
+        try:
+            output, _ = proc.communicate(timeout=60)  # drains the log pipe while it shuts down
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            output, _ = proc.communicate()
+            raise AssertionError(f"no exit within 60s of SIGTERM:\n{output.decode()[-4000:]}") from None
+        assert proc.returncode == 0, output.decode()[-4000:]
 
 
 def test_version_and_help():
