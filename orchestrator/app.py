@@ -111,9 +111,10 @@ async def _start_background(app: Sanic) -> None:
     # Everything loaded so far (modules, restored state) lives as long as the process: keep the collector
     # off it, and collect the young generation less often — validating a report allocates thousands of
     # short-lived objects, and each young collection is pure overhead for them.
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
+    if state.settings.server.tune_gc:
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
     app.ctx.tasks = [asyncio.create_task(coro, name=name) for name, coro in (
         ("ingest", state.ingest.run()),
         ("hub", state.hub.run()),

@@ -50,7 +50,8 @@ async def run_cleanup(state) -> None:
         # What survived a whole interval is long-lived state (the topology, the series): take it out of
         # the cyclic collector's scans, or a full collection over a fleet-sized heap stalls the loop for
         # seconds. It is still freed by reference counting when dropped.
-        gc.freeze()
+        if state.settings.server.tune_gc:
+            gc.freeze()
 
 
 async def sweep(state, now: float) -> dict[str, Any]:

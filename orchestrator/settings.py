@@ -75,6 +75,7 @@ class ServerSettings(_Section):
     response_timeout: Duration(0.1) = 60.0
     keep_alive_timeout: Duration(0.1) = 75.0
     graceful_timeout: Duration(0.1, 600.0) = 15.0
+    tune_gc: bool = True  # freeze start-up state out of the cyclic GC, collect the young generation less often
 
 
 class StorageSettings(_Section):

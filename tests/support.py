@@ -33,7 +33,8 @@ def free_port() -> int:
 
 def make_settings(tmp_path: Path | None = None, **sections) -> Settings:
     """Test settings: fast broadcast, no persistence unless a data dir is given."""
-    tree = {"server": {"host": "127.0.0.1", "port": 0},
+    # Many apps share one test process: GC tuning (freezing what is alive now) belongs to a real server only.
+    tree = {"server": {"host": "127.0.0.1", "port": 0, "tune_gc": False},
             "websocket": {"broadcast_interval": "50ms"},
             "storage": {"persist": False} if tmp_path is None else {"data_dir": str(tmp_path)}}
     for name, values in sections.items():
