@@ -529,6 +529,7 @@ class Topology:
 
     def _ports(self, conns) -> list:
         # Edges share a few distinct port lists: one list object per distinct list, never mutated.
+        # (``conns``: the ports of the edge's connections.)
         if len(conns) == 1:
             ports = tuple(conns)
         else:
@@ -550,6 +551,14 @@ class Topology:
         edge = self._edges.get(edge_id)
         if edge is None:
             return None
+        held = edge.conns
+        if type(held) is tuple:
+            # The common edge: one connection (one or two records), built without intermediate lists.
+            conn = self._conns[held]
+            records = conn.records
+            latest = records[0][0][0] if len(records) == 1 else max(record[0][0] for record in records)
+            ports = self._port_lists.get((conn.port,)) or self._ports((conn.port,))
+            return _EdgeBody(edge_id, edge.source, edge.target, edge.protocol, ports, 1, rfc3339(latest)).__dict__
         conns = [self._conns[key] for key in edge.conn_keys()]
         latest = max(record.rank[0] for conn in conns for record in conn.records)
         return _EdgeBody(edge_id, edge.source, edge.target, edge.protocol,

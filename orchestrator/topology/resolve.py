@@ -172,8 +172,8 @@ class Resolver:
                 pid = min((p for p in pids if p is not None), default=None)
                 if pid is not None:
                     node_id = process_id(owner_host, pid)
-                    deps.append(node_id)
                     node = self.node_exists(node_id)
+                    deps.append(node_id if node is None else node)  # the node's own id string (memory)
                     if node is not None:
                         return node
         return owner_node
@@ -181,8 +181,8 @@ class Resolver:
     def _process_or_host(self, host: str, pid: int | None, deps: list) -> str:
         if pid is not None:
             node_id = process_id(host, pid)
-            deps.append(node_id)
             node = self.node_exists(node_id)
+            deps.append(node_id if node is None else node)  # the node's own id string (memory)
             if node is not None:
                 return node
         return host_id(host)
