@@ -7,7 +7,6 @@ is exercised by the product itself. ``pipeline.disable`` blocks plugins by name 
 
 from __future__ import annotations
 
-import time
 from typing import Any, Iterable
 
 import pluggy
@@ -86,8 +85,3 @@ def call_each(pm: pluggy.PluginManager, hook_name: str, metrics, order: list[str
             results.append((impl.plugin_name, result))
     return results
 
-
-def timed_call_each(*args, **kwargs) -> tuple[list, float]:
-    start = time.perf_counter()
-    out = call_each(*args, **kwargs)
-    return out, time.perf_counter() - start
