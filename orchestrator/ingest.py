@@ -170,7 +170,9 @@ class Ingest:
 
     def __post_init__(self) -> None:
         settings = self.state.settings
-        self.queue = asyncio.Queue(maxsize=settings.server.ingest_queue_size)
+        # The bound is on the whole backlog (queued + the batch the worker holds), enforced by submit().
+        self.capacity = settings.server.ingest_queue_size
+        self.queue = asyncio.Queue()
         self.extract = ContainerIdCache(self.state.plugins)
         self._batch: deque[Accepted] = deque()  # taken off the queue, not applied yet
 
@@ -180,7 +182,7 @@ class Ingest:
         if self.closing:
             raise ApiError(503, "server is shutting down; retry against the restarted server",
                            code="shutting_down", headers={"Retry-After": retry})
-        if self.queue.full():
+        if self.backlog >= self.capacity:
             self.state.metrics.reports_throttled.inc()
             raise ApiError(429, "ingest queue is full; retry later", code="overloaded",
                            headers={"Retry-After": retry})
