@@ -195,8 +195,14 @@ def read_cgroup(pid: int) -> str | None:
         return None
 
 
+# Sockets on their way out (TIME_WAIT and the other closing states) have lost their process and often
+# their listener: reported, they would show as host-to-host traffic on ports that no longer serve anything.
+_LIVE_STATES = {psutil.CONN_LISTEN, psutil.CONN_ESTABLISHED, psutil.CONN_SYN_SENT, psutil.CONN_SYN_RECV,
+                psutil.CONN_NONE}
+
+
 def collect_connections() -> list[dict[str, Any]]:
-    """Every TCP/UDP socket, listening and connected. A listener's missing remote end is ``""``/``0``."""
+    """Every live TCP/UDP socket, listening and connected. A listener's missing remote end is ``""``/``0``."""
     try:
         sockets = psutil.net_connections(kind="inet")
     except (psutil.AccessDenied, PermissionError):
@@ -204,7 +210,7 @@ def collect_connections() -> list[dict[str, Any]]:
     connections = []
     for sock in sockets:
         protocol = _PROTOCOLS.get((sock.family, sock.type))
-        if protocol is None:
+        if protocol is None or sock.status not in _LIVE_STATES:
             continue
         entry = {
             "protocol": protocol,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections import namedtuple
 
 import httpx
 import psutil
@@ -179,3 +180,20 @@ def test_a_failing_docker_engine_means_no_docker_info():
 ])
 def test_default_agent_id_is_the_sanitised_hostname(hostname, agent_id):
     assert probe.default_agent_id(hostname) == agent_id
+
+
+def test_sockets_on_their_way_out_are_not_reported(monkeypatch):
+    addr = namedtuple("addr", "ip port")
+    sconn = namedtuple("sconn", "fd family type laddr raddr status pid")
+    table = [
+        sconn(3, socket.AF_INET, socket.SOCK_STREAM, addr("10.0.0.1", 80), (), psutil.CONN_LISTEN, 7),
+        sconn(4, socket.AF_INET, socket.SOCK_STREAM, addr("10.0.0.1", 80), addr("10.0.0.2", 50000),
+              psutil.CONN_ESTABLISHED, 7),
+        sconn(-1, socket.AF_INET, socket.SOCK_STREAM, addr("10.0.0.1", 80), addr("10.0.0.3", 50001),
+              psutil.CONN_TIME_WAIT, None),
+        sconn(-1, socket.AF_INET, socket.SOCK_STREAM, addr("10.0.0.1", 81), addr("10.0.0.4", 50002),
+              psutil.CONN_CLOSE_WAIT, 7),
+    ]
+    monkeypatch.setattr(psutil, "net_connections", lambda kind="inet": table)
+    states = [c["state"] for c in probe.collect_connections()]
+    assert states == ["LISTEN", "ESTABLISHED"]
