@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
+from collections import deque
 from typing import Any
 
 import structlog
@@ -113,14 +114,18 @@ async def _in_batches(state, agent_ids: list[str], step) -> int:
     are resolved again), so 500 agents in one go would stall the loop for seconds.
     """
     size = state.settings.cleanup.batch_size
-    done = in_batch = 0
-    started = time.perf_counter()
-    for agent_id in agent_ids:
-        if in_batch >= size or time.perf_counter() - started >= SWEEP_BUDGET_SECONDS:
+    done = 0
+    pending = deque(agent_ids)
+    while pending:
+        # A batch holds the topology lock: a publish in slices never reads the topology mid-batch.
+        async with state.topology_lock:
+            started = time.perf_counter()
+            for _ in range(size):  # at least one step per batch, whatever the budget
+                done += bool(step(pending.popleft()))
+                if not pending or time.perf_counter() - started >= SWEEP_BUDGET_SECONDS:
+                    break
+        if pending:
             await asyncio.sleep(0)
-            in_batch, started = 0, time.perf_counter()
-        done += bool(step(agent_id))
-        in_batch += 1
     return done
 
 

@@ -42,6 +42,7 @@ LEVELS = ("process", "container", "host")
 MAX_IDLE_VIEWS = 64
 CLOSE_GOING_AWAY = 1001
 CLOSE_TRY_AGAIN_LATER = 1013
+PUBLISH_SLICE_SECONDS = 0.005
 
 
 class ViewError(ValueError):
@@ -134,7 +135,7 @@ class Hub:
         next_tick = loop.time()
         while True:
             try:
-                self.tick(time.time())
+                await self.tick_in_slices(time.time())
             except Exception as exc:  # noqa: BLE001 - the publisher must outlive one bad tick
                 log.error("broadcast_failed", error=repr(exc), exc_info=exc)
             next_tick = max(next_tick + self.interval, loop.time())
@@ -143,7 +144,31 @@ class Hub:
     def tick(self, now: float) -> None:
         """One publish + broadcast; CPU time measured when anything was published or sent."""
         started = time.thread_time()
-        publication = self.state.topology.publish(now)
+        self._broadcast(self.state.topology.publish(now), now, started)
+
+    async def tick_in_slices(self, now: float) -> None:
+        """:meth:`tick`, with a large publish spread over slices of the event loop (requests are served in
+        between), holding ``state.topology_lock`` so the live topology stays still while it is read."""
+        steps = getattr(self.state.topology, "publish_steps", None)
+        if steps is None:  # a topology without sliced publishing
+            self.tick(now)
+            return
+        cpu = 0.0
+        async with self.state.topology_lock:
+            steps = steps(now, PUBLISH_SLICE_SECONDS)
+            while True:
+                started = time.thread_time()
+                try:
+                    next(steps)
+                except StopIteration as done:
+                    publication = done.value
+                    break
+                finally:
+                    cpu += time.thread_time() - started
+                await asyncio.sleep(0)
+        self._broadcast(publication, now, time.thread_time() - cpu)
+
+    def _broadcast(self, publication, now: float, started: float) -> None:
         if publication is not None:
             self._publish(publication)
         sent_reports = self._send_report_updates(now)

@@ -205,14 +205,13 @@ class Ingest:
                 self._batch.append(self.queue.get_nowait())
             self.state.metrics.ingest_queue.set(self.queue.qsize())
             skip = superseded(self._batch)
-            deadline = time.perf_counter() + BATCH_SECONDS
             while self._batch:
-                item = self._batch.popleft()
-                self.apply(item, merge=item.order not in skip)
-                if time.perf_counter() > deadline:
-                    await asyncio.sleep(0)
+                async with self.state.topology_lock:  # a publish in slices reads the topology meanwhile
                     deadline = time.perf_counter() + BATCH_SECONDS
-            await asyncio.sleep(0)
+                    while self._batch and time.perf_counter() <= deadline:
+                        item = self._batch.popleft()
+                        self.apply(item, merge=item.order not in skip)
+                await asyncio.sleep(0)
 
     def apply(self, item: Accepted, merge: bool = True) -> None:
         state = self.state

@@ -6,6 +6,7 @@ sweep and the restore at start-up write it.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -61,6 +62,9 @@ class State:
     ingest: Any = None  # orchestrator.ingest.Ingest
     store: Any = None  # orchestrator.persistence.Store, when persistence is on
     cleanup_stats: dict[str, Any] = field(default_factory=dict)
+    # Held by whoever changes the live topology across an await (the ingest worker's slices, a sweep's
+    # batches) or reads it across one (the sliced publish), so none of them sees the others half-done.
+    topology_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def __post_init__(self) -> None:
         if self.timeseries is None:

@@ -195,3 +195,18 @@ def test_backlog_is_coalesced_yet_every_report_reaches_the_sinks(start_server):
         series = client.get("/api/v1/query/agents/agent-1/timeseries").json()
         assert [p["cpu_percent"] for p in series["points"]] == [0.0, 1.0, 2.0, 3.0, 4.0]
         assert "app_reports_coalesced_total 4.0" in client.get("/metrics").text
+
+
+def test_the_live_topology_stays_still_while_a_sliced_publish_holds_it(start_server):
+    server = start_server()
+    lock = server.state.topology_lock
+    asyncio.run_coroutine_threadsafe(lock.acquire(), server.loop).result(5)  # as a publish in slices does
+    try:
+        with httpx.Client(base_url=server.url) as client:
+            assert post_report(client, report(host_info={})).status_code == 202  # requests are still served
+            time.sleep(0.3)
+            assert server.call(server.state.topology.agents) == []  # the ingest worker waits its turn
+    finally:
+        server.loop.call_soon_threadsafe(lock.release)
+    with httpx.Client(base_url=server.url) as client:
+        wait_node(client, "host:host-1")

@@ -278,3 +278,46 @@ def test_export_import_keeps_first_seen_across_several_reports():
     for level in ("process", "container", "host"):
         for host in (None, "host-a", "host-c"):
             assert restored.snapshot_json(level, host) == topology.snapshot_json(level, host)
+
+
+def drive(steps, stop_after=None):
+    """Run a publish_steps generator to the end (or close it after ``stop_after`` yields)."""
+    yields = 0
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value, yields
+        yields += 1
+        if stop_after is not None and yields >= stop_after:
+            steps.close()
+            return None, yields
+
+
+def big_fleet(topology, hosts=30):
+    for order in range(hosts):
+        merge(topology, {**host_a(), "agent_id": f"a{order}", "hostname": f"h{order}",
+                         "processes_info": {"processes": [proc(p, f"p{p}") for p in range(1, 200)]}}, order)
+
+
+def test_publishing_in_slices_gives_the_same_version_as_publishing_at_once():
+    whole, sliced = Topology(), Topology()
+    big_fleet(whole)
+    big_fleet(sliced)
+    whole.publish(0)
+    publication, yields = drive(sliced.publish_steps(0, slice_seconds=0.0))
+    assert yields > 0 and publication.seq == whole.seq == 1
+    for level in ("process", "container", "host"):
+        assert sliced.snapshot_json(level) == whole.snapshot_json(level)
+
+
+def test_a_sliced_publish_cut_short_publishes_nothing_and_loses_nothing():
+    topology = Topology()
+    big_fleet(topology)
+    publication, _ = drive(topology.publish_steps(0, slice_seconds=0.0), stop_after=1)
+    assert publication is None and topology.seq == 0 and topology.snapshot()["nodes"] == {}
+    topology.publish(0)
+    reference = Topology()
+    big_fleet(reference)
+    reference.publish(0)
+    assert topology.snapshot_json() == reference.snapshot_json()

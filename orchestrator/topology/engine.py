@@ -17,6 +17,7 @@ address owner or process node (``resolve.py``), so its cost follows the contribu
 from __future__ import annotations
 
 import gc
+import time
 from collections import Counter
 from dataclasses import replace
 
@@ -576,6 +577,20 @@ class Topology:
         The version's timestamp is the newest report timestamp accepted so far (``now`` only before any
         report), so two servers fed the same reports publish the same bytes.
         """
+        steps = self.publish_steps(now, float("inf"))
+        try:
+            while True:
+                next(steps)
+        except StopIteration as done:
+            return done.value
+
+    def publish_steps(self, now: float, slice_seconds: float):
+        """:meth:`publish` as a generator that yields every ``slice_seconds`` while it builds the changed
+        bodies; its return value (``StopIteration.value``) is the publication. The server drives it from the
+        event loop, serving requests between slices: the published version only changes at the end, in one
+        step. The live state must stay still meanwhile (no ``contribute`` or ``remove_agent``; the server
+        holds ``state.topology_lock``). Closed early, it publishes nothing and keeps every change for the
+        next publish."""
         # Publishing (and resolving imported contributions) allocates many small acyclic objects;
         # collector passes over a heap of millions of them would double its cost for nothing.
         collecting = gc.isenabled()
@@ -587,11 +602,20 @@ class Topology:
             dirty_nodes, dirty_edges = self._dirty_nodes, self._dirty_edges
             self._dirty_nodes, self._dirty_edges = set(), set()
             stamp = self._newest if self._newest != float("-inf") else now
-            publication = self._published.publish(
-                {node_id: self.node_body(node_id) for node_id in dirty_nodes},
-                {edge_id: self.edge_body(edge_id) for edge_id in dirty_edges},
-                rfc3339(stamp),
-            )
+            try:
+                nodes, edges = {}, {}
+                deadline = time.perf_counter() + slice_seconds
+                for bodies, ids, body in ((nodes, dirty_nodes, self.node_body), (edges, dirty_edges, self.edge_body)):
+                    for count, item_id in enumerate(ids, 1):
+                        bodies[item_id] = body(item_id)
+                        if not count % 256 and time.perf_counter() > deadline:
+                            yield
+                            deadline = time.perf_counter() + slice_seconds
+            except GeneratorExit:
+                self._dirty_nodes |= dirty_nodes
+                self._dirty_edges |= dirty_edges
+                raise
+            publication = self._published.publish(nodes, edges, rfc3339(stamp))
         finally:
             if collecting:
                 gc.enable()
