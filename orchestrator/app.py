@@ -27,6 +27,7 @@ from orchestrator.state import State
 log = structlog.get_logger("orchestrator.app")
 _app_numbers = itertools.count(1)
 GC_YOUNG_THRESHOLD = 20_000
+GC_FREEZE_SECONDS = 10.0
 
 
 def create_app(settings: Settings | None = None, extra_plugins: Iterable[tuple[str, Any]] = (),
@@ -111,7 +112,8 @@ async def _start_background(app: Sanic) -> None:
     # Everything loaded so far (modules, restored state) lives as long as the process: keep the collector
     # off it, and collect the young generation less often — validating a report allocates thousands of
     # short-lived objects, and each young collection is pure overhead for them.
-    if state.settings.server.tune_gc:
+    tune_gc = state.settings.server.tune_gc
+    if tune_gc:
         gc.collect()
         gc.freeze()
         gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
@@ -120,7 +122,17 @@ async def _start_background(app: Sanic) -> None:
         ("hub", state.hub.run()),
         ("cleanup", run_cleanup(state)),
         *((("checkpoint", state.store.run(state)),) if state.store else ()),
+        *((("gc_freeze", _freeze_long_lived()),) if tune_gc else ()),
     )]
+
+
+async def _freeze_long_lived() -> None:
+    """Every few seconds, take what has survived so far (the topology, time series: long-lived state) out
+    of the cyclic collector's scans; otherwise a full collection over a fleet-sized heap stalls the loop for
+    a second or more. Frozen objects are still freed by reference counting when dropped."""
+    while True:
+        await asyncio.sleep(GC_FREEZE_SECONDS)
+        gc.freeze()
 
 
 async def _begin_shutdown(app: Sanic) -> None:

@@ -21,7 +21,6 @@ shutdown) leaves every agent either fully moved or untouched.
 from __future__ import annotations
 
 import asyncio
-import gc
 import time
 from collections import deque
 from typing import Any
@@ -48,11 +47,6 @@ async def run_cleanup(state) -> None:
             await sweep(state, time.time())
         except Exception as exc:  # noqa: BLE001 - one bad sweep must not end the cleanup for good
             log.error("cleanup_failed", error=repr(exc), exc_info=exc)
-        # What survived a whole interval is long-lived state (the topology, the series): take it out of
-        # the cyclic collector's scans, or a full collection over a fleet-sized heap stalls the loop for
-        # seconds. It is still freed by reference counting when dropped.
-        if state.settings.server.tune_gc:
-            gc.freeze()
 
 
 async def sweep(state, now: float) -> dict[str, Any]:
