@@ -38,6 +38,7 @@ def test_sigterm_lets_in_flight_requests_finish_and_refuses_new_ones(tmp_path, s
     answer = sock.recv(65536).decode()
     sock.close()
     assert answer.startswith("HTTP/1.1 202"), answer
+    assert "connection: close" in answer.lower()  # draining: the connection is not kept for more requests
     assert server.proc.communicate(timeout=60)[0] is not None and server.proc.returncode == 0
     # The report answered 202 during the shutdown survived it.
     again = server_process("--data-dir", str(tmp_path)).wait_healthy()

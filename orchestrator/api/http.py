@@ -74,6 +74,10 @@ def check_token(request: Request) -> HTTPResponse | None:
 
 
 async def _finish(request: Request, response: HTTPResponse) -> None:
+    if request.app.ctx.state.shutting_down and hasattr(request.stream, "keep_alive"):
+        # Draining: this response ends its connection, so keep-alive clients stop sending on it and the
+        # graceful shutdown does not wait out its timeout behind a busy connection.
+        request.stream.keep_alive = False
     origin = _cors_origin(request)
     if origin is not None and response is not None:
         response.headers["Access-Control-Allow-Origin"] = origin
