@@ -69,7 +69,13 @@ def main() -> None:
         sections.append(f"### {title}\n\n`{command}` ({elapsed:.0f} s)\n\n{output}")
     text = RESULTS.read_text() if RESULTS.exists() else f"# Benchmark results\n\n{START}\n{END}\n"
     head, _, rest = text.partition(START)
-    _, _, tail = rest.partition(END)
+    generated, _, tail = rest.partition(END)
+    if args.only:  # keep the other benchmarks' last results, replace these
+        kept = {part.split("\n", 1)[0]: "### " + part.strip() for part in generated.split("\n### ")[1:]}
+        for section in sections[1:]:
+            kept[section.split("\n", 1)[0].removeprefix("### ")] = section
+        sections = [f"{sections[0]} (Only {', '.join(args.only)} rerun then; the others are from an earlier run.)",
+                    *kept.values()]
     RESULTS.write_text(f"{head}{START}\n" + "\n\n".join(sections) + f"\n{END}{tail}")
 
 
