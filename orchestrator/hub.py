@@ -149,13 +149,9 @@ class Hub:
     async def tick_in_slices(self, now: float) -> None:
         """:meth:`tick`, with a large publish spread over slices of the event loop (requests are served in
         between), holding ``state.topology_lock`` so the live topology stays still while it is read."""
-        steps = getattr(self.state.topology, "publish_steps", None)
-        if steps is None:  # a topology without sliced publishing
-            self.tick(now)
-            return
         cpu = 0.0
         async with self.state.topology_lock:
-            steps = steps(now, PUBLISH_SLICE_SECONDS)
+            steps = self.state.topology.publish_steps(now, PUBLISH_SLICE_SECONDS)
             while True:
                 started = time.thread_time()
                 try:

@@ -64,6 +64,10 @@ class FakeTopology:
         self.publications.append(publication)
         return publication
 
+    def publish_steps(self, now: float, slice_seconds: float):
+        yield  # one slice, so the hub's sliced driver is exercised too
+        return self.publish(now)
+
     def snapshot(self, level: str = "process", host: str | None = None) -> dict:
         return {"nodes": {k: v for k, v in self.published.items() if in_view(v, level, host)}, "edges": {},
                 "timestamp": "2025-10-13T00:00:00Z", "seq": self.seq}
@@ -112,7 +116,8 @@ class FakeConnection:
 def make_hub(**websocket) -> Hub:
     settings = Settings.model_validate({"websocket": {"broadcast_interval": "50ms", **websocket},
                                         "storage": {"persist": False}})
-    state = SimpleNamespace(settings=settings, metrics=create_metrics(), topology=FakeTopology(), hub=None)
+    state = SimpleNamespace(settings=settings, metrics=create_metrics(), topology=FakeTopology(), hub=None,
+                            topology_lock=asyncio.Lock())
     state.hub = Hub(state)
     return state.hub
 
