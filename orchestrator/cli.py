@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from orchestrator import __version__
@@ -45,11 +46,36 @@ def serve(args: argparse.Namespace) -> int:
     except PluginError as exc:
         print(f"orchestrator: invalid setting pipeline: {exc}", file=sys.stderr)
         return 2
+    _stop_on_signals(app)
     # One worker in one process: all state lives in this process's memory, owned by its event loop.
     app.prepare(host=settings.server.host, port=settings.server.port, single_process=True,
                 access_log=False, motd=False, debug=False)
     Sanic.serve_single(app)
     return 0
+
+
+def _stop_on_signals(app) -> None:
+    """Own SIGINT/SIGTERM from the start. Sanic installs its handler only once the socket already answers, and
+    that handler stops the loop at once: a stop requested while the start-up listeners still run is swallowed
+    by that start-up step, and the server would run on after SIGTERM. So a signal that arrives before the
+    server runs is remembered and acted on as soon as it does: a graceful stop, never a lost one."""
+    early: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: early.append(signum))
+
+    async def take_over(app, loop) -> None:
+        def stop() -> None:
+            if app.state.is_running:
+                app.stop(terminate=False)
+            else:
+                loop.call_later(0.05, stop)
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop)
+        if early:
+            stop()
+
+    app.register_listener(take_over, "after_server_start", priority=100)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -131,7 +131,7 @@ class ServerProcess:
             [sys.executable, "-m", "orchestrator", "serve", "--host", "127.0.0.1", "--port", str(self.port), *args],
             env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO)
 
-    def wait_healthy(self, timeout: float = 20.0) -> "ServerProcess":
+    def wait_healthy(self, timeout: float = 20.0, interval: float = 0.1) -> "ServerProcess":
         def healthy():
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited {self.proc.returncode}: {self.proc.stdout.read().decode()}")
@@ -139,7 +139,7 @@ class ServerProcess:
                 return httpx.get(self.url + "/health", timeout=1).status_code == 200
             except httpx.HTTPError:
                 return False
-        wait_for(healthy, timeout, 0.1)
+        wait_for(healthy, timeout, interval)
         return self
 
     def terminate(self, timeout: float = 60.0) -> int:

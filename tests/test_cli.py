@@ -52,6 +52,19 @@ def test_serve_starts_answers_and_stops_cleanly_on_sigterm(tmp_path, server_proc
     assert "Sanic v" not in output  # no banner: logs only, through structlog
 
 
+def test_sigterm_right_after_the_first_healthy_answer_stops_the_server(tmp_path, server_process):
+    # The socket answers while the start-up listeners still run; Sanic's own handler lost a SIGTERM sent
+    # then (a supervisor that stops a server as soon as it is healthy), and the server ran on. Without the
+    # fix, about half of these starts hung.
+    for attempt in range(5):
+        server = server_process("--data-dir", str(tmp_path / str(attempt))).wait_healthy(interval=0.005)
+        try:
+            assert server.terminate(timeout=20) == 0
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"start {attempt}: still running 20 s after SIGTERM") from None
+        assert "shutdown_complete" in server.output()
+
+
 def test_docker_entrypoint_command_starts_the_server(tmp_path):
     # The Dockerfile's ENTRYPOINT + CMD, with this repo's paths in place of the image's.
     dockerfile = (REPO / "Dockerfile").read_text()
