@@ -10,6 +10,7 @@ from typing import Any, Iterable
 
 import structlog
 from sanic import Sanic
+from sanic.application.constants import ServerStage
 
 from orchestrator.api import agents, health, query, reports
 from orchestrator.api.http import setup_http
@@ -30,6 +31,22 @@ GC_YOUNG_THRESHOLD = 20_000
 GC_FREEZE_SECONDS = 10.0
 
 
+class Orchestrator(Sanic):
+    """Sanic, with a stop that a server still starting up cannot lose."""
+
+    def stop(self, terminate: bool = True, unregister: bool = False) -> None:
+        # Sanic's SIGINT/SIGTERM handler calls this. The socket already answers while the start-up listeners
+        # run, and stopping the loop then is swallowed by that start-up step: a supervisor's SIGTERM sent on
+        # the first healthy answer left the server running. Until Sanic marks itself running, retry shortly.
+        if not self.state.is_running and self.state.stage is ServerStage.SERVING:
+            try:
+                asyncio.get_running_loop().call_later(0.05, self.stop, terminate, unregister)
+                return
+            except RuntimeError:  # no loop: nothing is starting
+                pass
+        super().stop(terminate, unregister)
+
+
 def create_app(settings: Settings | None = None, extra_plugins: Iterable[tuple[str, Any]] = (),
                name: str | None = None) -> Sanic:
     """A ready-to-serve app: plugins loaded, state built, routes and background work registered.
@@ -38,7 +55,7 @@ def create_app(settings: Settings | None = None, extra_plugins: Iterable[tuple[s
     embedders use it; third parties use the ``orchestrator`` entry-point group).
     """
     settings = settings or Settings()
-    app = Sanic(name or f"orchestrator_{next(_app_numbers)}", configure_logging=False)
+    app = Orchestrator(name or f"orchestrator_{next(_app_numbers)}", configure_logging=False)
     _configure_sanic(app, settings)
     state = build_state(settings, extra_plugins)
     app.ctx.settings = settings

@@ -46,7 +46,7 @@ def serve(args: argparse.Namespace) -> int:
     except PluginError as exc:
         print(f"orchestrator: invalid setting pipeline: {exc}", file=sys.stderr)
         return 2
-    _stop_on_signals(app)
+    _remember_early_stop(app)
     # One worker in one process: all state lives in this process's memory, owned by its event loop.
     app.prepare(host=settings.server.host, port=settings.server.port, single_process=True,
                 access_log=False, motd=False, debug=False)
@@ -54,28 +54,18 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stop_on_signals(app) -> None:
-    """Own SIGINT/SIGTERM from the start. Sanic installs its handler only once the socket already answers, and
-    that handler stops the loop at once: a stop requested while the start-up listeners still run is swallowed
-    by that start-up step, and the server would run on after SIGTERM. So a signal that arrives before the
-    server runs is remembered and acted on as soon as it does: a graceful stop, never a lost one."""
+def _remember_early_stop(app) -> None:
+    """SIGINT/SIGTERM before Sanic installs its handler (while the state is restored): stop once started,
+    after a normal start, rather than die with the restored state half-served."""
     early: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: early.append(signum))
 
-    async def take_over(app, loop) -> None:
-        def stop() -> None:
-            if app.state.is_running:
-                app.stop(terminate=False)
-            else:
-                loop.call_later(0.05, stop)
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop)
+    async def stop_if_asked(app) -> None:
         if early:
-            stop()
+            app.stop(terminate=False)
 
-    app.register_listener(take_over, "after_server_start", priority=100)
+    app.register_listener(stop_if_asked, "after_server_start")
 
 
 def main(argv: list[str] | None = None) -> int:
