@@ -60,6 +60,15 @@ class Server:
     def stats(self) -> dict:
         return httpx.get(self.url + "/api/v1/query/stats", timeout=30).json()
 
+    def wait_drained(self, timeout: float = 120) -> float:
+        """Seconds until the ingest backlog (queued and in-flight reports) is empty."""
+        start = time.monotonic()
+        while httpx.get(self.url + "/health", timeout=30).json()["ingest_queue"] > 0:
+            if time.monotonic() - start > timeout:
+                raise RuntimeError(f"ingest backlog not drained after {timeout:.0f} s")
+            time.sleep(0.05)
+        return time.monotonic() - start
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()

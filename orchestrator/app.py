@@ -19,7 +19,7 @@ from orchestrator.cleanup import run_cleanup
 from orchestrator.errors import handle_exception
 from orchestrator.hub import Hub
 from orchestrator.ingest import Ingest
-from orchestrator.metrics import create_metrics
+from orchestrator.metrics import create_metrics, watch_loop_lag
 from orchestrator.persistence import Store
 from orchestrator.plugins import configure_plugins, get_plugin_manager, plugin_names
 from orchestrator.settings import Settings
@@ -138,6 +138,7 @@ async def _start_background(app: Sanic) -> None:
         ("ingest", state.ingest.run()),
         ("hub", state.hub.run()),
         ("cleanup", run_cleanup(state)),
+        ("loop_lag", watch_loop_lag(state.metrics)),
         *((("checkpoint", state.store.run(state)),) if state.store else ()),
         *((("gc_freeze", _freeze_long_lived()),) if tune_gc else ()),
     )]

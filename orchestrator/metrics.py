@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -34,6 +36,7 @@ class Metrics:
     cleanup_stale_ratio_alert: Gauge
     checkpoint_seconds: Histogram
     checkpoint_failures: Counter
+    loop_lag: Histogram
 
 
 def create_metrics() -> Metrics:
@@ -69,4 +72,16 @@ def create_metrics() -> Metrics:
         cleanup_stale_ratio_alert=Gauge("app_cleanup_stale_ratio_alert", "1 while the stale share exceeds cleanup.stale_alert_ratio", registry=r),
         checkpoint_seconds=Histogram("app_checkpoint_duration_seconds", "Checkpoint duration", registry=r),
         checkpoint_failures=Counter("app_checkpoint_failures_total", "Checkpoints that failed", registry=r),
+        loop_lag=Histogram("app_event_loop_lag_seconds", "How late a timer on the event loop fires: the longest a "
+                           "request can wait behind work on the loop", registry=r,
+                           buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5)),
     )
+
+
+async def watch_loop_lag(metrics: Metrics, interval: float = 0.1) -> None:
+    """Sample the event loop's lateness: everything (HTTP, merges, publishes, WebSocket sends) shares one
+    loop, so this is the first thing to look at when POST latency grows."""
+    while True:
+        start = time.perf_counter()
+        await asyncio.sleep(interval)
+        metrics.loop_lag.observe(max(0.0, time.perf_counter() - start - interval))
