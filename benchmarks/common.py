@@ -60,6 +60,15 @@ class Server:
     def stats(self) -> dict:
         return httpx.get(self.url + "/api/v1/query/stats", timeout=30).json()
 
+    def histogram(self, name: str) -> dict[float, float]:
+        """A Prometheus histogram's cumulative buckets, ``{upper bound: count}``."""
+        buckets = {}
+        for line in httpx.get(self.url + "/metrics", timeout=30).text.splitlines():
+            if line.startswith(name + "_bucket{"):
+                le = line.split('le="', 1)[1].split('"', 1)[0]
+                buckets[float(le)] = float(line.rsplit(" ", 1)[1])
+        return buckets
+
     def wait_drained(self, timeout: float = 120) -> float:
         """Seconds until the ingest backlog (queued and in-flight reports) is empty."""
         start = time.monotonic()
@@ -83,6 +92,16 @@ class Server:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def bucket_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
+    """The upper bound of the bucket holding quantile ``q`` of what a histogram observed between two reads."""
+    counts = {le: after[le] - before.get(le, 0.0) for le in sorted(after)}
+    total = counts[float("inf")]
+    for le, count in counts.items():
+        if total and count >= q / 100 * total:
+            return le
+    return float("nan")
 
 
 def percentile(values: list[float], q: float) -> float:

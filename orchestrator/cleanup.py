@@ -30,6 +30,7 @@ import structlog
 from orchestrator.agents import Agent
 from orchestrator.models import format_rfc3339
 from orchestrator.state import LatestReport
+from orchestrator.timeseries import TimeSeriesStore
 
 log = structlog.get_logger("orchestrator.cleanup")
 
@@ -177,6 +178,27 @@ def restore_agent(state, agent_id: str) -> bool:
     state.dirty_agents.add(agent_id)
     log.info("agent_restored", agent_id=agent_id, archived_at=format_rfc3339(record["archived_at"]))
     return True
+
+
+def agent_counts(state, now: float) -> dict[str, int]:
+    """Known agents by status, the archived ones (still listed) among the stale."""
+    counts = state.registry.count_by_status(now, state.settings.agents.stale_threshold)
+    counts["stale"] += sum(1 for agent_id in state.archive if agent_id not in state.registry)
+    return counts
+
+
+def archived_timeseries(state, agent_id: str) -> TimeSeriesStore | None:
+    """An archived agent's retained history, as a store of its own to query (None when there is none)."""
+    record = state.archive.get(agent_id)
+    if record is None or record.get("timeseries") is None:
+        return None
+    storage = state.settings.storage
+    store = TimeSeriesStore(storage.max_data_age, storage.resolution)
+    try:
+        store.import_agent(agent_id, record["timeseries"])
+    except ValueError:  # archived under another resolution: restore_agent drops it too
+        return None
+    return store
 
 
 def archived_agents_json(state, now: float) -> list[dict]:

@@ -34,6 +34,7 @@ from typing import Any, Protocol
 import orjson
 import structlog
 
+from orchestrator.durations import format_duration
 from orchestrator.models import format_rfc3339
 
 log = structlog.get_logger("orchestrator.hub")
@@ -453,6 +454,6 @@ class Hub:
             "seq": self.state.topology.seq,
             "tracked_views": len(self._views),
             "history_size": self.history_size,
-            "broadcast_interval": self.interval,
+            "broadcast_interval": format_duration(self.interval),
             **self._counts,
         }

@@ -10,11 +10,11 @@ import re
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, StrictBool
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, PrivateAttr
 
 AGENT_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 _RFC3339 = re.compile(
-    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
+    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
 )
 
 
@@ -31,8 +31,10 @@ def parse_rfc3339(text: str) -> float:
 
 def format_rfc3339(epoch: float) -> str:
     """The contract's timestamp form: UTC, millisecond precision, ``Z`` suffix."""
-    stamp = datetime.fromtimestamp(epoch, tz=timezone.utc)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
+    s = datetime.fromtimestamp(epoch, tz=timezone.utc)
+    # Not strftime: its %Y does not zero-pad years before 1000 on Linux.
+    return (f"{s.year:04d}-{s.month:02d}-{s.day:02d}T{s.hour:02d}:{s.minute:02d}:{s.second:02d}."
+            f"{s.microsecond // 1000:03d}Z")
 
 
 def _check_timestamp(text: str) -> str:
@@ -54,13 +56,25 @@ IP_PATTERN = rf"^(?:|{_V4}|{_V6}(?:%[0-9A-Za-z._-]+)?)$"  # empty: no address (a
 
 Timestamp = Annotated[str, AfterValidator(_check_timestamp)]
 IpAddress = Annotated[str, Field(pattern=IP_PATTERN)]
-NonNegInt = Annotated[int, Field(ge=0)]
-NonNegNum = Annotated[float, Field(ge=0)]
-Port = Annotated[int, Field(ge=0, le=65535)]
-Percent = Annotated[float, Field(ge=0)]
+# Strict: "8" and true are not counts (lax mode would convert them, and /latest would show them as sent);
+# a JSON integer is still a valid float.
+NonNegInt = Annotated[int, Field(ge=0, strict=True)]
+NonNegNum = Annotated[float, Field(ge=0, strict=True)]
+Port = Annotated[int, Field(ge=0, le=65535, strict=True)]
+Percent = Annotated[float, Field(ge=0, strict=True)]
 AgentId = Annotated[str, Field(pattern=AGENT_ID_PATTERN)]
 Hostname = Annotated[str, Field(min_length=1, max_length=255)]
-MetadataValue = str | int | float | StrictBool
+
+
+def _metadata_value(value: Any) -> Any:
+    # One check with one message: a plain union reported a failure once per member type, at made-up paths
+    # (metadata.x.str, metadata.x.int, ...).
+    if isinstance(value, (str, int, float)):  # bool is an int
+        return value
+    raise ValueError("must be a string, number or boolean")
+
+
+MetadataValue = Annotated[str | int | float | bool, PlainValidator(_metadata_value)]
 
 
 class _Open(BaseModel):
@@ -189,5 +203,5 @@ def error_details(exc: Any, prefix: tuple = ()) -> list[dict[str, str]]:
     details = []
     for err in exc.errors(include_url=False, include_context=False, include_input=False):
         loc = [str(p) for p in (*prefix, *err["loc"]) if not str(p).startswith("function-")]
-        details.append({"field": ".".join(loc) or "body", "message": err["msg"]})
+        details.append({"field": ".".join(loc) or "body", "message": err["msg"].removeprefix("Value error, ")})
     return details

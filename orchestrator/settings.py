@@ -253,7 +253,7 @@ def _one_line(exc: ValidationError, tree: dict) -> str:
     value = _lookup(tree, err["loc"])
     allowed = err["msg"].removeprefix("Value error, ")
     limits = err.get("ctx") or {}
-    if isinstance(value, str) and err["type"] in ("greater_than_equal", "less_than_equal"):
+    if _is_duration(err["loc"]) and err["type"] in ("greater_than_equal", "less_than_equal"):
         # A duration out of range: say the range as durations, not as seconds.
         bound = limits.get("ge", limits.get("le"))
         word = "at least" if "ge" in limits else "at most"
@@ -268,6 +268,19 @@ def _one_line(exc: ValidationError, tree: dict) -> str:
 
 
 _MISSING = object()
+
+
+def _is_duration(loc: tuple) -> bool:
+    """Whether the setting at ``loc`` is a :func:`Duration` (its range reads best as durations)."""
+    model: Any = Settings
+    info = None
+    for part in loc:
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
+            return False
+        info = fields[part]
+        model = info.annotation
+    return info is not None and any(isinstance(m, BeforeValidator) and m.func is _duration for m in info.metadata)
 
 
 def _lookup(tree: Any, loc: tuple) -> Any:

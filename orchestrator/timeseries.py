@@ -333,7 +333,7 @@ class TimeSeriesStore:
             "memory_bytes": sum(buf.nbytes for buf in buffers),
             "bytes_per_agent": self.bytes_per_agent,
             "resolution": format_duration(self.resolution),
-            "max_data_age": self.max_data_age,
+            "max_data_age": format_duration(self.max_data_age),
         }
 
     # -- internals ----------------------------------------------------------------------------------

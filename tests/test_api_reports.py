@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import httpx
+import pytest
 from structlog.testing import capture_logs
 
 from orchestrator.plugins import plugin_names
@@ -210,3 +211,10 @@ def test_the_live_topology_stays_still_while_a_sliced_publish_holds_it(start_ser
         server.loop.call_soon_threadsafe(lock.release)
     with httpx.Client(base_url=server.url) as client:
         wait_node(client, "host:host-1")
+
+
+@pytest.mark.parametrize("host_info", [{"cpu_count": "8"}, {"cpu_count": True}, {"memory_used": 1.5},
+                                       {"cpu_percent": "12.5"}, {"load_avg": ["1"]}])
+def test_counts_and_numbers_must_be_json_numbers_not_strings_or_booleans(http, host_info):
+    error = assert_error(post_report(http, report(host_info=host_info)), 422)
+    assert error["details"][0]["field"].startswith("host_info.")

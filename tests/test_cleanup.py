@@ -8,6 +8,7 @@ import contextlib
 import logging
 import time
 
+import httpx
 import orjson
 import pytest
 import structlog
@@ -19,6 +20,7 @@ from orchestrator.cleanup import archived_agents_json, restore_agent, run_cleanu
 from orchestrator.models import Report, format_rfc3339
 from orchestrator.settings import Settings
 from orchestrator.state import State
+from tests.support import make_settings, post_report, report, wait_for
 
 T0 = time.time()  # reports are dated near the real clock: the time-series sink keeps only recent buckets
 
@@ -293,3 +295,30 @@ async def test_sweep_also_yields_when_a_batch_runs_over_its_time_budget(tmp_path
     await sweep(state, now=T0)
     ticking.cancel()
     assert len(set(turns)) >= 5  # the ticker ran between single agents despite the batch size
+
+
+async def test_archived_agents_count_as_stale_and_keep_their_time_series(tmp_path):
+    state = make_state(tmp_path)
+    apply_report(state, "agent-1", seen_at=T0 - 5, ts=T0 - 20)
+    apply_report(state, "agent-2", seen_at=T0, ts=T0)
+    points = state.timeseries.get_recent_points("agent-1", 3600)
+    await sweep(state, now=T0)
+
+    assert fully_archived(state, "agent-1")
+    assert cleanup.agent_counts(state, T0) == {"online": 1, "stale": 1}
+    archived = cleanup.archived_timeseries(state, "agent-1")
+    assert archived is not None and archived.get_recent_points("agent-1", 3600) == points != []
+    assert cleanup.archived_timeseries(state, "agent-2") is None  # live: not in the archive
+
+
+def test_a_stale_agent_is_counted_and_its_history_still_answered_over_http(start_server):
+    server = start_server(make_settings(agents={"stale_threshold": "1s"}, storage={"cleanup_interval": "200ms"}))
+    with httpx.Client(base_url=server.url) as http:
+        post_report(http, report("agent-1", host_info={"cpu_percent": 12.5}))
+        wait_for(lambda: http.get("/api/v1/query/agents/agent-1/timeseries").json()["count"] == 1)
+        wait_for(lambda: http.get("/api/v1/query/stats").json()["agents_by_status"]["stale"] == 1, 10)
+        assert http.get("/api/v1/query/stats").json()["agents"] == 1
+        assert http.get("/health").json()["agents"] == 1
+        assert 'app_agents_total{status="stale"} 1.0' in http.get("/metrics").text
+        series = http.get("/api/v1/query/agents/agent-1/timeseries").json()
+        assert series["count"] == 1 and series["points"][0]["cpu_percent"] == 12.5

@@ -21,7 +21,8 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 30) -> subproc
 
 @pytest.mark.parametrize("args, env, expected", [
     (["--max-data-age", "abc"], {}, "invalid setting storage.max_data_age='abc'"),
-    (["--port", "99999"], {}, "invalid setting server.port='99999'"),
+    (["--port", "99999"], {}, "invalid setting server.port='99999': Input should be less than or equal to 65535"),
+    (["--max-data-age", "10s"], {}, "invalid setting storage.max_data_age='10s': must be at least 1m"),
     ([], {"ORCHESTRATOR_WEBSOCKET__BUFFER_SIZE": "-1"}, "invalid setting websocket.buffer_size='-1'"),
     (["--config", "/nonexistent.yaml"], {}, "invalid setting config='/nonexistent.yaml'"),
     (["--log-format", "xml"], {}, "invalid setting logging.format='xml'"),

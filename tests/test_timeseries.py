@@ -325,7 +325,7 @@ def test_stats_report_agents_points_and_memory():
         "memory_bytes": 2 * 240 * 11 * 8,
         "bytes_per_agent": 240 * 11 * 8,
         "resolution": "15s",
-        "max_data_age": 3600.0,
+        "max_data_age": "1h",
     }
 
 

@@ -9,6 +9,7 @@ from sanic import Blueprint, HTTPResponse, Request
 from sanic.response import json
 
 from orchestrator import __version__
+from orchestrator.cleanup import agent_counts
 from orchestrator.durations import format_duration
 
 bp = Blueprint("health")
@@ -23,7 +24,7 @@ async def health(request: Request) -> HTTPResponse:
         "version": __version__,
         "uptime": format_duration(round(uptime)),
         "uptime_seconds": round(uptime, 3),
-        "agents": len(state.registry),
+        "agents": sum(agent_counts(state, time.time()).values()),
         "ingest_queue": state.ingest.backlog if state.ingest else 0,
     }
     return json(body, status=503 if state.shutting_down else 200)
@@ -37,7 +38,7 @@ async def ping(request: Request) -> HTTPResponse:
 @bp.get("/metrics")
 async def metrics(request: Request) -> HTTPResponse:
     state = request.app.ctx.state
-    counts = state.registry.count_by_status(time.time(), state.settings.agents.stale_threshold)
+    counts = agent_counts(state, time.time())
     for status, count in counts.items():
         state.metrics.agents.labels(status).set(count)
     return HTTPResponse(generate_latest(state.metrics.registry), content_type=CONTENT_TYPE_LATEST)

@@ -11,6 +11,7 @@ import structlog
 from sanic import HTTPResponse, Request, Sanic
 
 from orchestrator.errors import ApiError, error_response
+from orchestrator.ingest import decode_body
 
 log = structlog.get_logger("orchestrator.http")
 
@@ -102,11 +103,11 @@ _QUIET_ROUTES = {"/api/v1/reports", "/api/v1/agents/heartbeat/<agent_id>", "/hea
 
 
 def json_body(request: Request):
-    """The request's JSON body, or a contract error (415 wrong type, 400 malformed)."""
-    media = (request.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
-    if media != "application/json":
-        raise ApiError(415, f"Content-Type must be application/json, got {media or 'none'!r}")
+    """The request's JSON body, gzip or not, or a contract error (415 wrong type or encoding, 413 inflates
+    past the body limit, 400 malformed)."""
+    body = decode_body(request.body or b"", request.headers.get("content-type"),
+                       request.headers.get("content-encoding"), request.app.ctx.settings.server.max_body_size)
     try:
-        return orjson.loads(request.body or b"")
+        return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, f"malformed JSON: {exc}", code="malformed_json") from None

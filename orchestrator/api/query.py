@@ -8,6 +8,7 @@ import orjson
 from sanic import Blueprint, HTTPResponse, Request
 from sanic.response import json
 
+from orchestrator.cleanup import agent_counts, archived_timeseries
 from orchestrator.durations import format_duration, parse_duration
 from orchestrator.errors import ApiError
 from orchestrator.models import format_rfc3339
@@ -75,10 +76,9 @@ async def timeseries(request: Request, agent_id: str) -> HTTPResponse:
     if round(step / storage.resolution, 9) % 1:
         raise ApiError(400, f"step={step_text!r}: must be a multiple of {format_duration(storage.resolution)}",
                        code="bad_parameter")
-    if not state.timeseries.has_agent(agent_id):
-        points = []
-    else:
-        points = state.timeseries.get_recent_points(agent_id, min(duration, storage.max_data_age), step)
+    # A stale agent's history waits in the archive, still within retention: it is still answered.
+    store = state.timeseries if state.timeseries.has_agent(agent_id) else archived_timeseries(state, agent_id)
+    points = store.get_recent_points(agent_id, min(duration, storage.max_data_age), step) if store else []
     body = {"agent_id": agent_id, "duration": duration_text, "resolution": format_duration(storage.resolution),
             "step": format_duration(step), "points": points, "count": len(points)}
     return _raw_json(orjson.dumps(body))
@@ -88,14 +88,14 @@ async def timeseries(request: Request, agent_id: str) -> HTTPResponse:
 async def stats(request: Request) -> HTTPResponse:
     state = request.app.ctx.state
     now = time.time()
-    counts = state.registry.count_by_status(now, state.settings.agents.stale_threshold)
+    counts = agent_counts(state, now)
     storage = {**state.timeseries.stats(), "latest_reports": len(state.latest),
                "latest_reports_bytes": sum(len(e.compressed) for e in state.latest.values()),
                "archived_agents": len(state.archive)}
     if state.store is not None:
         storage["data_file"] = str(state.store.path)
     body = {
-        "agents": len(state.registry),
+        "agents": sum(counts.values()),
         "agents_by_status": counts,
         "websocket_clients": state.hub.client_count if state.hub else 0,
         "reports_received": state.reports_received,
