@@ -6,6 +6,7 @@ read them. Validation is done once, on the decoded body; the raw bytes are what 
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
@@ -13,6 +14,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, PrivateAttr
 
 AGENT_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+LAST_EPOCH = 253402300799.0  # 9999-12-31T23:59:59Z
+INT64_MAX = 2**63 - 1  # numbers are stored as int64 and float64: anything larger could not be kept
 _RFC3339 = re.compile(
     r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
 )
@@ -26,7 +29,10 @@ def parse_rfc3339(text: str) -> float:
     frac = re.search(r"\.(\d+)", body)
     if frac and len(frac.group(1)) > 6:  # fromisoformat takes microseconds at most
         body = body.replace(frac.group(0), "." + frac.group(1)[:6])
-    return datetime.fromisoformat(body).timestamp()
+    epoch = datetime.fromisoformat(body).timestamp()
+    if not 0.0 <= epoch <= LAST_EPOCH:  # what every clock, store and formatter downstream can hold
+        raise ValueError("must be between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59Z")
+    return epoch
 
 
 def format_rfc3339(epoch: float) -> str:
@@ -58,10 +64,10 @@ Timestamp = Annotated[str, AfterValidator(_check_timestamp)]
 IpAddress = Annotated[str, Field(pattern=IP_PATTERN)]
 # Strict: "8" and true are not counts (lax mode would convert them, and /latest would show them as sent);
 # a JSON integer is still a valid float.
-NonNegInt = Annotated[int, Field(ge=0, strict=True)]
-NonNegNum = Annotated[float, Field(ge=0, strict=True)]
+NonNegInt = Annotated[int, Field(ge=0, le=INT64_MAX, strict=True)]
+NonNegNum = Annotated[float, Field(ge=0, strict=True, allow_inf_nan=False)]
 Port = Annotated[int, Field(ge=0, le=65535, strict=True)]
-Percent = Annotated[float, Field(ge=0, strict=True)]
+Percent = Annotated[float, Field(ge=0, strict=True, allow_inf_nan=False)]
 AgentId = Annotated[str, Field(pattern=AGENT_ID_PATTERN)]
 Hostname = Annotated[str, Field(min_length=1, max_length=255)]
 
@@ -69,9 +75,17 @@ Hostname = Annotated[str, Field(min_length=1, max_length=255)]
 def _metadata_value(value: Any) -> Any:
     # One check with one message: a plain union reported a failure once per member type, at made-up paths
     # (metadata.x.str, metadata.x.int, ...).
-    if isinstance(value, (str, int, float)):  # bool is an int
+    if isinstance(value, str) or isinstance(value, (int, float)) and check_number(value):  # bool is an int
         return value
-    raise ValueError("must be a string, number or boolean")
+    raise ValueError("must be a string, a finite number within 64 bits, or a boolean")
+
+
+def check_number(value: int | float) -> bool:
+    """Whether a JSON number can be kept and served again: finite, and an integer fits in 64 bits
+    (orjson refuses to write larger ones; the JSON parser reads 1e999 as infinity)."""
+    if isinstance(value, int):
+        return -INT64_MAX - 1 <= value <= 2**64 - 1
+    return math.isfinite(value)
 
 
 MetadataValue = Annotated[str | int | float | bool, PlainValidator(_metadata_value)]
@@ -201,7 +215,10 @@ def count_items(report: Report) -> dict[str, int]:
 def error_details(exc: Any, prefix: tuple = ()) -> list[dict[str, str]]:
     """A pydantic ValidationError as the contract's 422 details: one entry per bad field, by JSON path."""
     details = []
-    for err in exc.errors(include_url=False, include_context=False, include_input=False):
+    for err in exc.errors(include_url=False, include_input=False):
         loc = [str(p) for p in (*prefix, *err["loc"]) if not str(p).startswith("function-")]
-        details.append({"field": ".".join(loc) or "body", "message": err["msg"].removeprefix("Value error, ")})
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "string_pattern_mismatch" and (err.get("ctx") or {}).get("pattern") == IP_PATTERN:
+            message = "must be an IPv4 or IPv6 address"  # not the thousand-character pattern
+        details.append({"field": ".".join(loc) or "body", "message": message})
     return details

@@ -295,12 +295,19 @@ class Store:
 
 async def _gather(state, ids: list[str]) -> tuple[list[AgentRows], float]:
     """Each agent's rows, serialised on the loop (the state may not be read from another thread),
-    yielding whenever a stretch exceeds the budget. Returns the rows and the longest stretch."""
+    yielding whenever a stretch exceeds the budget. Returns the rows and the longest stretch. An agent
+    whose rows fail is left out (and stays dirty); everyone else is still written."""
     rows: list[AgentRows] = []
     longest = 0.0
     started = time.perf_counter()
     for agent_id in ids:
-        rows.append(agent_rows(state, agent_id))
+        try:
+            rows.append(agent_rows(state, agent_id))
+        except Exception as exc:  # noqa: BLE001 - one agent that cannot be serialised must not stop the others
+            # It stays dirty: tried again next time (its next report may fix it), logged and counted each time.
+            state.dirty_agents.add(agent_id)
+            state.metrics.checkpoint_failures.inc()
+            log.error("checkpoint_agent_failed", agent_id=agent_id, error=repr(exc))
         elapsed = time.perf_counter() - started
         if elapsed >= GATHER_BUDGET_SECONDS:
             longest = max(longest, elapsed)

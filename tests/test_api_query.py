@@ -90,7 +90,8 @@ def test_timeseries_points_and_rates(http):
     assert stepped["count"] >= 1 and stepped["duration"] == "5m"
 
 
-@pytest.mark.parametrize("query", ["duration=abc", "duration=0s", "duration=-5m", "step=20s", "step=0s"])
+@pytest.mark.parametrize("query", ["duration=abc", "duration=0s", "duration=-5m", "step=20s", "step=0s", "step=1ns",
+                                   "step=1ms"])
 def test_timeseries_bad_parameters_are_400(http, query):
     post_report(http, report(host_info={"cpu_percent": 1.0}))
     wait_for(lambda: http.get("/api/v1/query/agents/agent-1/latest").status_code == 200)

@@ -218,3 +218,20 @@ def test_the_live_topology_stays_still_while_a_sliced_publish_holds_it(start_ser
 def test_counts_and_numbers_must_be_json_numbers_not_strings_or_booleans(http, host_info):
     error = assert_error(post_report(http, report(host_info=host_info)), 422)
     assert error["details"][0]["field"].startswith("host_info.")
+
+
+@pytest.mark.parametrize("raw, field, message", [
+    (b'"host_info": {"memory_used": 100000000000000000000000000000}', "host_info.memory_used", "less than or equal"),
+    (b'"host_info": {"memory_used": 9223372036854775808}', "host_info.memory_used", "less than or equal"),
+    (b'"host_info": {"cpu_percent": Infinity}', "host_info.cpu_percent", "finite"),
+    (b'"host_info": {"load_avg": [1e999]}', "host_info.load_avg.0", "finite"),
+    (b'"network_info": {"connections": [{"local_ip": "999.1.1.1"}]}', "network_info.connections.0.local_ip",
+     "must be an IPv4 or IPv6 address"),
+])
+def test_numbers_the_server_could_not_keep_or_serve_again_are_422(http, raw, field, message):
+    body = b'{"agent_id": "a-1", "hostname": "h-1", "timestamp": "%s", %s}' % (
+        report()["timestamp"].encode(), raw)
+    response = http.post("/api/v1/reports", content=body, headers={"Content-Type": "application/json"})
+    error = assert_error(response, 422)
+    assert error["details"][0]["field"] == field and message in error["details"][0]["message"]
+    assert http.get("/api/v1/query/topology").status_code == 200

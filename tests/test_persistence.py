@@ -360,6 +360,29 @@ async def test_idle_checkpoint_writes_nothing(tmp_path, store):
     assert store.conn.execute("SELECT value FROM meta WHERE key = 'saved_at'").fetchone() == saved_at
 
 
+async def test_an_agent_that_cannot_be_serialised_does_not_stop_the_others(tmp_path, store, monkeypatch):
+    state = make_state(tmp_path)
+    apply_report(state, "agent-1")
+    apply_report(state, "agent-2")
+    export = state.topology.export_agent
+
+    def poisoned(agent_id):
+        if agent_id == "agent-1":
+            raise TypeError("Integer exceeds 64-bit range")
+        return export(agent_id)
+
+    monkeypatch.setattr(state.topology, "export_agent", poisoned)
+    with capture_logs() as logs:
+        result = await store.checkpoint(state)
+
+    assert result.ok and stored_ids(store.path, "agents") == {"agent-2"}
+    assert state.dirty_agents == {"agent-1"}  # tried again next time
+    assert any(e["event"] == "checkpoint_agent_failed" and e["agent_id"] == "agent-1" for e in logs)
+    monkeypatch.undo()
+    assert (await store.checkpoint(state)).written == 1
+    assert stored_ids(store.path, "agents") == {"agent-1", "agent-2"}
+
+
 async def test_cancel_during_a_failing_write_still_cancels_and_keeps_the_agents_dirty(tmp_path, store, monkeypatch):
     state = make_state(tmp_path)
     apply_report(state, "agent-1")

@@ -73,7 +73,7 @@ async def timeseries(request: Request, agent_id: str) -> HTTPResponse:
     storage = state.settings.storage
     duration, duration_text = _duration_param(request, "duration", storage.max_data_age)
     step, step_text = _duration_param(request, "step", storage.resolution)
-    if round(step / storage.resolution, 9) % 1:
+    if step < storage.resolution or round(step / storage.resolution, 9) % 1:
         raise ApiError(400, f"step={step_text!r}: must be a multiple of {format_duration(storage.resolution)}",
                        code="bad_parameter")
     # A stale agent's history waits in the archive, still within retention: it is still answered.
