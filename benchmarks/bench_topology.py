@@ -65,7 +65,7 @@ def container_of(process) -> str | None:
 
 
 def apply(topology: Topology, report: Report, order: int) -> float:
-    context = SimpleNamespace(order=order, container_id=container_of)
+    context = SimpleNamespace(order=order, received_at=report.epoch, container_id=container_of)
     report.epoch  # noqa: B018 - parsed once, like the server does before merging
     start = time.perf_counter()
     for merger in MERGERS:

@@ -124,9 +124,11 @@ class Accepted:
 
 @dataclass
 class MergeContext:
-    """What ``merge_report`` hooks get besides the report: its arrival order and cached extraction."""
+    """What ``merge_report`` hooks get besides the report: its arrival order, when the server received it
+    (liveness: ``Topology.contribute(..., seen=received_at)``) and cached extraction."""
 
     order: int
+    received_at: float
     extract: Callable[[str], str | None]
 
     def container_id(self, process: Process) -> str | None:
@@ -218,7 +220,7 @@ class Ingest:
         start = time.perf_counter()
         order = state.settings.pipeline.order
         if merge:
-            context = MergeContext(item.order, self.extract)
+            context = MergeContext(item.order, item.received_at, self.extract)
             call_each(state.plugins, "merge_report", state.metrics, order,
                       report=item.report, topology=state.topology, context=context)
         else:

@@ -29,4 +29,4 @@ def merge_report(report, topology, context):
     if report.docker_info is None:
         return
     topology.contribute(report.agent_id, report.hostname, SECTION, report.epoch, context.order,
-                        docker_contribution(report.hostname, report.docker_info))
+                        docker_contribution(report.hostname, report.docker_info), seen=context.received_at)

@@ -31,4 +31,4 @@ def merge_report(report, topology, context):
     if report.host_info is None:
         return
     topology.contribute(report.agent_id, report.hostname, SECTION, report.epoch, context.order,
-                        host_contribution(report.hostname, report.host_info))
+                        host_contribution(report.hostname, report.host_info), seen=context.received_at)

@@ -101,4 +101,4 @@ def merge_report(report, topology, context):
     if section is None:
         return
     topology.contribute(report.agent_id, report.hostname, SECTION, report.epoch, context.order,
-                        contribution(report.hostname, section))
+                        contribution(report.hostname, section), seen=context.received_at)

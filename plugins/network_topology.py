@@ -29,4 +29,4 @@ def merge_report(report, topology, context):
     if report.network_info is None:
         return
     topology.contribute(report.agent_id, report.hostname, SECTION, report.epoch, context.order,
-                        network_contribution(report.hostname, report.network_info))
+                        network_contribution(report.hostname, report.network_info), seen=context.received_at)

@@ -55,4 +55,5 @@ def merge_report(report, topology, context):
     if report.processes_info is None:
         return
     topology.contribute(report.agent_id, report.hostname, SECTION, report.epoch, context.order,
-                        process_contribution(report.hostname, report.processes_info, context.container_id))
+                        process_contribution(report.hostname, report.processes_info, context.container_id),
+                        seen=context.received_at)

@@ -29,7 +29,8 @@ def test_register_validates_fields(http):
     assert {d["field"] for d in error["details"]} == {"agent_id", "hostname"}
     error = assert_error(http.post("/api/v1/agents/register",
                                    json={"agent_id": "a", "hostname": "h", "metadata": {"x": {"nested": 1}}}), 422)
-    assert error["details"] == [{"field": "metadata.x", "message": "must be a string, number or boolean"}]
+    assert error["details"] == [{"field": "metadata.x",
+                                 "message": "must be a string, a finite number within 64 bits, or a boolean"}]
 
 
 def test_register_with_malformed_json_is_400(http):

@@ -187,3 +187,26 @@ def test_sections_covered_by_two_later_reports_together_supersede():
     batch = [queued(1, "a", 0, host_info={}, docker_info={}), queued(2, "a", 1, host_info={}),
              queued(3, "a", 2, docker_info={})]
     assert superseded(batch) == {1}
+
+
+# -- clocks: the topology's liveness is the server's receipt time ------------------------------------------------
+
+import time  # noqa: E402
+
+from orchestrator.models import parse_rfc3339  # noqa: E402
+from tests.support import post_report, report, wait_for  # noqa: E402
+
+
+def test_a_probe_a_year_behind_is_last_seen_now(http):
+    before = time.time()
+    body = report(ts=before - 365 * 86400, processes_info={"processes": [{"pid": 7, "name": "app"}]},
+                  network_info={"connections": [{"pid": 7, "protocol": "tcp", "local_ip": "10.0.0.1",
+                                                 "local_port": 40000, "remote_ip": "8.8.8.8", "remote_port": 443,
+                                                 "state": "ESTABLISHED"}]})
+    assert post_report(http, body).status_code == 202
+    topology = wait_for(lambda: (t := http.get("/api/v1/query/topology").json()["topology"])["edges"] and t)
+    after = time.time()
+    seen = [topology["nodes"]["process:host-1:7"]["first_seen"], topology["nodes"]["process:host-1:7"]["last_seen"],
+            topology["nodes"]["external:8.8.8.8"]["last_seen"],
+            topology["edges"]["process:host-1:7->external:8.8.8.8"]["last_seen"], topology["timestamp"]]
+    assert all(before - 0.001 <= parse_rfc3339(stamp) <= after for stamp in seen), seen

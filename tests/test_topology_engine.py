@@ -3,8 +3,21 @@
 from __future__ import annotations
 
 import orjson
-from tests.test_topology_support import C1, C2, host_a, host_b, host_c, merge, proc, scenario, stamp
+from tests.test_topology_support import (
+    C1,
+    C2,
+    MERGERS,
+    context,
+    host_a,
+    host_b,
+    host_c,
+    merge,
+    proc,
+    scenario,
+    stamp,
+)
 
+from orchestrator.models import Report, format_rfc3339, parse_rfc3339
 from orchestrator.topology import Contribution, NodeIn, Topology
 
 NODE_FIELDS = ["id", "type", "name", "parent", "host", "agent_ids", "metadata", "metrics", "first_seen",
@@ -49,15 +62,89 @@ def test_container_seen_only_through_a_cgroup_is_a_stub_node_under_its_host():
     assert node["name"] == C2[:12]
 
 
-def test_first_and_last_seen_come_from_report_timestamps():
+RECEIVED = parse_rfc3339("2026-10-13T00:00:00Z")  # the server's clock: a year after the probes' timestamps
+
+
+def merge_received(topology, body: dict, order: int, received_at: float) -> Report:
+    """``merge`` with the server's receipt time in the context, as the ingest worker hands it."""
+    report = Report.model_validate(body)
+    merge_context = context(order)
+    merge_context.received_at = received_at
+    for merger in MERGERS:
+        merger.merge_report(report=report, topology=topology, context=merge_context)
+    return report
+
+
+def test_first_and_last_seen_come_from_receipt_times():
     topology = Topology()
-    merge(topology, host_a(1), 0)
-    merge(topology, host_a(5), 1)
+    merge_received(topology, host_a(1), 0, RECEIVED + 1)
+    merge_received(topology, host_a(5), 1, RECEIVED + 5)
     topology.publish(999_999_999)
     node = topology.snapshot()["nodes"]["process:host-a:200"]
-    assert node["first_seen"] == "2025-10-13T00:00:01.000Z"
-    assert node["last_seen"] == "2025-10-13T00:00:05.000Z"
-    assert topology.snapshot()["timestamp"] == "2025-10-13T00:00:05.000Z"
+    assert node["first_seen"] == "2026-10-13T00:00:01.000Z"
+    assert node["last_seen"] == "2026-10-13T00:00:05.000Z"
+    assert topology.snapshot()["timestamp"] == "2026-10-13T00:00:05.000Z"
+
+
+def test_contribute_without_seen_falls_back_to_the_report_timestamp():
+    topology = Topology()
+    topology.contribute("a", "h", "s", _epoch(1), 0, Contribution(nodes=(NodeIn("x:1"),)))
+    topology.contribute("a", "h", "s", _epoch(5), 1, Contribution(nodes=(NodeIn("x:1"),)))
+    topology.publish(0)
+    node = topology.snapshot()["nodes"]["x:1"]
+    assert (node["first_seen"], node["last_seen"]) == (format_rfc3339(_epoch(1)), format_rfc3339(_epoch(5)))
+
+
+def test_a_report_from_a_skewed_clock_is_last_seen_when_received():
+    # The probes' clocks are a year behind the server's: liveness must not say "a year ago".
+    topology = Topology()
+    merge_received(topology, host_a(1), 0, RECEIVED)
+    merge_received(topology, host_b(1), 1, RECEIVED + 5)
+    topology.publish(0)
+    snapshot = topology.snapshot()
+    received, later = format_rfc3339(RECEIVED), format_rfc3339(RECEIVED + 5)
+    for node_id in ("host:host-a", f"container:{C1}", "process:host-a:200", "external:8.8.8.8"):
+        node = snapshot["nodes"][node_id]
+        assert (node["first_seen"], node["last_seen"]) == (received, received), node_id
+    assert snapshot["nodes"]["process:host-b:500"]["last_seen"] == later
+    assert snapshot["edges"]["process:host-a:200->external:8.8.8.8"]["last_seen"] == received
+    # Reported by both ends: last seen at the later receipt.
+    assert snapshot["edges"]["process:host-a:200->process:host-b:500"]["last_seen"] == later
+    assert snapshot["timestamp"] == later
+    # The same sockets again (the engine's re-report fast path): edges and externals move with the receipt.
+    merge_received(topology, host_a(2), 2, RECEIVED + 9)
+    topology.publish(0)
+    snapshot = topology.snapshot()
+    again = format_rfc3339(RECEIVED + 9)
+    assert snapshot["edges"]["process:host-a:200->external:8.8.8.8"]["last_seen"] == again
+    assert snapshot["edges"]["process:host-a:200->process:host-b:500"]["last_seen"] == again
+    assert snapshot["nodes"]["external:8.8.8.8"]["last_seen"] == again
+    assert snapshot["nodes"]["external:8.8.8.8"]["first_seen"] == received
+    assert snapshot["nodes"]["process:host-a:200"]["first_seen"] == received
+
+
+def test_the_newer_report_wins_the_fields_even_when_received_earlier():
+    topology = Topology()
+    newer = host_a(9, agent_id="agent-a2")
+    newer["docker_info"]["containers"][0]["name"] = "web-renamed"
+    merge_received(topology, newer, 0, RECEIVED)
+    merge_received(topology, host_a(1), 1, RECEIVED + 5)  # an older report, received later
+    topology.publish(0)
+    node = topology.snapshot()["nodes"][f"container:{C1}"]
+    assert node["name"] == "web-renamed" and node["agent_ids"] == ["agent-a", "agent-a2"]
+    assert node["first_seen"] == format_rfc3339(RECEIVED)
+    assert node["last_seen"] == format_rfc3339(RECEIVED + 5)
+
+
+def test_receipt_time_never_breaks_ties():
+    topology = Topology()
+    high = Contribution(nodes=(NodeIn("x:1", type="x", name="high"),), priority=5)
+    low = Contribution(nodes=(NodeIn("x:1", type="x", name="low"),), priority=0)
+    topology.contribute("a", "h", "s_high", 1.0, 0, high, seen=100.0)
+    topology.contribute("a", "h", "s_low", 1.0, 0, low, seen=200.0)
+    topology.publish(0)
+    node = topology.snapshot()["nodes"]["x:1"]
+    assert node["name"] == "high" and node["last_seen"] == format_rfc3339(200.0)
 
 
 def test_vanished_process_container_and_connection_are_gone_at_once():
@@ -254,6 +341,41 @@ def test_export_import_round_trip_rebuilds_the_same_topology():
     restored.publish(0)
     assert restored.snapshot_json() == topology.snapshot_json()
     assert topology.export_agent("nobody") is None
+
+
+def test_export_import_round_trips_receipt_times():
+    topology = Topology()
+    merge_received(topology, host_a(1), 0, RECEIVED + 1)
+    merge_received(topology, host_c(2), 1, RECEIVED + 2)
+    merge_received(topology, host_b(4), 2, RECEIVED + 4)
+    merge_received(topology, host_a(5), 3, RECEIVED + 5)
+    topology.publish(0)
+    exported = {agent: orjson.loads(orjson.dumps(topology.export_agent(agent))) for agent in topology.agents()}
+    assert {section["seen"] for section in exported["agent-a"]["sections"]} == {RECEIVED + 5}
+    restored = Topology()
+    for agent, data in exported.items():
+        restored.import_agent(agent, data)
+    restored.publish(0)
+    for level in ("process", "container", "host"):
+        assert restored.snapshot_json(level) == topology.snapshot_json(level)
+    node = restored.snapshot()["nodes"]["process:host-a:200"]
+    assert (node["first_seen"], node["last_seen"]) == (format_rfc3339(RECEIVED + 1), format_rfc3339(RECEIVED + 5))
+    assert restored.snapshot()["nodes"]["external:8.8.8.8"]["first_seen"] == format_rfc3339(RECEIVED + 1)
+
+
+def test_data_exported_without_receipt_times_imports_with_report_timestamps():
+    topology = Topology()
+    merge_received(topology, host_a(5), 0, RECEIVED)
+    data = orjson.loads(orjson.dumps(topology.export_agent("agent-a")))
+    for section in data["sections"]:
+        del section["seen"]  # exported before receipt times were kept
+    data["first_seen"] = {node_id: _epoch(5) for node_id in data["first_seen"]}  # report-based, as it was
+    restored = Topology()
+    restored.import_agent("agent-a", data)
+    restored.publish(0)
+    node = restored.snapshot()["nodes"]["process:host-a:200"]
+    assert node["first_seen"] == node["last_seen"] == format_rfc3339(_epoch(5))
+    assert restored.snapshot()["timestamp"] == format_rfc3339(_epoch(5))
 
 
 def test_export_import_keeps_first_seen_across_several_reports():

@@ -20,6 +20,7 @@ def stamp(second: int) -> str:
 def context(order: int) -> SimpleNamespace:
     return SimpleNamespace(
         order=order,
+        received_at=None,  # contribute(seen=None): receipt time = report timestamp, as for a probe in sync
         container_id=lambda p: p.container_id or (container_id_from_cgroup(p.cgroup) if p.cgroup else None),
     )
 

@@ -5,9 +5,16 @@ Merge rule: a node exists while at least one contribution has it. Each field (``
 largest rank ``(timestamp, order, priority, section rank)`` among those that know it: newest report first,
 then the later-received one, then the contribution's ``priority``, then the section registered later
 (built-in order: host_info, docker_info, processes_info, network_info; other sections in order of first
-appearance). ``first_seen`` is the oldest report timestamp seen while the node existed without a gap,
-``last_seen`` the newest report timestamp currently holding it. Everything published is a function of the
-sequence of ``contribute`` calls only -- never of the wall clock or of when :meth:`Topology.publish` runs.
+appearance).
+
+Clocks (the contract's "Clocks"): the report's own ``timestamp`` only orders contributions; liveness uses
+``seen``, the server's clock when the report was received (``contribute(..., seen=)``, the report
+timestamp when not given), so a probe with a skewed clock still shows as seen now. A node's
+``first_seen`` is the earliest ``seen`` while the node existed without a gap, its ``last_seen`` the latest
+``seen`` of the contributions currently holding it; an edge's ``last_seen`` and an external node's are
+the latest ``seen`` of its connections' reports, and a published version's timestamp the latest ``seen``
+accepted. Receipt time is an input like the report: everything published is a function of the sequence
+of ``contribute`` calls only -- never of the wall clock or of when :meth:`Topology.publish` runs.
 
 Each ``contribute`` updates the indexes by the difference between the agent's old and new contribution
 for the section and re-resolves only the connections that changed or that looked at a changed listener,
@@ -64,12 +71,13 @@ class _Held:
     """A held contribution. Its sockets are kept classified (listeners, connection records) instead of as
     ``ConnectionIn`` objects: the records are what resolution needs, and one copy is all memory allows."""
 
-    __slots__ = ("rank", "hostname", "contribution", "listens", "records")
+    __slots__ = ("rank", "seen", "hostname", "contribution", "listens", "records")
 
-    def __init__(self, rank: tuple, hostname: str, contribution: Contribution, key: tuple) -> None:
+    def __init__(self, rank: tuple, seen: float, hostname: str, contribution: Contribution, key: tuple) -> None:
         self.rank = rank
+        self.seen = seen  # receipt time: not in the rank, so it never decides which contribution wins
         self.hostname = hostname
-        self.listens, self.records = _classify(key, rank, hostname, contribution.connections)
+        self.listens, self.records = _classify(key, rank, seen, hostname, contribution.connections)
         self.contribution = replace(contribution, connections=()) if contribution.connections else contribution
 
 
@@ -78,7 +86,7 @@ class _NodeState:
 
     def __init__(self, node_id: str, first_seen: float) -> None:
         self.id = node_id  # the one copy of the id string that edges and resolutions share
-        self.holders: list[tuple] = []  # (rank, agent, section, NodeIn)
+        self.holders: list[tuple] = []  # (rank, agent, section, NodeIn, seen)
         self.first_seen = first_seen
 
 
@@ -89,7 +97,7 @@ class _Edge:
         self.id, self.source, self.target, self.protocol = edge_id, source, target, protocol
         # The keys of the conns counted in the edge: one key, a list of a few, a set of many (most edges
         # have one or two; a dict per edge cost ~230 bytes, ~35 MB at 1,000 hosts). Their ports and
-        # timestamps are the conns' own.
+        # receipt times are the conns' own.
         self.conns: tuple | list | set | None = None
 
     def add(self, key: tuple) -> None:
@@ -135,7 +143,7 @@ class _External:
 
     def __init__(self, ip: str) -> None:
         self.ip = ip
-        self.refs: dict[tuple, float] = {}  # conn key -> timestamp
+        self.refs: dict[tuple, float] = {}  # conn key -> latest receipt time of its reports
         self.first_seen = float("inf")
 
 
@@ -180,10 +188,12 @@ class Topology:
         return self._section_rank.setdefault(section, len(self._section_rank))
 
     def contribute(self, agent_id: str, hostname: str, section: str, timestamp: float, order: int,
-                   contribution: Contribution | None) -> None:
+                   contribution: Contribution | None, *, seen: float | None = None) -> None:
         """Replace ``agent_id``'s contribution for ``section`` (``None`` removes it).
 
-        A contribution older than the one held -- lower ``(timestamp, order)`` -- is ignored.
+        A contribution older than the one held -- lower ``(timestamp, order)`` -- is ignored. ``seen`` is
+        the server's receipt time of the report (``MergeContext.received_at``): it sets ``first_seen`` and
+        ``last_seen`` but never the ranking; callers that don't pass it get the report timestamp.
         """
         if self._restored_first_seen and not self._importing:
             self._settle_imported()
@@ -200,13 +210,15 @@ class Topology:
                 self._forget_section(agent_id, section)
                 self._settle()
             return
+        if seen is None:
+            seen = timestamp
         rank = (timestamp, order, contribution.priority, self.register_section(section))
-        new = _Held(rank, hostname, contribution, key)
+        new = _Held(rank, seen, hostname, contribution, key)
         self._replace(key, old, new)
         self._held[key] = new
         self._index_host(key, old, new)
         self._agent_sections.setdefault(agent_id, {})[section] = None
-        self._newest = max(self._newest, timestamp)
+        self._newest = max(self._newest, seen)
         if self._importing:
             self._unsettled = True  # resolved once, by the next publish or live change
         else:
@@ -241,9 +253,9 @@ class Topology:
     def agents(self) -> list[str]:
         return sorted(self._agent_sections)
 
-    def _first_seen(self, node_id: str, timestamp: float) -> float:
+    def _first_seen(self, node_id: str, seen: float) -> float:
         restored = self._restored_first_seen.get(node_id)
-        return timestamp if restored is None or restored > timestamp else restored
+        return seen if restored is None or restored > seen else restored
 
     def _forget_section(self, agent_id: str, section: str) -> None:
         sections = self._agent_sections.get(agent_id, {})
@@ -260,17 +272,17 @@ class Topology:
         agent, section = key
         gone = {node.id: node for node in old.contribution.nodes} if old is not None else {}
         if new is not None:
-            timestamp = new.rank[0]
+            rank, seen = new.rank, new.seen
             for node in new.contribution.nodes:
                 gone.pop(node.id, None)
                 state = self._nodes.get(node.id)
                 if state is None:
-                    state = self._nodes[node.id] = _NodeState(node.id, self._first_seen(node.id, timestamp))
+                    state = self._nodes[node.id] = _NodeState(node.id, self._first_seen(node.id, seen))
                     self._triggers.add(node.id)
-                elif timestamp < state.first_seen:
-                    state.first_seen = timestamp
+                elif seen < state.first_seen:
+                    state.first_seen = seen
                 holders = state.holders
-                entry = (new.rank, agent, section, node)
+                entry = (rank, agent, section, node, seen)
                 for index, holder in enumerate(holders):
                     if holder[1] == agent and holder[2] == section:
                         holders[index] = entry
@@ -315,7 +327,7 @@ class Topology:
         gone = {(r.protocol, r.local_end, r.remote_end): r for r in old.records} if old is not None else {}
         conns, dirty = self._conns, self._dirty_conns
         for record in new.records if new is not None else ():
-            _rank, _owner, host, protocol, pid, local_end, remote_end = record
+            _rank, _owner, host, protocol, pid, local_end, remote_end, _seen = record
             conn_key = (protocol, local_end, remote_end) if local_end <= remote_end else (
                 protocol, remote_end, local_end)
             previous = gone.pop((protocol, local_end, remote_end), None)
@@ -336,8 +348,8 @@ class Topology:
                     # The same socket reported again by the newest of its reporters, still the newest: the
                     # resolution is a function of the records' order, hosts, pids and ends (unchanged) and
                     # of the indexes (their changes trigger re-resolution on their own), so only the
-                    # timestamp moves.
-                    self._refresh(conn, record.rank[0] if len(records) == 1 else max(records)[0][0])
+                    # receipt time moves.
+                    self._refresh(conn)
                     continue
             else:
                 conn = conns.get(conn_key)
@@ -353,15 +365,16 @@ class Topology:
             conn.records = [r for r in conn.records if r is not record]
             dirty.add(conn_key)
 
-    def _refresh(self, conn: Conn, timestamp: float) -> None:
+    def _refresh(self, conn: Conn) -> None:
         edge = conn.resolved
         self._dirty_edges.add(edge.id)
         source, target = edge.source, edge.target
         if source.startswith("external:") or target.startswith("external:"):
             key = conn.key
+            seen = max(record.seen for record in conn.records)
             for end in (source, target):
                 if end.startswith("external:"):
-                    self._externals[end].refs[key] = timestamp
+                    self._externals[end].refs[key] = seen
                     self._dirty_nodes.add(end)
 
     def _update_listeners(self, old: Counter, new: Counter) -> None:
@@ -439,7 +452,7 @@ class Topology:
             self._dirty_edges.add(old.id)
         edge = None
         if resolved is not None:
-            eid, source, target, protocol, port, _timestamp = resolved
+            eid, source, target, protocol, port, _seen = resolved
             edge = self._edges.get(eid)
             if edge is None:
                 edge = self._edges[eid] = _Edge(eid, source, target, protocol)
@@ -493,7 +506,7 @@ class Topology:
             return self._single_holder_body(node_id, state)
         holders = sorted(state.holders, key=lambda h: h[0])
         fields = {"type": None, "name": None, "parent": None, "host": None}
-        for _rank, _agent, _section, node in holders:
+        for _rank, _agent, _section, node, _seen in holders:
             for name in ("type", "name", "parent", "host"):
                 value = getattr(node, name)
                 if value is not None:
@@ -503,12 +516,12 @@ class Topology:
             node_id, node_type, fields["name"] or _default_name(node_id, node_type), fields["parent"],
             fields["host"], self._agent_list(h[1] for h in holders), _merged(h[3].metadata for h in holders),
             _merged(h[3].metrics for h in holders), rfc3339(state.first_seen),
-            rfc3339(holders[-1][0][0] if len(holders) == 1 else max(h[0][0] for h in holders)),
+            rfc3339(max(h[4] for h in holders)),
         ).__dict__
 
     def _single_holder_body(self, node_id: str, state: _NodeState) -> dict:
         """``node_body`` for the common node held by one contribution (every process): built directly."""
-        rank, agent, _section, node = state.holders[0]
+        _rank, agent, _section, node, seen = state.holders[0]
         node_type = node.type or type_from_id(node_id)
         metadata, metrics = node.metadata, node.metrics
         agents = self._agent_lists.get((agent,))
@@ -517,7 +530,7 @@ class Topology:
             agents if agents is not None else self._agent_list((agent,)),
             metadata if type(metadata) is dict else _merged((metadata,)),
             metrics if type(metrics) is dict else _merged((metrics,)),
-            rfc3339(state.first_seen), rfc3339(rank[0]),
+            rfc3339(state.first_seen), rfc3339(seen),
         ).__dict__
 
     def _agent_list(self, agents) -> list[str]:
@@ -557,11 +570,11 @@ class Topology:
             # The common edge: one connection (one or two records), built without intermediate lists.
             conn = self._conns[held]
             records = conn.records
-            latest = records[0][0][0] if len(records) == 1 else max(record[0][0] for record in records)
+            latest = records[0].seen if len(records) == 1 else max(record.seen for record in records)
             ports = self._port_lists.get((conn.port,)) or self._ports((conn.port,))
             return _EdgeBody(edge_id, edge.source, edge.target, edge.protocol, ports, 1, rfc3339(latest)).__dict__
         conns = [self._conns[key] for key in edge.conn_keys()]
-        latest = max(record.rank[0] for conn in conns for record in conn.records)
+        latest = max(record.seen for conn in conns for record in conn.records)
         return _EdgeBody(edge_id, edge.source, edge.target, edge.protocol,
                          self._ports([conn.port for conn in conns]), len(conns), rfc3339(latest)).__dict__
 
@@ -574,8 +587,8 @@ class Topology:
     def publish(self, now: float) -> Publication | None:
         """Freeze the live state into a new version when anything changed; None (seq unchanged) otherwise.
 
-        The version's timestamp is the newest report timestamp accepted so far (``now`` only before any
-        report), so two servers fed the same reports publish the same bytes.
+        The version's timestamp is the latest receipt time (``seen``) accepted so far (``now`` only before
+        any report), so two servers fed the same reports, received at the same times, publish the same bytes.
         """
         steps = self.publish_steps(now, float("inf"))
         try:
@@ -659,7 +672,8 @@ class Topology:
             contribution = held.contribution
             exported.append({
                 "section": section, "hostname": held.hostname,
-                "timestamp": held.rank[0], "order": held.rank[1], "priority": contribution.priority,
+                "timestamp": held.rank[0], "order": held.rank[1], "seen": held.seen,
+                "priority": contribution.priority,
                 "nodes": [[n.id, n.type, n.name, n.parent, n.host, n.metadata, n.metrics]
                           for n in contribution.nodes],
                 "addresses": [list(pair) for pair in contribution.addresses],
@@ -696,7 +710,8 @@ class Topology:
                 gc.enable()
 
     def import_agent(self, agent_id: str, data: dict) -> None:
-        """Restore an agent exported by :meth:`export_agent` (first_seen included).
+        """Restore an agent exported by :meth:`export_agent` (first_seen and receipt times included; data
+        exported without a section's ``seen`` falls back to its report timestamp, as ``contribute`` does).
 
         Connection resolution is deferred to the next publish, live change or read of the engine, so a
         restore of N agents resolves once instead of N times (the result is the same: resolution is a
@@ -723,10 +738,10 @@ class Topology:
                 priority=section["priority"],
             )
             self.contribute(agent_id, section["hostname"], section["section"], section["timestamp"],
-                            section["order"], contribution)
+                            section["order"], contribution, seen=section.get("seen"))
 
 
-def _classify(key: tuple, rank: tuple, host: str, connections) -> tuple[Counter, list]:
+def _classify(key: tuple, rank: tuple, seen: float, host: str, connections) -> tuple[Counter, list]:
     """A contribution's sockets as listener counts and connection records (duplicates dropped)."""
     listens: Counter = Counter()
     records: dict = {}
@@ -741,7 +756,7 @@ def _classify(key: tuple, rank: tuple, host: str, connections) -> tuple[Counter,
         else:
             _, protocol, local_end, remote_end, pid = kind
             records[(protocol, local_end, remote_end)] = new_record(
-                Record, (rank, key, host, protocol, pid, local_end, remote_end))
+                Record, (rank, key, host, protocol, pid, local_end, remote_end, seen))
     return listens, list(records.values())
 
 

@@ -89,5 +89,5 @@ def type_from_id(node_id: str) -> str:
 
 @lru_cache(maxsize=1 << 16)
 def rfc3339(epoch: float) -> str:
-    # Nodes share a few distinct report timestamps: caching also shares the strings (memory).
+    # Nodes share a few distinct receipt times (one per report): caching also shares the strings (memory).
     return format_rfc3339(epoch)

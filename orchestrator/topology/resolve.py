@@ -57,7 +57,8 @@ def normalise_protocol(protocol: str) -> str:
 
 
 class Record(NamedTuple):
-    """One agent's report of one connection. ``rank`` orders records: the newest is the largest."""
+    """One agent's report of one connection. ``rank`` orders records: the newest is the largest. ``seen``
+    (the report's receipt time) comes last so it never takes part in the ordering."""
 
     rank: tuple
     owner: tuple  # (agent, section): the contribution it came from
@@ -66,6 +67,7 @@ class Record(NamedTuple):
     pid: int | None
     local_end: tuple[str, int]
     remote_end: tuple[str, int]
+    seen: float
 
 
 class Conn:
@@ -147,8 +149,8 @@ class Resolver:
         by_end = {record.local_end: record for record in records}  # newest last wins
         source = self._end_node(protocol, client_end, server_end, by_end, False, deps)
         target = self._end_node(protocol, server_end, client_end, by_end, True, deps)
-        timestamp = max(record.rank[0] for record in records)
-        resolved = (edge_id(source, target, protocol), source, target, protocol, server_end[1], timestamp)
+        seen = max(record.seen for record in records)
+        resolved = (edge_id(source, target, protocol), source, target, protocol, server_end[1], seen)
         return resolved, deps
 
     def _end_node(self, protocol, end, other_end, by_end, server, deps) -> str:

@@ -37,4 +37,4 @@ def merge_report(report, topology, context):
         NodeIn(id=f"gpu:{report.hostname}:{i}", type="gpu", name=gpu.model, parent=host_id(report.hostname),
                host=report.hostname, metrics={"util": gpu.util}) for i, gpu in enumerate(section.gpus)]
     topology.contribute(report.agent_id, report.hostname, "gpu_info", report.epoch, context.order,
-                        Contribution(nodes=tuple(nodes)))
+                        Contribution(nodes=tuple(nodes)), seen=context.received_at)
