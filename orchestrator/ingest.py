@@ -20,7 +20,7 @@ import structlog
 from pydantic import BaseModel, ValidationError
 
 from orchestrator.errors import ApiError
-from orchestrator.models import BUILTIN_SECTIONS, Process, Report, count_items, error_details
+from orchestrator.models import BUILTIN_SECTIONS, Process, Report, check_number, count_items, error_details
 from orchestrator.plugins import call_each
 
 log = structlog.get_logger("orchestrator.ingest")
@@ -68,7 +68,7 @@ def parse_report(raw: bytes, sections: dict[str, type[BaseModel]], max_depth: in
         if any(err["type"] == "json_invalid" for err in exc.errors()):
             raise ApiError(400, f"malformed JSON: {exc.errors()[0]['msg']}", code="malformed_json") from None
         raise ApiError(422, "report failed validation", details=error_details(exc)) from None
-    _check_depth(report, max_depth)
+    _check_unknown_fields(report, max_depth)
     extra = report.model_extra or {}
     details = []
     for name, model in sections.items():
@@ -82,32 +82,40 @@ def parse_report(raw: bytes, sections: dict[str, type[BaseModel]], max_depth: in
     return report
 
 
-def _check_depth(report: Report, max_depth: int) -> None:
-    # The schema's own fields are at most four levels deep; only unknown fields can nest without bound.
-    items = [report]
-    for section in (report.host_info, report.docker_info, report.processes_info, report.network_info):
+def _check_unknown_fields(report: Report, max_depth: int) -> None:
+    """Unknown fields are kept as they come, so they are checked here: nesting depth (the schema's own
+    fields are at most four levels deep; only unknown ones can nest without bound) and numbers that could
+    not be stored or served again (beyond 64 bits, or 1e999 read as infinity)."""
+    items: list[tuple[tuple, BaseModel]] = [((), report)]
+    for name in ("host_info", "docker_info", "processes_info", "network_info"):
+        section = getattr(report, name)
         if section is not None:
-            items.append(section)
+            items.append(((name,), section))
     if report.docker_info:
-        items.extend(report.docker_info.containers)
+        items.extend((("docker_info", "containers", i), c) for i, c in enumerate(report.docker_info.containers))
     if report.processes_info:
-        items.extend(report.processes_info.processes)
+        items.extend((("processes_info", "processes", i), p) for i, p in enumerate(report.processes_info.processes))
     if report.network_info:
-        items.extend(report.network_info.connections)
-    for item in items:
-        if item.__pydantic_extra__ and _depth(item.__pydantic_extra__, max_depth) > max_depth - 3:
-            raise ApiError(422, f"report nests deeper than {max_depth} levels",
-                           details=[{"field": "body", "message": f"JSON nesting depth is limited to {max_depth}"}])
+        items.extend((("network_info", "connections", i), c) for i, c in enumerate(report.network_info.connections))
+    for path, item in items:
+        if item.__pydantic_extra__:
+            _check_value(item.__pydantic_extra__, path, max_depth - 3, max_depth)
 
 
-def _depth(value, budget: int) -> int:
-    if budget <= 0:
-        return 1_000_000
-    if isinstance(value, dict):
-        return 1 + max((_depth(v, budget - 1) for v in value.values()), default=0)
-    if isinstance(value, list):
-        return 1 + max((_depth(v, budget - 1) for v in value), default=0)
-    return 0
+def _check_value(value, path: tuple, budget: int, max_depth: int) -> None:
+    if isinstance(value, dict | list):
+        if budget <= 0:
+            raise ApiError(422, f"report nests deeper than {max_depth} levels", details=[
+                {"field": _field(path), "message": f"JSON nesting depth is limited to {max_depth}"}])
+        for key, item in value.items() if isinstance(value, dict) else enumerate(value):
+            _check_value(item, (*path, key), budget - 1, max_depth)
+    elif isinstance(value, int | float) and not check_number(value):
+        raise ApiError(422, "report failed validation", details=[
+            {"field": _field(path), "message": "must be a finite number within 64 bits"}])
+
+
+def _field(path: tuple) -> str:
+    return ".".join(str(part) for part in path) or "body"
 
 
 # -- the queue and its worker --------------------------------------------------------------------------

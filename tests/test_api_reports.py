@@ -227,6 +227,11 @@ def test_counts_and_numbers_must_be_json_numbers_not_strings_or_booleans(http, h
     (b'"host_info": {"load_avg": [1e999]}', "host_info.load_avg.0", "finite"),
     (b'"network_info": {"connections": [{"local_ip": "999.1.1.1"}]}', "network_info.connections.0.local_ip",
      "must be an IPv4 or IPv6 address"),
+    # Unknown fields are kept as sent, so they are checked too, wherever they are.
+    (b'"processes_info": {"processes": [{"pid": 1}, {"pid": 2, "x": {"y": [1, 100000000000000000000000]}}]}',
+     "processes_info.processes.1.x.y.1", "within 64 bits"),
+    (b'"rack": {"weight": -1e999}', "rack.weight", "finite"),
+    (b'"kubernetes_info": {"pods": [{"uid": "u", "name": "p", "cpu": 1e999}]}', "kubernetes_info.pods.0.cpu", "finite"),
 ])
 def test_numbers_the_server_could_not_keep_or_serve_again_are_422(http, raw, field, message):
     body = b'{"agent_id": "a-1", "hostname": "h-1", "timestamp": "%s", %s}' % (
