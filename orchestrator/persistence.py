@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import sqlite3
 import time
 import zlib
@@ -182,6 +183,8 @@ class Store:
             timings[f"{table}_ms"] = round((time.perf_counter() - started) * 1000, 1)
         meta = dict(self.conn.execute("SELECT key, value FROM meta"))
         state.order = max(state.order, int(meta.get("order", 0)))
+        if "seq" in meta:
+            state.topology.resume_seq(int(meta["seq"]) + seq_margin(state.settings))
         started = time.perf_counter()
         state.topology.publish(time.time())
         timings["publish_ms"] = round((time.perf_counter() - started) * 1000, 1)
@@ -205,7 +208,7 @@ class Store:
             try:
                 rows, longest = await _gather(state, sorted(ids))
                 order = state.order  # after gathering: never below an order any gathered data carries
-                await _finish_in_thread(self._write, rows, order)
+                await _finish_in_thread(self._write, rows, order, state.topology.seq)
             except BaseException as exc:
                 state.dirty_agents |= ids
                 if not isinstance(exc, Exception):
@@ -274,7 +277,7 @@ class Store:
                 written += 1
         return written
 
-    def _write(self, rows: list[AgentRows], order: int) -> None:
+    def _write(self, rows: list[AgentRows], order: int, seq: int) -> None:
         """One transaction (runs in a worker thread)."""
         with self.conn:
             for table in _AGENT_TABLES:
@@ -287,7 +290,15 @@ class Store:
                 if deletes:
                     self.conn.executemany(f"DELETE FROM {table} WHERE agent_id = ?", deletes)  # noqa: S608
             self.conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                                  [("order", str(order)), ("saved_at", repr(time.time()))])
+                                  [("order", str(order)), ("seq", str(seq)), ("saved_at", repr(time.time()))])
+
+
+def seq_margin(settings) -> int:
+    """How far past the stored ``seq`` a restarted server numbers: after a crash, clients may have seen
+    the publications of up to one checkpoint interval after it (one per broadcast tick at most), and a
+    resumed ``since`` must not match a number that now means something else. A WebSocket client resuming
+    across a restart therefore always gets a fresh snapshot."""
+    return math.ceil(settings.storage.checkpoint_interval / settings.websocket.broadcast_interval) + 1
 
 
 # -- gathering (on the loop) ------------------------------------------------------------------------------

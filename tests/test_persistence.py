@@ -108,6 +108,28 @@ async def test_round_trip_restores_agents_reports_topology_series_archive_and_or
     assert fresh.timeseries.query("agent-1")["points"] == state.timeseries.query("agent-1")["points"]
 
 
+async def test_seq_continues_past_a_restart_with_a_margin_for_a_crash(tmp_path, store):
+    state = make_state(tmp_path)
+    apply_report(state, "agent-1")
+    state.topology.publish(time.time())
+    assert (await store.checkpoint(state)).ok
+    saved = state.topology.seq
+    # Published after the checkpoint, then a crash: clients saw numbers the data file never recorded.
+    for cpu in (20.0, 30.0):
+        apply_report(state, "agent-1", cpu=cpu)
+        state.topology.publish(time.time())
+    store.close()
+
+    fresh = make_state(tmp_path)
+    reopened, _ = Store.open(tmp_path)
+    reopened.restore(fresh)
+    reopened.close()
+
+    margin = persistence.seq_margin(fresh.settings)
+    assert margin == 16  # defaults: 15 s checkpoints, a publication per 1 s tick at most
+    assert fresh.topology.seq == saved + margin + 1 > state.topology.seq  # the restore publishes once
+
+
 async def test_incremental_checkpoint_writes_only_dirty_agents(tmp_path, store):
     state = make_state(tmp_path)
     apply_report(state, "agent-1")
@@ -245,7 +267,7 @@ async def test_failed_checkpoint_puts_the_dirty_agents_back(tmp_path, store, mon
     apply_report(state, "agent-1")
     apply_report(state, "agent-2")
 
-    def broken_write(rows, order):
+    def broken_write(rows, order, seq):
         raise sqlite3.OperationalError("disk I/O error")
 
     monkeypatch.setattr(store, "_write", broken_write)
@@ -276,9 +298,9 @@ async def test_checkpoint_does_not_block_the_loop(tmp_path, store, monkeypatch):
         apply_report(state, f"agent-{i}", processes=20)
     real_write = store._write
 
-    def slow_write(rows, order):
+    def slow_write(rows, order, seq):
         time.sleep(0.2)  # a slow disk: the loop must keep serving meanwhile
-        real_write(rows, order)
+        real_write(rows, order, seq)
 
     monkeypatch.setattr(store, "_write", slow_write)
     monkeypatch.setattr(persistence, "GATHER_BUDGET_SECONDS", 0.0005)
@@ -307,9 +329,9 @@ async def test_cancelled_checkpoint_waits_for_its_write_and_keeps_the_agents_dir
     real_write = store._write
     finished = []
 
-    def slow_write(rows, order):
+    def slow_write(rows, order, seq):
         time.sleep(0.1)
-        real_write(rows, order)
+        real_write(rows, order, seq)
         finished.append(True)
 
     monkeypatch.setattr(store, "_write", slow_write)
@@ -387,7 +409,7 @@ async def test_cancel_during_a_failing_write_still_cancels_and_keeps_the_agents_
     state = make_state(tmp_path)
     apply_report(state, "agent-1")
 
-    def failing_write(rows, order):
+    def failing_write(rows, order, seq):
         time.sleep(0.1)
         raise sqlite3.OperationalError("disk I/O error")
 

@@ -8,6 +8,7 @@ import time
 
 import httpx
 import orjson
+from websockets.sync.client import connect
 
 from tests.support import report
 
@@ -107,3 +108,26 @@ def test_sigterm_under_continuous_load_loses_no_accepted_report(tmp_path, server
     with httpx.Client(base_url=again.url) as client:
         for agent in accepted[-20:]:
             assert client.get(f"/api/v1/query/agents/{agent}/latest").status_code == 200
+
+
+def test_a_ui_resuming_across_a_restart_gets_a_fresh_snapshot(tmp_path, server_process):
+    server = server_process("--data-dir", str(tmp_path)).wait_healthy()
+    with httpx.Client(base_url=server.url) as client:
+        for i in range(3):
+            client.post("/api/v1/reports", content=orjson.dumps(report(host_info={"cpu_percent": float(i)})),
+                        headers={"Content-Type": "application/json"})
+            time.sleep(0.15)  # a broadcast tick (50 ms here) apart: one publication each
+        seen = client.get("/api/v1/query/topology").json()["topology"]["seq"]
+    assert server.terminate() == 0
+
+    again = server_process("--data-dir", str(tmp_path)).wait_healthy()
+    with httpx.Client(base_url=again.url) as client:
+        # The next report changes the topology; its seq must not collide with one the UI already saw.
+        client.post("/api/v1/reports", content=orjson.dumps(report(host_info={"cpu_percent": 99.0})),
+                    headers={"Content-Type": "application/json"})
+        time.sleep(0.3)
+        assert client.get("/api/v1/query/topology").json()["topology"]["seq"] > seen
+    with connect(again.url.replace("http", "ws") + f"/api/v1/ws?since={seen}") as ws:
+        first = orjson.loads(ws.recv(timeout=5))
+    assert first["type"] == "topology_update" and first["seq"] > seen
+    assert first["payload"]["nodes"]["host:host-1"]["metrics"]["cpu_percent"] == 99.0

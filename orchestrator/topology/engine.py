@@ -584,6 +584,11 @@ class Topology:
     def seq(self) -> int:
         return self._published.seq
 
+    def resume_seq(self, seq: int) -> None:
+        """Number the next publication after ``seq`` (a restart: a UI resuming with a ``seq`` from before
+        must never find the same number meaning something else)."""
+        self._published.seq = max(self._published.seq, seq)
+
     def publish(self, now: float) -> Publication | None:
         """Freeze the live state into a new version when anything changed; None (seq unchanged) otherwise.
 
