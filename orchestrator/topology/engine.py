@@ -627,7 +627,13 @@ class Topology:
                     for count, item_id in enumerate(ids, 1):
                         bodies[item_id] = body(item_id)
                         if not count % 256 and time.perf_counter() > deadline:
+                            # The collector is off only while this runs: requests served between slices
+                            # allocate as usual, and left uncollected they became one 150-400 ms young
+                            # collection at the end of a 1,000-host publish.
+                            if collecting:
+                                gc.enable()
                             yield
+                            gc.disable()
                             deadline = time.perf_counter() + slice_seconds
             except GeneratorExit:
                 self._dirty_nodes |= dirty_nodes
