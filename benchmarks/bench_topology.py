@@ -25,7 +25,6 @@ import os
 import statistics
 import sys
 import time
-from types import SimpleNamespace
 
 import orjson
 from orchestrator_plugins import (
@@ -37,6 +36,7 @@ from orchestrator_plugins import (
 from orchestrator_plugins.cgroup_container_id import container_id_from_cgroup
 
 from orchestrator.fleet import Fleet
+from orchestrator.ingest import MergeContext
 from orchestrator.models import Report
 from orchestrator.topology import Topology
 
@@ -53,19 +53,15 @@ def rss_mb() -> float:
 _cgroups: dict[str, str | None] = {}
 
 
-def container_of(process) -> str | None:
-    # The server's MergeContext caches the extraction per distinct cgroup text; so does this.
-    if process.container_id:
-        return process.container_id
-    if not process.cgroup:
-        return None
-    if process.cgroup not in _cgroups:
-        _cgroups[process.cgroup] = container_id_from_cgroup(process.cgroup)
-    return _cgroups[process.cgroup]
+def extract(cgroup: str) -> str | None:
+    # The server caches the extraction per distinct cgroup text; so does this.
+    if cgroup not in _cgroups:
+        _cgroups[cgroup] = container_id_from_cgroup(cgroup)
+    return _cgroups[cgroup]
 
 
 def apply(topology: Topology, report: Report, order: int) -> float:
-    context = SimpleNamespace(order=order, received_at=report.epoch, container_id=container_of)
+    context = MergeContext(order, report.epoch, extract)
     report.epoch  # noqa: B018 - parsed once, like the server does before merging
     start = time.perf_counter()
     for merger in MERGERS:

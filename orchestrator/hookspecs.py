@@ -94,20 +94,22 @@ def merge_report(report, topology, context):
 
     Called once per accepted report, in arrival order, by the ingest worker. Each merger owns one or
     more sections and replaces the reporting agent's earlier contribution for them with
-    :meth:`orchestrator.topology.Topology.contribute`; a section absent from the report must be left alone.
+    ``context.contribute(topology, report, section, contribution)`` (which calls
+    :meth:`orchestrator.topology.Topology.contribute`); a section absent from the report must be left alone.
     Under load the worker skips this hook for a report that a later queued report of the same agent makes
     moot (the later one carries every section it carries and is not older); sinks still get every report.
 
     Clocks: the report's ``timestamp`` orders contributions (the newest report wins each field); the
-    server's receipt time sets liveness (nodes' and edges' ``first_seen``/``last_seen``), so pass
-    ``seen=context.received_at`` to ``contribute`` -- without it a probe with a skewed clock shows as seen
-    at its own clock's time.
+    server's receipt time sets liveness (nodes' and edges' ``first_seen``/``last_seen``).
+    ``context.contribute`` passes both; a direct ``topology.contribute`` needs ``seen=context.received_at``,
+    or a probe with a skewed clock shows as seen at its own clock's time.
 
     :param report: the validated :class:`orchestrator.models.Report`.
     :param topology: the live :class:`orchestrator.topology.Topology`.
     :param context: a :class:`orchestrator.ingest.MergeContext` with ``order`` (the arrival counter that
         breaks timestamp ties), ``received_at`` (the server's clock, epoch seconds, when the report was
-        accepted) and ``container_id(process)`` (cached extraction through ``extract_container_id``).
+        accepted), ``container_id(process)`` (cached extraction through ``extract_container_id``) and
+        ``contribute(topology, report, section, contribution)``.
     """
 
 

@@ -86,20 +86,16 @@ def _check_unknown_fields(report: Report, max_depth: int) -> None:
     """Unknown fields are kept as they come, so they are checked here: nesting depth (the schema's own
     fields are at most four levels deep; only unknown ones can nest without bound) and numbers that could
     not be stored or served again (beyond 64 bits, or 1e999 read as infinity)."""
-    items: list[tuple[tuple, BaseModel]] = [((), report)]
-    for name in ("host_info", "docker_info", "processes_info", "network_info"):
-        section = getattr(report, name)
-        if section is not None:
-            items.append(((name,), section))
-    if report.docker_info:
-        items.extend((("docker_info", "containers", i), c) for i, c in enumerate(report.docker_info.containers))
-    if report.processes_info:
-        items.extend((("processes_info", "processes", i), p) for i, p in enumerate(report.processes_info.processes))
-    if report.network_info:
-        items.extend((("network_info", "connections", i), c) for i, c in enumerate(report.network_info.connections))
-    for path, item in items:
-        if item.__pydantic_extra__:
-            _check_value(item.__pydantic_extra__, path, max_depth - 3, max_depth)
+    budget = max_depth - 3
+    for path, item in (((), report), *(((name,), getattr(report, name)) for name in BUILTIN_SECTIONS)):
+        if item is not None and item.__pydantic_extra__:
+            _check_value(item.__pydantic_extra__, path, budget, max_depth)
+    for section, items in (("docker_info", "containers"), ("processes_info", "processes"),
+                           ("network_info", "connections")):
+        owner = getattr(report, section)
+        for index, item in enumerate(getattr(owner, items) if owner is not None else ()):
+            if item.__pydantic_extra__:  # the path is built only for the rare item that has unknown fields
+                _check_value(item.__pydantic_extra__, (section, items, index), budget, max_depth)
 
 
 def _check_value(value, path: tuple, budget: int, max_depth: int) -> None:
@@ -132,12 +128,18 @@ class Accepted:
 
 @dataclass
 class MergeContext:
-    """What ``merge_report`` hooks get besides the report: its arrival order, when the server received it
-    (liveness: ``Topology.contribute(..., seen=received_at)``) and cached extraction."""
+    """What ``merge_report`` hooks get besides the report: its arrival order, when the server received it,
+    cached extraction, and :meth:`contribute`, which passes both clocks on as the contract says."""
 
     order: int
     received_at: float
     extract: Callable[[str], str | None]
+
+    def contribute(self, topology, report: Report, section: str, contribution) -> None:
+        """``topology.contribute`` for ``report``'s agent: its timestamp orders, this arrival order breaks
+        ties, the receipt time sets ``first_seen``/``last_seen``. ``None`` removes the section."""
+        topology.contribute(report.agent_id, report.hostname, section, report.epoch, self.order, contribution,
+                            seen=self.received_at)
 
     def container_id(self, process: Process) -> str | None:
         if process.container_id:

@@ -28,5 +28,4 @@ def docker_contribution(hostname: str, docker_info) -> Contribution:
 def merge_report(report, topology, context):
     if report.docker_info is None:
         return
-    topology.contribute(report.agent_id, report.hostname, SECTION, report.epoch, context.order,
-                        docker_contribution(report.hostname, report.docker_info), seen=context.received_at)
+    context.contribute(topology, report, SECTION, docker_contribution(report.hostname, report.docker_info))

@@ -30,5 +30,4 @@ def host_contribution(hostname: str, host_info) -> Contribution:
 def merge_report(report, topology, context):
     if report.host_info is None:
         return
-    topology.contribute(report.agent_id, report.hostname, SECTION, report.epoch, context.order,
-                        host_contribution(report.hostname, report.host_info), seen=context.received_at)
+    context.contribute(topology, report, SECTION, host_contribution(report.hostname, report.host_info))

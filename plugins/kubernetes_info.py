@@ -100,5 +100,4 @@ def merge_report(report, topology, context):
     section = report.sections.get(SECTION)
     if section is None:
         return
-    topology.contribute(report.agent_id, report.hostname, SECTION, report.epoch, context.order,
-                        contribution(report.hostname, section), seen=context.received_at)
+    context.contribute(topology, report, SECTION, contribution(report.hostname, section))

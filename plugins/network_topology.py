@@ -28,5 +28,4 @@ def network_contribution(hostname: str, network_info) -> Contribution:
 def merge_report(report, topology, context):
     if report.network_info is None:
         return
-    topology.contribute(report.agent_id, report.hostname, SECTION, report.epoch, context.order,
-                        network_contribution(report.hostname, report.network_info), seen=context.received_at)
+    context.contribute(topology, report, SECTION, network_contribution(report.hostname, report.network_info))

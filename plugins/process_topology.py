@@ -54,6 +54,5 @@ def _metadata(process) -> dict:
 def merge_report(report, topology, context):
     if report.processes_info is None:
         return
-    topology.contribute(report.agent_id, report.hostname, SECTION, report.epoch, context.order,
-                        process_contribution(report.hostname, report.processes_info, context.container_id),
-                        seen=context.received_at)
+    context.contribute(topology, report, SECTION,
+                       process_contribution(report.hostname, report.processes_info, context.container_id))

@@ -6,8 +6,6 @@ import orjson
 from tests.test_topology_support import (
     C1,
     C2,
-    MERGERS,
-    context,
     host_a,
     host_b,
     host_c,
@@ -17,7 +15,7 @@ from tests.test_topology_support import (
     stamp,
 )
 
-from orchestrator.models import Report, format_rfc3339, parse_rfc3339
+from orchestrator.models import format_rfc3339, parse_rfc3339
 from orchestrator.topology import Contribution, NodeIn, Topology
 
 NODE_FIELDS = ["id", "type", "name", "parent", "host", "agent_ids", "metadata", "metrics", "first_seen",
@@ -65,20 +63,10 @@ def test_container_seen_only_through_a_cgroup_is_a_stub_node_under_its_host():
 RECEIVED = parse_rfc3339("2026-10-13T00:00:00Z")  # the server's clock: a year after the probes' timestamps
 
 
-def merge_received(topology, body: dict, order: int, received_at: float) -> Report:
-    """``merge`` with the server's receipt time in the context, as the ingest worker hands it."""
-    report = Report.model_validate(body)
-    merge_context = context(order)
-    merge_context.received_at = received_at
-    for merger in MERGERS:
-        merger.merge_report(report=report, topology=topology, context=merge_context)
-    return report
-
-
 def test_first_and_last_seen_come_from_receipt_times():
     topology = Topology()
-    merge_received(topology, host_a(1), 0, RECEIVED + 1)
-    merge_received(topology, host_a(5), 1, RECEIVED + 5)
+    merge(topology, host_a(1), 0, RECEIVED + 1)
+    merge(topology, host_a(5), 1, RECEIVED + 5)
     topology.publish(999_999_999)
     node = topology.snapshot()["nodes"]["process:host-a:200"]
     assert node["first_seen"] == "2026-10-13T00:00:01.000Z"
@@ -98,8 +86,8 @@ def test_contribute_without_seen_falls_back_to_the_report_timestamp():
 def test_a_report_from_a_skewed_clock_is_last_seen_when_received():
     # The probes' clocks are a year behind the server's: liveness must not say "a year ago".
     topology = Topology()
-    merge_received(topology, host_a(1), 0, RECEIVED)
-    merge_received(topology, host_b(1), 1, RECEIVED + 5)
+    merge(topology, host_a(1), 0, RECEIVED)
+    merge(topology, host_b(1), 1, RECEIVED + 5)
     topology.publish(0)
     snapshot = topology.snapshot()
     received, later = format_rfc3339(RECEIVED), format_rfc3339(RECEIVED + 5)
@@ -112,7 +100,7 @@ def test_a_report_from_a_skewed_clock_is_last_seen_when_received():
     assert snapshot["edges"]["process:host-a:200->process:host-b:500"]["last_seen"] == later
     assert snapshot["timestamp"] == later
     # The same sockets again (the engine's re-report fast path): edges and externals move with the receipt.
-    merge_received(topology, host_a(2), 2, RECEIVED + 9)
+    merge(topology, host_a(2), 2, RECEIVED + 9)
     topology.publish(0)
     snapshot = topology.snapshot()
     again = format_rfc3339(RECEIVED + 9)
@@ -127,8 +115,8 @@ def test_the_newer_report_wins_the_fields_even_when_received_earlier():
     topology = Topology()
     newer = host_a(9, agent_id="agent-a2")
     newer["docker_info"]["containers"][0]["name"] = "web-renamed"
-    merge_received(topology, newer, 0, RECEIVED)
-    merge_received(topology, host_a(1), 1, RECEIVED + 5)  # an older report, received later
+    merge(topology, newer, 0, RECEIVED)
+    merge(topology, host_a(1), 1, RECEIVED + 5)  # an older report, received later
     topology.publish(0)
     node = topology.snapshot()["nodes"][f"container:{C1}"]
     assert node["name"] == "web-renamed" and node["agent_ids"] == ["agent-a", "agent-a2"]
@@ -345,10 +333,10 @@ def test_export_import_round_trip_rebuilds_the_same_topology():
 
 def test_export_import_round_trips_receipt_times():
     topology = Topology()
-    merge_received(topology, host_a(1), 0, RECEIVED + 1)
-    merge_received(topology, host_c(2), 1, RECEIVED + 2)
-    merge_received(topology, host_b(4), 2, RECEIVED + 4)
-    merge_received(topology, host_a(5), 3, RECEIVED + 5)
+    merge(topology, host_a(1), 0, RECEIVED + 1)
+    merge(topology, host_c(2), 1, RECEIVED + 2)
+    merge(topology, host_b(4), 2, RECEIVED + 4)
+    merge(topology, host_a(5), 3, RECEIVED + 5)
     topology.publish(0)
     exported = {agent: orjson.loads(orjson.dumps(topology.export_agent(agent))) for agent in topology.agents()}
     assert {section["seen"] for section in exported["agent-a"]["sections"]} == {RECEIVED + 5}
@@ -365,7 +353,7 @@ def test_export_import_round_trips_receipt_times():
 
 def test_data_exported_without_receipt_times_imports_with_report_timestamps():
     topology = Topology()
-    merge_received(topology, host_a(5), 0, RECEIVED)
+    merge(topology, host_a(5), 0, RECEIVED)
     data = orjson.loads(orjson.dumps(topology.export_agent("agent-a")))
     for section in data["sections"]:
         del section["seen"]  # exported before receipt times were kept

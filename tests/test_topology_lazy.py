@@ -7,19 +7,9 @@ import pytest
 
 from orchestrator.topology import Topology
 from tests.test_topology_support import apply_diff, host_a, merge, scenario
-from tests.test_topology_views import _mutations
+from tests.test_topology_views import _mutations, feed
 
 COLLAPSED = ("container", "host")
-
-
-def _feed(topology, order, body):
-    if isinstance(body, tuple):
-        topology.remove_agent(body[1])
-    else:
-        merge(topology, body, order)
-    if order % 3 == 0:
-        scenario(topology, second=order, order=order * 10)
-    return topology.publish(0)
 
 
 def _state(view):
@@ -39,7 +29,7 @@ def test_a_view_first_asked_mid_stream_diffs_to_the_snapshot(level, host):
     previous = reference.snapshot(level, host)
     asked, read_last, published = 0, False, 0
     for order, body in enumerate(_mutations(), start=10):
-        ref_publication, publication = _feed(reference, order, body), _feed(lazy, order, body)
+        ref_publication, publication = feed(reference, order, body), feed(lazy, order, body)
         if ref_publication is None:
             assert publication is None
             continue

@@ -151,7 +151,7 @@ def test_ipv4_mapped_addresses_and_tcp6_are_normalised():
 def test_re_reports_that_only_refresh_connections_match_a_full_re_resolution():
     from orchestrator.fleet import Fleet
     from orchestrator.models import Report
-    from tests.test_topology_support import MERGERS, context
+    from tests.test_topology_support import merge_parsed
 
     fleet, topology = Fleet(12, seed=3), Topology()
     rounds = [range(12), [3, 1, 4], [5, 9, 2, 6], [0, 7, 1], [8, 2, 11, 3]]
@@ -161,9 +161,7 @@ def test_re_reports_that_only_refresh_connections_match_a_full_re_resolution():
             order += 1
             # Out-of-order timestamps across agents: the newest record of a connection changes hands.
             now = 1_760_000_000.0 + 15 * index + (host % 3) * 0.01 - order * 0.001
-            report = Report.model_validate_json(fleet.report_bytes(host, now))
-            for merger in MERGERS:
-                merger.merge_report(report=report, topology=topology, context=context(order))
+            merge_parsed(topology, Report.model_validate_json(fleet.report_bytes(host, now)), order)
         topology.publish(0)
     incremental = topology.snapshot_json()
     topology._dirty_conns.update(topology._conns)  # noqa: SLF001 - resolve everything from scratch

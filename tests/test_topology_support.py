@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
+from orchestrator.ingest import MergeContext
 from orchestrator.models import Report
 from orchestrator_plugins import docker_topology, host_topology, network_topology, process_topology
 from orchestrator_plugins.cgroup_container_id import container_id_from_cgroup
@@ -17,18 +16,16 @@ def stamp(second: int) -> str:
     return f"2025-10-13T00:00:{second:02d}Z"
 
 
-def context(order: int) -> SimpleNamespace:
-    return SimpleNamespace(
-        order=order,
-        received_at=None,  # contribute(seen=None): receipt time = report timestamp, as for a probe in sync
-        container_id=lambda p: p.container_id or (container_id_from_cgroup(p.cgroup) if p.cgroup else None),
-    )
+def merge(topology, body: dict, order: int, received_at: float | None = None) -> Report:
+    return merge_parsed(topology, Report.model_validate(body), order, received_at)
 
 
-def merge(topology, body: dict, order: int) -> Report:
-    report = Report.model_validate(body)
+def merge_parsed(topology, report: Report, order: int, received_at: float | None = None) -> Report:
+    """Through the built-in mergers, as the ingest worker does; received at ``received_at``, by default at
+    the report's own timestamp (a probe whose clock is in sync)."""
+    context = MergeContext(order, report.epoch if received_at is None else received_at, container_id_from_cgroup)
     for merger in MERGERS:
-        merger.merge_report(report=report, topology=topology, context=context(order))
+        merger.merge_report(report=report, topology=topology, context=context)
     return report
 
 

@@ -92,6 +92,18 @@ def _mutations():
     return bodies
 
 
+def feed(topology, order, body):
+    """Apply one of :func:`_mutations` (a report body, or ``("remove", agent)``), every third one with a
+    scenario re-report too, and publish."""
+    if isinstance(body, tuple):
+        topology.remove_agent(body[1])
+    else:
+        merge(topology, body, order)
+    if order % 3 == 0:
+        scenario(topology, second=order, order=order * 10)
+    return topology.publish(0)
+
+
 @pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("host", [None, "host-a", "host-c"])
 def test_diffs_replayed_in_order_give_the_snapshot_at_each_seq(level, host):
@@ -99,13 +111,7 @@ def test_diffs_replayed_in_order_give_the_snapshot_at_each_seq(level, host):
     topology.publish(0)
     replayed = topology.snapshot(level, host)
     for order, body in enumerate(_mutations(), start=10):
-        if isinstance(body, tuple):
-            topology.remove_agent(body[1])
-        else:
-            merge(topology, body, order)
-        if order % 3 == 0:
-            scenario(topology, second=order, order=order * 10)
-        publication = topology.publish(0)
+        publication = feed(topology, order, body)
         if publication is None:
             continue
         diff = publication.diff(level, host)

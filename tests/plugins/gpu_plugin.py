@@ -36,5 +36,4 @@ def merge_report(report, topology, context):
     nodes = [host_stub(report.hostname)] + [
         NodeIn(id=f"gpu:{report.hostname}:{i}", type="gpu", name=gpu.model, parent=host_id(report.hostname),
                host=report.hostname, metrics={"util": gpu.util}) for i, gpu in enumerate(section.gpus)]
-    topology.contribute(report.agent_id, report.hostname, "gpu_info", report.epoch, context.order,
-                        Contribution(nodes=tuple(nodes)), seen=context.received_at)
+    context.contribute(topology, report, "gpu_info", Contribution(nodes=tuple(nodes)))
