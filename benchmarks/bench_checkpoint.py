@@ -20,15 +20,14 @@ from pathlib import Path
 import orjson
 from structlog.testing import capture_logs
 
-from orchestrator.app import build_state
-from orchestrator.cleanup import sweep
-from orchestrator.fleet import Fleet
-from orchestrator.models import Report
-from orchestrator.persistence import Store
+from orchestrator.contract.models import Report
+from orchestrator.probe.fleet import Fleet
+from orchestrator.runtime.build import build_state
 from orchestrator.settings import Settings
 from orchestrator.state import State
+from orchestrator.state.cleanup import sweep
+from orchestrator.state.persistence import Store
 from orchestrator_plugins.timeseries_sink import report_metrics
-
 
 
 def make_state(data_dir: Path) -> State:
@@ -91,22 +90,29 @@ async def main(agents: int) -> list[tuple[str, str]]:
     fleet = Fleet(agents)
     state = make_state(data_dir)
     populate(state, fleet, now)
-    rows.append((f"build state ({agents} agents via the pipeline + 240 points each)",
-                 f"{time.perf_counter() - start:.1f} s"))
+    rows.append(
+        (f"build state ({agents} agents via the pipeline + 240 points each)", f"{time.perf_counter() - start:.1f} s")
+    )
 
     # A heap this size (millions of topology objects) makes any full GC pass a long pause, whoever
     # allocates when it comes due; run it now so the checkpoint rows measure the checkpoint itself.
     start = time.perf_counter()
     gc.collect()
-    rows.append(("full GC pass over this heap (any allocation may trigger one)",
-                 f"{(time.perf_counter() - start) * 1000:.0f} ms"))
+    rows.append(
+        (
+            "full GC pass over this heap (any allocation may trigger one)",
+            f"{(time.perf_counter() - start) * 1000:.0f} ms",
+        )
+    )
 
     store, _ = Store.open(data_dir)
     result, elapsed, stall = await with_stall_probe(store.checkpoint(state, full=True))
     assert result.ok and result.written == agents
-    rows += [(f"full checkpoint ({agents} agents)", f"{elapsed * 1000:.0f} ms"),
-             ("  longest on-loop stall (ticker)", f"{stall * 1000:.1f} ms"),
-             ("  longest gather step (checkpoint's own count)", f"{result.longest_step * 1000:.1f} ms")]
+    rows += [
+        (f"full checkpoint ({agents} agents)", f"{elapsed * 1000:.0f} ms"),
+        ("  longest on-loop stall (ticker)", f"{stall * 1000:.1f} ms"),
+        ("  longest gather step (checkpoint's own count)", f"{result.longest_step * 1000:.1f} ms"),
+    ]
     rows.append(("DB size after full checkpoint (db + wal)", f"{db_size(store.path) / 1e6:.1f} MB"))
 
     later = now + 15
@@ -115,8 +121,10 @@ async def main(agents: int) -> list[tuple[str, str]]:
     dirty = len(state.dirty_agents)
     result, elapsed, stall = await with_stall_probe(store.checkpoint(state))
     assert result.ok and result.written == dirty
-    rows += [(f"incremental checkpoint ({dirty} dirty)", f"{elapsed * 1000:.0f} ms"),
-             ("  longest on-loop stall (ticker)", f"{stall * 1000:.1f} ms")]
+    rows += [
+        (f"incremental checkpoint ({dirty} dirty)", f"{elapsed * 1000:.0f} ms"),
+        ("  longest on-loop stall (ticker)", f"{stall * 1000:.1f} ms"),
+    ]
     store.close()
     rows.append(("DB size after close (WAL folded in)", f"{db_size(store.path) / 1e6:.1f} MB"))
 
@@ -126,11 +134,14 @@ async def main(agents: int) -> list[tuple[str, str]]:
     start = time.perf_counter()
     with capture_logs() as logs:
         counts = reopened.restore(fresh)
-    rows.append((f"restore ({counts['agents']} agents, incl. topology publish)",
-                 f"{(time.perf_counter() - start) * 1000:.0f} ms"))
+    rows.append(
+        (
+            f"restore ({counts['agents']} agents, incl. topology publish)",
+            f"{(time.perf_counter() - start) * 1000:.0f} ms",
+        )
+    )
     restored = next(e for e in logs if e["event"] == "state_restored")
-    rows.append(("  of which topology import + publish",
-                 f"{restored['topology_ms'] + restored['publish_ms']:.0f} ms"))
+    rows.append(("  of which topology import + publish", f"{restored['topology_ms'] + restored['publish_ms']:.0f} ms"))
     assert counts["skipped"] == 0 and len(fresh.registry) == agents
 
     rows += await sweep_all(fresh, later)
@@ -140,11 +151,12 @@ async def main(agents: int) -> list[tuple[str, str]]:
 
 async def sweep_all(state: State, now: float) -> list[tuple[str, str]]:
     """A sweep long after the last report: every agent goes to the archive."""
-    stats, elapsed, stall = await with_stall_probe(
-        sweep(state, now + state.settings.agents.stale_threshold + 1))
+    stats, elapsed, stall = await with_stall_probe(sweep(state, now + state.settings.agents.stale_threshold + 1))
     batch = state.settings.cleanup.batch_size
-    return [(f"cleanup sweep archiving {stats['archived']} agents (batch {batch})", f"{elapsed * 1000:.0f} ms"),
-            ("  longest on-loop stall (ticker)", f"{stall * 1000:.1f} ms")]
+    return [
+        (f"cleanup sweep archiving {stats['archived']} agents (batch {batch})", f"{elapsed * 1000:.0f} ms"),
+        ("  longest on-loop stall (ticker)", f"{stall * 1000:.1f} ms"),
+    ]
 
 
 if __name__ == "__main__":

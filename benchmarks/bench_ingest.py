@@ -1,7 +1,7 @@
 """Ingest benchmark: sustained accepted reports/s and POST latency for realistic reports, over loopback.
 
 The server runs as a child process; the load generator (this process) replays pre-built gzip reports of a
-synthetic fleet (``orchestrator.fleet``: ~100 processes, ~200 connections, ~10 containers per host) over
+synthetic fleet (``orchestrator.probe.fleet``: ~100 processes, ~200 connections, ~10 containers per host) over
 keep-alive HTTP/1.1 connections with a minimal asyncio client, so that the loader costs little of the CPU
 it shares with the server.
 
@@ -23,7 +23,7 @@ import gzip
 import time
 
 from benchmarks.common import Server, bucket_quantile, percentile
-from orchestrator.fleet import Fleet
+from orchestrator.probe.fleet import Fleet
 
 
 def build_bodies(hosts: int, rounds: int) -> list[bytes]:
@@ -46,8 +46,10 @@ class Conn:
     async def post(self, body: bytes) -> int:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
-        head = (f"POST /api/v1/reports HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-                f"Content-Encoding: gzip\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+        head = (
+            f"POST /api/v1/reports HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+            f"Content-Encoding: gzip\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
         self.writer.write(head + body)
         status_line = await self.reader.readline()
         length = 0
@@ -78,10 +80,15 @@ async def saturate(port: int, bodies: list[bytes], seconds: float, connections: 
     start = time.perf_counter()
     await asyncio.gather(*(sender() for _ in range(connections)))
     elapsed = time.perf_counter() - start
-    return {"accepted_per_s": counts[202] / elapsed, "accepted": counts[202], "seconds": elapsed,
-            "throttled": counts[429],
-            "other": counts["other"], "p50_ms": percentile(latencies, 50) * 1000,
-            "p99_ms": percentile(latencies, 99) * 1000}
+    return {
+        "accepted_per_s": counts[202] / elapsed,
+        "accepted": counts[202],
+        "seconds": elapsed,
+        "throttled": counts[429],
+        "other": counts["other"],
+        "p50_ms": percentile(latencies, 50) * 1000,
+        "p99_ms": percentile(latencies, 99) * 1000,
+    }
 
 
 async def fixed_rate(port: int, bodies: list[bytes], rate: float, seconds: float) -> dict:
@@ -100,8 +107,13 @@ async def fixed_rate(port: int, bodies: list[bytes], rate: float, seconds: float
 
     start = time.perf_counter() + 0.2
     await asyncio.gather(*(one(i, start + i / rate) for i in range(total)))
-    return {"rate": rate, "sent": total, "accepted": statuses.count(202),
-            "p50_ms": percentile(latencies, 50) * 1000, "p99_ms": percentile(latencies, 99) * 1000}
+    return {
+        "rate": rate,
+        "sent": total,
+        "accepted": statuses.count(202),
+        "p50_ms": percentile(latencies, 50) * 1000,
+        "p99_ms": percentile(latencies, 99) * 1000,
+    }
 
 
 def run(hosts: int, seconds: float, connections: int) -> dict:
@@ -122,16 +134,28 @@ def run(hosts: int, seconds: float, connections: int) -> dict:
         time.sleep(1.5)
         stats = server.stats()
         rss = server.rss_mb()
-    return {"hosts": hosts, "report_kb": raw / 1024, "gzip_kb": len(bodies[0]) / 1024, **sat,
-            "cpu_ms_per_report": cpu_ms, "half": half, "drain_s": drain_s, "sustained_per_s": sustained, "rss_mb": rss,
-            "nodes": stats["topology"]["nodes"], "edges": stats["topology"]["edges"],
-            "server_received": stats["reports_received"]}
+    return {
+        "hosts": hosts,
+        "report_kb": raw / 1024,
+        "gzip_kb": len(bodies[0]) / 1024,
+        **sat,
+        "cpu_ms_per_report": cpu_ms,
+        "half": half,
+        "drain_s": drain_s,
+        "sustained_per_s": sustained,
+        "rss_mb": rss,
+        "nodes": stats["topology"]["nodes"],
+        "edges": stats["topology"]["edges"],
+        "server_received": stats["reports_received"],
+    }
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| hosts | report (JSON / gzip) | sustained reports/s (202s during the run, drain after) | 429s | POST p50 / p99 at saturation | "
-             "at half rate: rate, p50 / p99 (event-loop lag p99 ≤) | server CPU per report | RSS | nodes / edges |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| hosts | report (JSON / gzip) | sustained reports/s (202s during the run, drain after) | 429s | POST p50 / p99 at saturation | "
+        "at half rate: rate, p50 / p99 (event-loop lag p99 ≤) | server CPU per report | RSS | nodes / edges |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         h = r["half"]
         lines.append(
@@ -139,7 +163,8 @@ def table(results: list[dict]) -> str:
             f"({r['accepted_per_s']:.0f}/s, {r['drain_s']:.1f} s) | "
             f"{r['throttled']} | {r['p50_ms']:.1f} / {r['p99_ms']:.1f} ms | {h['rate']:.0f}/s: "
             f"{h['p50_ms']:.1f} / {h['p99_ms']:.1f} ms ({h['loop_lag_p99_ms']:.0f} ms) | {r['cpu_ms_per_report']:.2f} ms | {r['rss_mb']:.0f} MB | "
-            f"{r['nodes']} / {r['edges']} |")
+            f"{r['nodes']} / {r['edges']} |"
+        )
     return "\n".join(lines)
 
 

@@ -1,7 +1,7 @@
 """Query benchmark: topology view latency and server memory as the fleet grows, time-series query latency.
 
 For each fleet size the server (a child process, on loopback) is loaded with one realistic report per host
-(``orchestrator.fleet``), then ``GET /api/v1/query/topology`` is timed per level:
+(``orchestrator.probe.fleet``), then ``GET /api/v1/query/topology`` is timed per level:
 - "fresh": the first request after a publish (one host re-reports, the next seq is awaited), which pays
   for building and serializing the view;
 - "cached": repeated requests at the same seq (served from the per-seq cache).
@@ -21,7 +21,7 @@ import time
 import httpx
 
 from benchmarks.common import Server, percentile
-from orchestrator.fleet import Fleet
+from orchestrator.probe.fleet import Fleet
 
 LEVELS = ("host", "container", "process")
 
@@ -34,8 +34,11 @@ async def load(server: Server, fleet: Fleet, hosts: int, now: float) -> None:
             body = gzip.compress(fleet.report_bytes(i, now), 1)
             async with sem:
                 while True:
-                    response = await client.post("/api/v1/reports", content=body, headers={
-                        "Content-Type": "application/json", "Content-Encoding": "gzip"})
+                    response = await client.post(
+                        "/api/v1/reports",
+                        content=body,
+                        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+                    )
                     if response.status_code == 202:
                         return
                     await asyncio.sleep(float(response.headers.get("retry-after", "1")))
@@ -68,8 +71,11 @@ _clock = itertools.count(1)
 def fresh_view(client: httpx.Client, fleet: Fleet, level: str, now: float) -> tuple[float, int]:
     """Make the topology change (host 0 re-reports, newer), wait for the new seq, then time the first request."""
     seq = client.get("/api/v1/query/stats").json()["seq"]
-    client.post("/api/v1/reports", content=fleet.report_bytes(0, now + next(_clock)),
-                headers={"Content-Type": "application/json"})
+    client.post(
+        "/api/v1/reports",
+        content=fleet.report_bytes(0, now + next(_clock)),
+        headers={"Content-Type": "application/json"},
+    )
     deadline = time.monotonic() + 60
     while client.get("/api/v1/query/stats").json()["seq"] == seq:
         if time.monotonic() > deadline:
@@ -85,15 +91,22 @@ def run(hosts: int, samples: int) -> dict:
     with Server(persist=False) as server, httpx.Client(base_url=server.url, timeout=120) as client:
         asyncio.run(load(server, fleet, hosts, now))
         stats = wait_published(client, hosts)
-        result.update(nodes=stats["topology"]["nodes"], edges=stats["topology"]["edges"],
-                      processes=stats["topology"]["processes"], rss_mb=server.rss_mb())
+        result.update(
+            nodes=stats["topology"]["nodes"],
+            edges=stats["topology"]["edges"],
+            processes=stats["topology"]["processes"],
+            rss_mb=server.rss_mb(),
+        )
         for level in LEVELS:
             fresh = [fresh_view(client, fleet, level, now) for _ in range(samples)]
             cached = [timed_get(client, f"/api/v1/query/topology?level={level}")[0] for _ in range(samples)]
-            result[level] = {"fresh_p50": percentile([f[0] for f in fresh], 50),
-                             "fresh_p95": percentile([f[0] for f in fresh], 95),
-                             "cached_p50": percentile(cached, 50), "cached_p95": percentile(cached, 95),
-                             "bytes": fresh[-1][1]}
+            result[level] = {
+                "fresh_p50": percentile([f[0] for f in fresh], 50),
+                "fresh_p95": percentile([f[0] for f in fresh], 95),
+                "cached_p50": percentile(cached, 50),
+                "cached_p95": percentile(cached, 95),
+                "bytes": fresh[-1][1],
+            }
         result["rss_after_mb"] = server.rss_mb()
     return result
 
@@ -103,31 +116,45 @@ def timeseries_p95(samples: int) -> dict:
     end = (time.time() // 15) * 15
     with Server(persist=False) as server, httpx.Client(base_url=server.url, timeout=30) as client:
         for k in range(240):  # one report per 15 s bucket over the last hour
-            client.post("/api/v1/reports", content=fleet.report_bytes(0, end - 15 * (239 - k)),
-                        headers={"Content-Type": "application/json"})
+            client.post(
+                "/api/v1/reports",
+                content=fleet.report_bytes(0, end - 15 * (239 - k)),
+                headers={"Content-Type": "application/json"},
+            )
         agent = fleet.agent_id(0)
         # Wait for the worker to apply all 240 (the oldest may already fall outside the retained hour).
         while client.get("/api/v1/query/stats").json()["ingest_queue"]:
             time.sleep(0.1)
         plain = [timed_get(client, f"/api/v1/query/agents/{agent}/timeseries")[0] for _ in range(samples * 5)]
-        stepped = [timed_get(client, f"/api/v1/query/agents/{agent}/timeseries?step=1m")[0]
-                   for _ in range(samples * 5)]
-    return {"p50": percentile(plain, 50), "p95": percentile(plain, 95),
-            "step_p50": percentile(stepped, 50), "step_p95": percentile(stepped, 95)}
+        stepped = [timed_get(client, f"/api/v1/query/agents/{agent}/timeseries?step=1m")[0] for _ in range(samples * 5)]
+    return {
+        "p50": percentile(plain, 50),
+        "p95": percentile(plain, 95),
+        "step_p50": percentile(stepped, 50),
+        "step_p95": percentile(stepped, 95),
+    }
 
 
 def table(results: list[dict], series: dict) -> str:
-    lines = ["| hosts | nodes / edges (process nodes) | level | fresh p50 / p95 | cached p50 / p95 | response | server RSS |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| hosts | nodes / edges (process nodes) | level | fresh p50 / p95 | cached p50 / p95 | response | server RSS |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         for level in LEVELS:
             v = r[level]
-            lines.append(f"| {r['hosts']} | {r['nodes']} / {r['edges']} ({r['processes']}) | {level} | "
-                         f"{v['fresh_p50']:.1f} / {v['fresh_p95']:.1f} ms | {v['cached_p50']:.1f} / "
-                         f"{v['cached_p95']:.1f} ms | {v['bytes'] / 1024:.0f} KB | {r['rss_mb']:.0f} MB |")
-    lines += ["", "| time series (1 agent, 240 points) | p50 | p95 |", "|---|---|---|",
-              f"| `…/timeseries?duration=1h` | {series['p50']:.2f} ms | {series['p95']:.2f} ms |",
-              f"| `…/timeseries?duration=1h&step=1m` | {series['step_p50']:.2f} ms | {series['step_p95']:.2f} ms |"]
+            lines.append(
+                f"| {r['hosts']} | {r['nodes']} / {r['edges']} ({r['processes']}) | {level} | "
+                f"{v['fresh_p50']:.1f} / {v['fresh_p95']:.1f} ms | {v['cached_p50']:.1f} / "
+                f"{v['cached_p95']:.1f} ms | {v['bytes'] / 1024:.0f} KB | {r['rss_mb']:.0f} MB |"
+            )
+    lines += [
+        "",
+        "| time series (1 agent, 240 points) | p50 | p95 |",
+        "|---|---|---|",
+        f"| `…/timeseries?duration=1h` | {series['p50']:.2f} ms | {series['p95']:.2f} ms |",
+        f"| `…/timeseries?duration=1h&step=1m` | {series['step_p50']:.2f} ms | {series['step_p95']:.2f} ms |",
+    ]
     return "\n".join(lines)
 
 

@@ -11,7 +11,7 @@ import statistics
 import time
 import tracemalloc
 
-from orchestrator.timeseries import TimeSeriesStore
+from orchestrator.state.timeseries import TimeSeriesStore
 
 T0 = 1_760_313_600.0
 
@@ -42,9 +42,7 @@ def fill(store: TimeSeriesStore, agents: int, points: int, now: float) -> float:
     return (time.perf_counter() - start) / (agents * points)
 
 
-def query_latencies(
-    store: TimeSeriesStore, agents: int, queries: int, step: float, now: float
-) -> list[float]:
+def query_latencies(store: TimeSeriesStore, agents: int, queries: int, step: float, now: float) -> list[float]:
     rng = random.Random(1)
     latencies = []
     for _ in range(queries):

@@ -1,7 +1,7 @@
 """Topology engine benchmark on a realistic fleet: report apply, publish, uncached snapshots, memory.
 
 Run: ``/work/venv/bin/python benchmarks/bench_topology.py [hosts ...]`` (default: 100 1000).
-Reports come from :class:`orchestrator.fleet.Fleet` (~100 processes, ~10 containers and ~200 sockets per
+Reports come from :class:`orchestrator.probe.fleet.Fleet` (~100 processes, ~10 containers and ~200 sockets per
 host, connections aimed at other hosts' real listeners) and go through the four built-in mergers, timed
 together (pydantic parsing excluded: it happens before the merge in the server too). Prints a markdown table.
 
@@ -27,6 +27,11 @@ import sys
 import time
 
 import orjson
+
+from orchestrator.contract.models import Report
+from orchestrator.pipeline.ingest import MergeContext
+from orchestrator.probe.fleet import Fleet
+from orchestrator.topology import Topology
 from orchestrator_plugins import (
     docker_topology,
     host_topology,
@@ -34,11 +39,6 @@ from orchestrator_plugins import (
     process_topology,
 )
 from orchestrator_plugins.cgroup_container_id import container_id_from_cgroup
-
-from orchestrator.fleet import Fleet
-from orchestrator.ingest import MergeContext
-from orchestrator.models import Report
-from orchestrator.topology import Topology
 
 MERGERS = (host_topology, docker_topology, process_topology, network_topology)
 T0 = 1_760_000_000.0
@@ -117,8 +117,9 @@ def bench(hosts: int) -> dict:
 
             publishes.append(timed_ms(publish))
             levels = ("process", "container", "host") if read_views else ("process",)
-            diffs.append(timed_ms(lambda publication=publication, levels=levels: [
-                publication.diff(level) for level in levels]))
+            diffs.append(
+                timed_ms(lambda publication=publication, levels=levels: [publication.diff(level) for level in levels])
+            )
         return publishes, diffs
 
     steady = []
@@ -131,15 +132,25 @@ def bench(hosts: int) -> dict:
     published = topology._published
     builds = {}
     for level in ("container", "host"):
-        times = [timed_ms(lambda level=level: published.build_view(level, published.nodes, published.edges))
-                 for _ in range(5)]
+        times = [
+            timed_ms(lambda level=level: published.build_view(level, published.nodes, published.edges))
+            for _ in range(5)
+        ]
         builds[level] = (statistics.median(times), max(times))
     first_use = rounds(1, read_views=True)
     publishes, diffs = rounds(ROUNDS, read_views=True)
     result = {
-        "hosts": hosts, "counts": topology.counts(), "first": first, "steady": steady,
-        "first_publish": first_publish, "per_round": per_round, "publishes": publishes, "diffs": diffs,
-        "idle_publishes": idle_publishes, "first_use": (first_use[0][0], first_use[1][0]), "builds": builds,
+        "hosts": hosts,
+        "counts": topology.counts(),
+        "first": first,
+        "steady": steady,
+        "first_publish": first_publish,
+        "per_round": per_round,
+        "publishes": publishes,
+        "diffs": diffs,
+        "idle_publishes": idle_publishes,
+        "first_use": (first_use[0][0], first_use[1][0]),
+        "builds": builds,
         "rss_idle": rss_idle,
     }
     for level in ("process", "container", "host"):
@@ -190,33 +201,50 @@ def main(sizes: list[int]) -> None:
         print(f"| {name} | " + " | ".join(render(row) for row in rows) + " |")
 
     line("nodes / edges", lambda r: f"{r['counts']['nodes']:,} / {r['counts']['edges']:,}")
-    line("processes / containers / externals",
-         lambda r: f"{r['counts']['processes']:,} / {r['counts']['containers']:,} / {r['counts']['externals']:,}")
-    line("apply first report p50 / p95 (ms)",
-         lambda r: f"{statistics.median(r['first']):.2f} / {percentile(r['first'], 0.95):.2f}")
-    line("apply re-report (steady) p50 / p95 (ms)",
-         lambda r: f"{statistics.median(r['steady']):.2f} / {percentile(r['steady'], 0.95):.2f}")
+    line(
+        "processes / containers / externals",
+        lambda r: f"{r['counts']['processes']:,} / {r['counts']['containers']:,} / {r['counts']['externals']:,}",
+    )
+    line(
+        "apply first report p50 / p95 (ms)",
+        lambda r: f"{statistics.median(r['first']):.2f} / {percentile(r['first'], 0.95):.2f}",
+    )
+    line(
+        "apply re-report (steady) p50 / p95 (ms)",
+        lambda r: f"{statistics.median(r['steady']):.2f} / {percentile(r['steady'], 0.95):.2f}",
+    )
     line("first publish after bulk load (ms)", lambda r: f"{r['first_publish']:.0f}")
-    line("restore: import_agents / first publish (ms)",
-         lambda r: f"{r['restore'][0]:.0f} / {r['restore'][1]:.0f}")
-    line("publish after N re-reports, collapsed views idle p50 / max (ms)",
-         lambda r: f"N={r['per_round']}: {statistics.median(r['idle_publishes']):.1f} / "
-                   f"{max(r['idle_publishes']):.1f}")
+    line("restore: import_agents / first publish (ms)", lambda r: f"{r['restore'][0]:.0f} / {r['restore'][1]:.0f}")
+    line(
+        "publish after N re-reports, collapsed views idle p50 / max (ms)",
+        lambda r: f"N={r['per_round']}: {statistics.median(r['idle_publishes']):.1f} / {max(r['idle_publishes']):.1f}",
+    )
     line("RSS after publishing, collapsed views idle (MB)", lambda r: f"{r['rss_idle']:.0f}")
     for level in ("container", "host"):
-        line(f"{level} view one-pass build p50 / max (ms)",
-             lambda r, level=level: f"{r['builds'][level][0]:.1f} / {r['builds'][level][1]:.1f}")
-    line("first publish + diffs once views are first read (ms)",
-         lambda r: f"{r['first_use'][0]:.1f} + {r['first_use'][1]:.1f}")
-    line("publish after N re-reports, views in use p50 / max (ms)",
-         lambda r: f"N={r['per_round']}: {statistics.median(r['publishes']):.1f} / {max(r['publishes']):.1f}")
+        line(
+            f"{level} view one-pass build p50 / max (ms)",
+            lambda r, level=level: f"{r['builds'][level][0]:.1f} / {r['builds'][level][1]:.1f}",
+        )
+    line(
+        "first publish + diffs once views are first read (ms)",
+        lambda r: f"{r['first_use'][0]:.1f} + {r['first_use'][1]:.1f}",
+    )
+    line(
+        "publish after N re-reports, views in use p50 / max (ms)",
+        lambda r: f"N={r['per_round']}: {statistics.median(r['publishes']):.1f} / {max(r['publishes']):.1f}",
+    )
     line("diffs, 3 levels, per publish, views in use p50 (ms)", lambda r: f"{statistics.median(r['diffs']):.1f}")
     for level in ("process", "container", "host"):
-        line(f"snapshot_json {level} uncached p50 / p95 (ms), size",
-             lambda r, level=level: f"{r[f'json_{level}'][0]:.1f} / {r[f'json_{level}'][1]:.1f}, "
-                                    f"{r[f'json_{level}'][2] / 2**20:.1f} MiB")
-    line("snapshot_json process, host filter p50 / p95 (ms)",
-         lambda r: f"{r['json_filter'][0]:.2f} / {r['json_filter'][1]:.2f}")
+        line(
+            f"snapshot_json {level} uncached p50 / p95 (ms), size",
+            lambda r, level=level: (
+                f"{r[f'json_{level}'][0]:.1f} / {r[f'json_{level}'][1]:.1f}, {r[f'json_{level}'][2] / 2**20:.1f} MiB"
+            ),
+        )
+    line(
+        "snapshot_json process, host filter p50 / p95 (ms)",
+        lambda r: f"{r['json_filter'][0]:.2f} / {r['json_filter'][1]:.2f}",
+    )
     line("RSS, everything loaded and published, all views in use (MB)", lambda r: f"{r['rss']:.0f}")
     line("RSS before the topology: imports + fleet generator (MB)", lambda r: f"{r['rss_before']:.0f}")
 

@@ -29,6 +29,8 @@ import orjson
 import websockets
 
 from benchmarks.common import Server
+
+
 def process_cpu_seconds(pid: int) -> float:
     """CPU time of all the process's threads, in ns resolution (``/proc/<pid>/stat`` only has 10 ms ticks)."""
     total = 0
@@ -42,10 +44,18 @@ def process_cpu_seconds(pid: int) -> float:
 
 def host_report(name: str, processes: int) -> dict:
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    return {"agent_id": f"agent-{name}", "hostname": name, "timestamp": now,
-            "host_info": {"cpu_percent": 10.0, "ip_addresses": []},
-            "processes_info": {"processes": [{"pid": pid, "name": f"proc-{pid}", "cpu_percent": 0.5,
-                                              "memory_rss": 1 << 20} for pid in range(1, processes + 1)]}}
+    return {
+        "agent_id": f"agent-{name}",
+        "hostname": name,
+        "timestamp": now,
+        "host_info": {"cpu_percent": 10.0, "ip_addresses": []},
+        "processes_info": {
+            "processes": [
+                {"pid": pid, "name": f"proc-{pid}", "cpu_percent": 0.5, "memory_rss": 1 << 20}
+                for pid in range(1, processes + 1)
+            ]
+        },
+    }
 
 
 async def broadcast_histogram(http: httpx.AsyncClient) -> tuple[float, float]:
@@ -55,7 +65,9 @@ async def broadcast_histogram(http: httpx.AsyncClient) -> tuple[float, float]:
         for name in ("app_websocket_broadcast_seconds_sum", "app_websocket_broadcast_seconds_count"):
             if line.startswith(name + " "):
                 values[name] = float(line.split()[1])
-    return values.get("app_websocket_broadcast_seconds_sum", 0.0), values.get("app_websocket_broadcast_seconds_count", 0.0)
+    return values.get("app_websocket_broadcast_seconds_sum", 0.0), values.get(
+        "app_websocket_broadcast_seconds_count", 0.0
+    )
 
 
 class Fleet:
@@ -70,8 +82,9 @@ class Fleet:
 
     async def connect(self, url: str, count: int) -> None:
         for start in range(0, count, 100):  # in batches: the listen backlog is finite
-            batch = await asyncio.gather(*(websockets.connect(url, max_size=None, ping_interval=None)
-                                           for _ in range(min(100, count - start))))
+            batch = await asyncio.gather(
+                *(websockets.connect(url, max_size=None, ping_interval=None) for _ in range(min(100, count - start)))
+            )
             for ws in batch:
                 await ws.recv(decode=False)  # the first snapshot
             self.sockets.extend(batch)
@@ -82,8 +95,12 @@ class Fleet:
         while True:
             frame = await ws.recv(decode=False)
             marker = self.marker
-            if marker is not None and marker != seen and frame.startswith(b'{"type":"topology_diff"') \
-                    and marker in frame:
+            if (
+                marker is not None
+                and marker != seen
+                and frame.startswith(b'{"type":"topology_diff"')
+                and marker in frame
+            ):
                 seen = marker
                 self.arrivals.append(time.perf_counter())
                 if len(self.arrivals) == len(self.sockets):
@@ -106,8 +123,13 @@ async def run(args) -> list[dict]:
         try:
             async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
                 for i in range(args.preload_hosts):
-                    assert (await http.post("/api/v1/reports", content=orjson.dumps(host_report(f"pre-{i}", args.processes)),
-                                            headers={"Content-Type": "application/json"})).status_code == 202
+                    assert (
+                        await http.post(
+                            "/api/v1/reports",
+                            content=orjson.dumps(host_report(f"pre-{i}", args.processes)),
+                            headers={"Content-Type": "application/json"},
+                        )
+                    ).status_code == 202
                 await asyncio.sleep(3 * parse_seconds(args.interval))
                 await fleet.connect(f"ws://127.0.0.1:{server.port}/api/v1/ws", args.clients)
                 rounds = []
@@ -133,30 +155,40 @@ async def one_round(http: httpx.AsyncClient, fleet: Fleet, pid: int, hostname: s
     await asyncio.sleep(0.05)
     hist_after = await broadcast_histogram(http)
     broadcasts = hist_after[1] - hist_before[1]
-    return {"first": fleet.arrivals[0] - accepted, "last": fleet.arrivals[-1] - accepted,
-            "broadcast_cpu": (hist_after[0] - hist_before[0]) / broadcasts if broadcasts else float("nan"),
-            "broadcasts": broadcasts, "server_cpu": cpu_after - cpu_before}
+    return {
+        "first": fleet.arrivals[0] - accepted,
+        "last": fleet.arrivals[-1] - accepted,
+        "broadcast_cpu": (hist_after[0] - hist_before[0]) / broadcasts if broadcasts else float("nan"),
+        "broadcasts": broadcasts,
+        "server_cpu": cpu_after - cpu_before,
+    }
 
 
 def parse_seconds(text: str) -> float:
-    from orchestrator.durations import parse_duration
+    from orchestrator.contract.durations import parse_duration
+
     return parse_duration(text)
 
 
 def table(args, rounds: list[dict]) -> str:
     def ms(values):
         return f"{statistics.median(values) * 1000:.1f} / {max(values) * 1000:.1f}"
+
     lines = [
-        (f"WebSocket fan-out: {args.clients} clients, {args.rounds} rounds, broadcast interval {args.interval}, "
-         f"{args.preload_hosts} preloaded hosts × {args.processes} processes, new host with {args.processes} processes"),
+        (
+            f"WebSocket fan-out: {args.clients} clients, {args.rounds} rounds, broadcast interval {args.interval}, "
+            f"{args.preload_hosts} preloaded hosts × {args.processes} processes, new host with {args.processes} processes"
+        ),
         "",
         "| measure | median / max |",
         "|---|---|",
         f"| 202 → first client has the diff (ms) | {ms([r['first'] for r in rounds])} |",
         f"| 202 → LAST client has the diff (ms) | {ms([r['last'] for r in rounds])} |",
         f"| first → last client: the fan-out itself (ms) | {ms([r['last'] - r['first'] for r in rounds])} |",
-        (f"| server CPU per publish+broadcast, `app_websocket_broadcast_seconds` (ms) | "
-         f"{ms([r['broadcast_cpu'] for r in rounds if r['broadcasts']])} |"),
+        (
+            f"| server CPU per publish+broadcast, `app_websocket_broadcast_seconds` (ms) | "
+            f"{ms([r['broadcast_cpu'] for r in rounds if r['broadcasts']])} |"
+        ),
         f"| server process CPU per round, incl. writing {args.clients} frames (ms) | {ms([r['server_cpu'] for r in rounds])} |",
     ]
     return "\n".join(lines)

@@ -30,12 +30,30 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._dir = tempfile.TemporaryDirectory(prefix="orch-bench-")
-        full_env = {**os.environ, "ORCHESTRATOR_LOG_LEVEL": "warning",
-                    "ORCHESTRATOR_STORAGE__PERSIST": "true" if persist else "false", **(env or {})}
+        full_env = {
+            **os.environ,
+            "ORCHESTRATOR_LOG_LEVEL": "warning",
+            "ORCHESTRATOR_STORAGE__PERSIST": "true" if persist else "false",
+            **(env or {}),
+        }
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-             "--data-dir", self._dir.name], env=full_env, cwd=REPO,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                sys.executable,
+                "-m",
+                "orchestrator",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--data-dir",
+                self._dir.name,
+            ],
+            env=full_env,
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -87,7 +105,7 @@ class Server:
                 self.proc.kill()
         self._dir.cleanup()
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -108,12 +126,20 @@ def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def machine() -> str:
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                if l.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            l.split(":", 1)[1].strip()
+            for l in Path("/proc/cpuinfo").read_text().splitlines()
+            if l.startswith("model name")
+        ),
+        platform.processor(),
+    )
     mem = int(next(l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")).split()[1])
-    return f"{os.cpu_count()} cores ({cpu}), {mem / 1024 / 1024:.0f} GiB RAM, Linux {platform.release()}, " \
-           f"Python {platform.python_version()}"
+    return (
+        f"{os.cpu_count()} cores ({cpu}), {mem / 1024 / 1024:.0f} GiB RAM, Linux {platform.release()}, "
+        f"Python {platform.python_version()}"
+    )

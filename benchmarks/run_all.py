@@ -15,7 +15,7 @@ import argparse
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import version
 
 from benchmarks.common import REPO, machine
@@ -31,15 +31,21 @@ FULL = [
     ("Checkpoint and restore at 1,000 agents", "bench_checkpoint", ["--agents", "1000"]),
     ("Time-series store", "bench_timeseries", ["--agents", "1000"]),
 ]
-QUICK = {"bench_ingest": ["--hosts", "100", "--seconds", "4"], "bench_query": ["--hosts", "10", "100", "--samples", "5"],
-         "bench_ws": ["--clients", "100", "--rounds", "3"], "bench_checkpoint": ["--agents", "100"],
-         "bench_topology": ["100"], "bench_timeseries": ["--agents", "100"]}
+QUICK = {
+    "bench_ingest": ["--hosts", "100", "--seconds", "4"],
+    "bench_query": ["--hosts", "10", "100", "--samples", "5"],
+    "bench_ws": ["--clients", "100", "--rounds", "3"],
+    "bench_checkpoint": ["--agents", "100"],
+    "bench_topology": ["100"],
+    "bench_timeseries": ["--agents", "100"],
+}
 
 
 def run(module: str, args: list[str]) -> tuple[str, float]:
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=1800)
+    done = subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{module}", *args], cwd=REPO, capture_output=True, text=True, timeout=1800
+    )
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
         return f"**failed** (exit {done.returncode}):\n\n```\n{done.stderr[-3000:]}\n```", elapsed
@@ -47,11 +53,15 @@ def run(module: str, args: list[str]) -> tuple[str, float]:
 
 
 def header() -> str:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip() or "unknown"
+    commit = (
+        subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        or "unknown"
+    )
     libs = ", ".join(f"{name} {version(name)}" for name in ("sanic", "pydantic", "orjson", "numpy", "pluggy"))
-    return (f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC at commit `{commit}` on {machine()}; "
-            f"{libs}. Server and load generator share the machine, talking over 127.0.0.1.")
+    return (
+        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC at commit `{commit}` on {machine()}; "
+        f"{libs}. Server and load generator share the machine, talking over 127.0.0.1."
+    )
 
 
 def main() -> None:
@@ -74,8 +84,10 @@ def main() -> None:
         kept = {part.split("\n", 1)[0]: "### " + part.strip() for part in generated.split("\n### ")[1:]}
         for section in sections[1:]:
             kept[section.split("\n", 1)[0].removeprefix("### ")] = section
-        sections = [f"{sections[0]} (Only {', '.join(args.only)} rerun then; the others are from an earlier run.)",
-                    *kept.values()]
+        sections = [
+            f"{sections[0]} (Only {', '.join(args.only)} rerun then; the others are from an earlier run.)",
+            *kept.values(),
+        ]
     RESULTS.write_text(f"{head}{START}\n" + "\n\n".join(sections) + f"\n{END}{tail}")
 
 

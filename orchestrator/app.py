@@ -2,53 +2,30 @@
 
 from __future__ import annotations
 
-import asyncio
-import gc
 import itertools
-import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
-import structlog
 from sanic import Sanic
-from sanic.application.constants import ServerStage
 
 from orchestrator.api import agents, health, query, reports
+from orchestrator.api.errors import handle_exception
 from orchestrator.api.http import setup_http
 from orchestrator.api.ws import setup_ws
-from orchestrator.cleanup import run_cleanup
-from orchestrator.errors import handle_exception
-from orchestrator.hub import Hub
-from orchestrator.ingest import Ingest
-from orchestrator.metrics import create_metrics, watch_loop_lag
-from orchestrator.persistence import Store
-from orchestrator.plugins import configure_plugins, get_plugin_manager, plugin_names
+from orchestrator.runtime.build import build_state
+from orchestrator.runtime.lifecycle import (
+    Orchestrator,
+    configure_sanic,
+    setup_lifecycle,
+)
 from orchestrator.settings import Settings
-from orchestrator.state import State
 
-log = structlog.get_logger("orchestrator.app")
 _app_numbers = itertools.count(1)
-GC_YOUNG_THRESHOLD = 20_000
-GC_FREEZE_SECONDS = 1.0
 
 
-class Orchestrator(Sanic):
-    """Sanic, with a stop that a server still starting up cannot lose."""
-
-    def stop(self, terminate: bool = True, unregister: bool = False) -> None:
-        # Sanic's SIGINT/SIGTERM handler calls this. The socket already answers while the start-up listeners
-        # run, and stopping the loop then is swallowed by that start-up step: a supervisor's SIGTERM sent on
-        # the first healthy answer left the server running. Until Sanic marks itself running, retry shortly.
-        if not self.state.is_running and self.state.stage is ServerStage.SERVING:
-            try:
-                asyncio.get_running_loop().call_later(0.05, self.stop, terminate, unregister)
-                return
-            except RuntimeError:  # no loop: nothing is starting
-                pass
-        super().stop(terminate, unregister)
-
-
-def create_app(settings: Settings | None = None, extra_plugins: Iterable[tuple[str, Any]] = (),
-               name: str | None = None) -> Sanic:
+def create_app(
+    settings: Settings | None = None, extra_plugins: Iterable[tuple[str, Any]] = (), name: str | None = None
+) -> Sanic:
     """A ready-to-serve app: plugins loaded, state built, routes and background work registered.
 
     ``extra_plugins`` are ``(name, plugin)`` pairs registered after the entry-point plugins (tests and
@@ -56,7 +33,7 @@ def create_app(settings: Settings | None = None, extra_plugins: Iterable[tuple[s
     """
     settings = settings or Settings()
     app = Orchestrator(name or f"orchestrator_{next(_app_numbers)}", configure_logging=False)
-    _configure_sanic(app, settings)
+    configure_sanic(app, settings)
     state = build_state(settings, extra_plugins)
     app.ctx.settings = settings
     app.ctx.state = state
@@ -67,116 +44,5 @@ def create_app(settings: Settings | None = None, extra_plugins: Iterable[tuple[s
     for bp in (health.bp, agents.bp, reports.bp, query.bp):
         app.blueprint(bp)
     setup_ws(app)
-    app.register_listener(_start_up, "before_server_start")
-    app.register_listener(_start_background, "after_server_start")
-    app.register_listener(_begin_shutdown, "before_server_stop")
-    app.register_listener(_finish_shutdown, "after_server_stop")
+    setup_lifecycle(app)
     return app
-
-
-def build_state(settings: Settings, extra_plugins: Iterable[tuple[str, Any]] = ()) -> State:
-    """The server's state with its plugins loaded, ingest queue and hub: what an app serves, usable without
-    HTTP (tests, benchmarks, tools)."""
-    pm = get_plugin_manager(settings, extra_plugins)
-    state = State(settings=settings, metrics=create_metrics(), plugins=pm)
-    state.sections = configure_plugins(pm, settings)
-    state.ingest = Ingest(state)
-    state.hub = Hub(state)
-    return state
-
-
-def _configure_sanic(app: Sanic, settings: Settings) -> None:
-    server, ws = settings.server, settings.websocket
-    app.config.update({
-        "REQUEST_MAX_SIZE": server.max_body_size,
-        "REQUEST_TIMEOUT": server.request_timeout,
-        "RESPONSE_TIMEOUT": server.response_timeout,
-        "KEEP_ALIVE_TIMEOUT": server.keep_alive_timeout,
-        "GRACEFUL_SHUTDOWN_TIMEOUT": server.graceful_timeout,
-        # The protocol cap sits above the contract's limit so an oversized message reaches the handler
-        # and gets an `error` message (the connection stays) instead of a 1009 close.
-        "WEBSOCKET_MAX_SIZE": max(4 * ws.max_message_size, 1024 * 1024),
-        "WEBSOCKET_PING_INTERVAL": ws.ping_interval,
-        "WEBSOCKET_PING_TIMEOUT": ws.ping_timeout,
-        "ACCESS_LOG": False,
-        "NOISY_EXCEPTIONS": False,
-        "MOTD": False,
-        "FALLBACK_ERROR_FORMAT": "json",
-        "AUTO_EXTEND": False,
-        "TOUCHUP": False,
-    })
-
-
-async def _start_up(app: Sanic) -> None:
-    state: State = app.ctx.state
-    settings = state.settings
-    if settings.storage.persist:
-        store, problem = Store.open(settings.storage.data_dir)
-        state.store = store
-        if problem:
-            log.error("data_file_set_aside", problem=problem, data_dir=settings.storage.data_dir)
-        store.restore(state)
-    if not (settings.auth.agent_tokens and settings.auth.read_tokens) and settings.server.host not in (
-            "127.0.0.1", "localhost", "::1"):
-        log.warning("auth_disabled", host=settings.server.host,
-                    message="no tokens configured: anyone who can reach this address can post and read")
-    log.info("server_starting", host=settings.server.host, port=settings.server.port,
-             agents=len(state.registry), plugins=plugin_names(state.plugins))
-
-
-async def _start_background(app: Sanic) -> None:
-    state: State = app.ctx.state
-    # Everything loaded so far (modules, restored state) lives as long as the process: keep the collector
-    # off it, and collect the young generation less often — validating a report allocates thousands of
-    # short-lived objects, and each young collection is pure overhead for them.
-    tune_gc = state.settings.server.tune_gc
-    if tune_gc:
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
-    app.ctx.tasks = [asyncio.create_task(coro, name=name) for name, coro in (
-        ("ingest", state.ingest.run()),
-        ("hub", state.hub.run()),
-        ("cleanup", run_cleanup(state)),
-        ("loop_lag", watch_loop_lag(state.metrics)),
-        *((("checkpoint", state.store.run(state)),) if state.store else ()),
-        *((("gc_freeze", _freeze_long_lived()),) if tune_gc else ()),
-    )]
-
-
-async def _freeze_long_lived() -> None:
-    """Every second, take what has survived so far (the topology, time series: long-lived state) out of
-    the cyclic collector's scans; otherwise a full collection over a fleet-sized heap stalls the loop for
-    a second or more. Frozen objects are still freed by reference counting when dropped.
-
-    Every second, not every ten: much of the heap lives one report interval (node bodies, contributions),
-    and ten seconds of such survivors made each middle-generation collection a 150-400 ms stall at 1,000
-    hosts (half-rate POST p99 250-420 ms; with 1 s, 23-25 ms). Only cyclic garbage that was alive at a
-    freeze escapes collection; unfreezing and collecting after a 1,000-host run found none, after a 1.1 s
-    stall, which is why there is no periodic full collection."""
-    while True:
-        await asyncio.sleep(GC_FREEZE_SECONDS)
-        gc.freeze()
-
-
-async def _begin_shutdown(app: Sanic) -> None:
-    """Health turns 503 and WebSockets close with 1001. Requests already in flight finish normally (a
-    report among them is still answered 202 and applied): the listener is closed right after this."""
-    state: State = app.ctx.state
-    state.shutting_down = True
-    log.info("shutdown_started", queued_reports=state.ingest.backlog)
-    await state.hub.close_all(1001)
-
-
-async def _finish_shutdown(app: Sanic) -> None:
-    """After the last request: stop background work, apply every accepted report, persist, close."""
-    state: State = app.ctx.state
-    for task in app.ctx.tasks:
-        task.cancel()
-    await asyncio.gather(*app.ctx.tasks, return_exceptions=True)
-    await state.ingest.drain()
-    state.topology.publish(time.time())
-    if state.store is not None:
-        await state.store.checkpoint(state)
-        state.store.close()
-    log.info("shutdown_complete", reports_received=state.reports_received)

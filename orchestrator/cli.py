@@ -16,18 +16,33 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", dest="data_dir", help="where durable state lives (default ./data)")
     parser.add_argument("--max-data-age", dest="max_data_age", help="time-series retention (default 1h)")
     parser.add_argument("--cleanup-interval", dest="cleanup_interval", help="cleanup sweep period (default 5m)")
-    parser.add_argument("--stale-node-threshold", dest="stale_node_threshold",
-                        help="remove an agent's nodes after this long unseen (default 5m)")
+    parser.add_argument(
+        "--stale-node-threshold",
+        dest="stale_node_threshold",
+        help="remove an agent's nodes after this long unseen (default 5m)",
+    )
     parser.add_argument("--log-level", dest="log_level", help="debug, info, warning or error (default info)")
     parser.add_argument("--log-format", dest="log_format", help="json or console (default console)")
 
 
 def serve(args: argparse.Namespace) -> int:
-    from orchestrator.logs import configure_logging
+    from orchestrator.runtime.logs import configure_logging
     from orchestrator.settings import SettingsError, check_port, load_settings
 
-    flags = {k: getattr(args, k) for k in ("host", "port", "config", "data_dir", "max_data_age",
-                                           "cleanup_interval", "stale_node_threshold", "log_level", "log_format")}
+    flags = {
+        k: getattr(args, k)
+        for k in (
+            "host",
+            "port",
+            "config",
+            "data_dir",
+            "max_data_age",
+            "cleanup_interval",
+            "stale_node_threshold",
+            "log_level",
+            "log_format",
+        )
+    }
     try:
         settings = load_settings(flags)
         check_port(settings)
@@ -39,7 +54,7 @@ def serve(args: argparse.Namespace) -> int:
     from sanic import Sanic
 
     from orchestrator.app import create_app
-    from orchestrator.plugins import PluginError
+    from orchestrator.pipeline.host import PluginError
 
     try:
         app = create_app(settings, name="orchestrator")
@@ -48,8 +63,14 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     _remember_early_stop(app)
     # One worker in one process: all state lives in this process's memory, owned by its event loop.
-    app.prepare(host=settings.server.host, port=settings.server.port, single_process=True,
-                access_log=False, motd=False, debug=False)
+    app.prepare(
+        host=settings.server.host,
+        port=settings.server.port,
+        single_process=True,
+        access_log=False,
+        motd=False,
+        debug=False,
+    )
     Sanic.serve_single(app)
     return 0
 
@@ -74,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     _serve_arguments(commands.add_parser("serve", help="run the server"))
 
-    from orchestrator import probe, simulate
+    from orchestrator.probe import host_probe as probe
+    from orchestrator.probe import simulate
 
     probe.add_arguments(commands.add_parser("probe", help="report this machine to a server"))
     simulate.add_arguments(commands.add_parser("simulate", help="run a synthetic fleet against a server"))

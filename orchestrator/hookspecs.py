@@ -62,7 +62,7 @@ def validate_report(report, settings):
 
     Called in the request handler, before the report is queued, so a rejection reaches the probe.
 
-    :param report: the validated :class:`orchestrator.models.Report`.
+    :param report: the validated :class:`orchestrator.contract.models.Report`.
     :param settings: the server's :class:`orchestrator.settings.Settings`.
     :return: ``None`` to accept, or a list of ``(path, message)`` pairs naming what is wrong, e.g.
         ``[("processes_info.processes.3.pid", "duplicate pid")]``. Any pair rejects the report with 422.
@@ -104,9 +104,9 @@ def merge_report(report, topology, context):
     ``context.contribute`` passes both; a direct ``topology.contribute`` needs ``seen=context.received_at``,
     or a probe with a skewed clock shows as seen at its own clock's time.
 
-    :param report: the validated :class:`orchestrator.models.Report`.
+    :param report: the validated :class:`orchestrator.contract.models.Report`.
     :param topology: the live :class:`orchestrator.topology.Topology`.
-    :param context: a :class:`orchestrator.ingest.MergeContext` with ``order`` (the arrival counter that
+    :param context: a :class:`orchestrator.pipeline.ingest.MergeContext` with ``order`` (the arrival counter that
         breaks timestamp ties), ``received_at`` (the server's clock, epoch seconds, when the report was
         accepted), ``container_id(process)`` (cached extraction through ``extract_container_id``) and
         ``contribute(topology, report, section, contribution)``.
@@ -123,7 +123,7 @@ def receive_report(report, raw, gzipped, received_at, state):
     Called once per report after ``merge_report``. Sinks must be quick (they run on the event loop);
     slow I/O belongs in a background task the sink owns.
 
-    :param report: the validated :class:`orchestrator.models.Report`.
+    :param report: the validated :class:`orchestrator.contract.models.Report`.
     :param raw: the decoded request body as received (JSON bytes), for sinks that store the report as submitted.
     :param gzipped: the request body as it came over the wire when the probe gzipped it, else ``None``
         (a sink that keeps reports compressed can store it without compressing again).

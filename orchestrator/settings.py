@@ -10,14 +10,22 @@ from __future__ import annotations
 import json
 import os
 import socket
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+)
 
-from orchestrator.durations import ALLOWED as DURATION_ALLOWED
-from orchestrator.durations import format_duration, parse_duration
+from orchestrator.contract.durations import ALLOWED as DURATION_ALLOWED
+from orchestrator.contract.durations import format_duration, parse_duration
 
 ENV_PREFIX = "ORCHESTRATOR_"
 MIB = 1024 * 1024
@@ -35,7 +43,7 @@ def _duration(value: Any) -> float:
     return parse_duration(value)
 
 
-def Duration(minimum: float = 0.0, maximum: float | None = None):  # noqa: N802 - reads as a type
+def Duration(minimum: float = 0.0, maximum: float | None = None):
     """A Go-style duration setting with a range, held as seconds, shown as a string."""
     return Annotated[
         float,
@@ -178,12 +186,12 @@ def read_file(path: str | os.PathLike) -> dict:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise SettingsError(f"invalid setting config={str(path)!r}: cannot read the file ({exc.strerror})")
+        raise SettingsError(f"invalid setting config={str(path)!r}: cannot read the file ({exc.strerror})") from None
     try:
         loaded = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise SettingsError(f"invalid setting config={str(path)!r}: not valid YAML/JSON ({first})")
+        raise SettingsError(f"invalid setting config={str(path)!r}: not valid YAML/JSON ({first})") from None
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
@@ -197,7 +205,7 @@ def read_environment(environ: Mapping[str, str]) -> dict:
     for name, value in environ.items():
         if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
             continue
-        key = name[len(ENV_PREFIX):].lower()
+        key = name[len(ENV_PREFIX) :].lower()
         if "__" in key:
             path = tuple(key.split("__"))
         elif key in FLAG_PATHS:
@@ -285,9 +293,9 @@ def _is_duration(loc: tuple) -> bool:
 
 def _lookup(tree: Any, loc: tuple) -> Any:
     for part in loc:
-        if isinstance(tree, dict) and part in tree:
-            tree = tree[part]
-        elif isinstance(tree, list) and isinstance(part, int) and part < len(tree):
+        if (isinstance(tree, dict) and part in tree) or (
+            isinstance(tree, list) and isinstance(part, int) and part < len(tree)
+        ):
             tree = tree[part]
         else:
             return _MISSING
@@ -334,4 +342,3 @@ def check_port(settings: Settings) -> None:
                 f"invalid setting server.port={port}: cannot listen on {host}:{port} ({exc.strerror}); "
                 "choose a free port"
             ) from None
-

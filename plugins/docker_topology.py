@@ -18,8 +18,17 @@ def docker_contribution(hostname: str, docker_info) -> Contribution:
         fields = container.model_dump(exclude_none=True, exclude={"id", "name"})
         metrics = {name: fields.pop(name) for name in _METRICS if name in fields}
         node_id = container_id(container.id)
-        nodes.append(NodeIn(id=node_id, type="container", name=container.name, parent=parent, host=hostname,
-                            metadata=fields, metrics=metrics))
+        nodes.append(
+            NodeIn(
+                id=node_id,
+                type="container",
+                name=container.name,
+                parent=parent,
+                host=hostname,
+                metadata=fields,
+                metrics=metrics,
+            )
+        )
         addresses.extend((ip, node_id) for ip in container.ip_addresses)
     return Contribution(nodes=tuple(nodes), addresses=tuple(dict.fromkeys(addresses)))
 

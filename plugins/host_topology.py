@@ -12,8 +12,16 @@ from orchestrator.topology import Contribution, NodeIn, host_id
 SECTION = "host_info"
 # Values that change report to report are metrics; the rest (and every unknown field) is metadata.
 _METRICS = (
-    "uptime_s", "cpu_percent", "load_avg", "memory_total", "memory_used", "memory_percent",
-    "disk_total", "disk_used", "net_rx_bytes", "net_tx_bytes",
+    "uptime_s",
+    "cpu_percent",
+    "load_avg",
+    "memory_total",
+    "memory_used",
+    "memory_percent",
+    "disk_total",
+    "disk_used",
+    "net_rx_bytes",
+    "net_tx_bytes",
 )
 
 

@@ -22,8 +22,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from orchestrator.contract.models import IpAddress, Port
 from orchestrator.hookspecs import hookimpl
-from orchestrator.models import IpAddress, Port
 from orchestrator.topology import Contribution, NodeIn, container_id, host_id, host_stub
 
 SECTION = "kubernetes_info"
@@ -69,8 +69,11 @@ def _bare_container_id(ref: str) -> str:
 
 
 def _selected(pod: Pod, service: Service) -> bool:
-    return bool(service.selector) and service.namespace == pod.namespace and all(
-        pod.labels.get(k) == v for k, v in service.selector.items())
+    return (
+        bool(service.selector)
+        and service.namespace == pod.namespace
+        and all(pod.labels.get(k) == v for k, v in service.selector.items())
+    )
 
 
 def contribution(hostname: str, section: KubernetesInfo) -> Contribution:
@@ -78,13 +81,30 @@ def contribution(hostname: str, section: KubernetesInfo) -> Contribution:
     addresses = []
     for pod in section.pods:
         services = sorted(f"{s.namespace}/{s.name}" for s in section.services if _selected(pod, s))
-        metadata = {"namespace": pod.namespace, "phase": pod.phase, "labels": pod.labels, "services": services,
-                    "ip": pod.ip or None, **(pod.model_extra or {})}
-        nodes.append(NodeIn(id=pod_id(pod.uid), type="pod", name=f"{pod.namespace}/{pod.name}",
-                            parent=host_id(hostname), host=hostname, metadata=metadata))
+        metadata = {
+            "namespace": pod.namespace,
+            "phase": pod.phase,
+            "labels": pod.labels,
+            "services": services,
+            "ip": pod.ip or None,
+            **(pod.model_extra or {}),
+        }
+        nodes.append(
+            NodeIn(
+                id=pod_id(pod.uid),
+                type="pod",
+                name=f"{pod.namespace}/{pod.name}",
+                parent=host_id(hostname),
+                host=hostname,
+                metadata=metadata,
+            )
+        )
         for ref in pod.containers:
-            nodes.append(NodeIn(id=container_id(_bare_container_id(ref)), type="container",
-                                parent=pod_id(pod.uid), host=hostname))
+            nodes.append(
+                NodeIn(
+                    id=container_id(_bare_container_id(ref)), type="container", parent=pod_id(pod.uid), host=hostname
+                )
+            )
         if pod.ip:
             addresses.append((pod.ip, pod_id(pod.uid)))
     return Contribution(nodes=tuple(nodes), addresses=tuple(addresses), priority=POD_PRIORITY)

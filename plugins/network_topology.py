@@ -14,13 +14,17 @@ SECTION = "network_info"
 def network_contribution(hostname: str, network_info) -> Contribution:
     intern = sys.intern  # the same few addresses repeat across thousands of sockets
     connections = tuple(
-        ConnectionIn(c.pid, c.protocol, intern(c.local_ip), c.local_port, intern(c.remote_ip), c.remote_port,
-                     c.state)
+        ConnectionIn(c.pid, c.protocol, intern(c.local_ip), c.local_port, intern(c.remote_ip), c.remote_port, c.state)
         for c in network_info.connections
     )
     interfaces = [interface.model_dump(exclude_none=True) for interface in network_info.interfaces]
-    host = NodeIn(id=host_id(hostname), type="host", name=hostname, host=hostname,
-                  metadata={"interfaces": interfaces} if interfaces else None)
+    host = NodeIn(
+        id=host_id(hostname),
+        type="host",
+        name=hostname,
+        host=hostname,
+        metadata={"interfaces": interfaces} if interfaces else None,
+    )
     return Contribution(nodes=(host,), connections=connections)
 
 

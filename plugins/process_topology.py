@@ -9,7 +9,14 @@ it is long, repeated per process and already reduced to the container id.
 from __future__ import annotations
 
 from orchestrator.hookspecs import hookimpl
-from orchestrator.topology import Contribution, NodeIn, container_id, host_id, host_stub, process_id
+from orchestrator.topology import (
+    Contribution,
+    NodeIn,
+    container_id,
+    host_id,
+    host_stub,
+    process_id,
+)
 
 SECTION = "processes_info"
 _METRICS = ("cpu_percent", "memory_rss", "threads")
@@ -30,8 +37,17 @@ def process_contribution(hostname: str, processes_info, container_of) -> Contrib
             fields["container_id"] = full_id
             if parent not in containers:
                 containers[parent] = NodeIn(id=parent, type="container", parent=host_node, host=hostname)
-        nodes.append(NodeIn(id=process_id(hostname, process.pid), type="process", name=process.name,
-                            parent=parent, host=hostname, metadata=fields, metrics=metrics))
+        nodes.append(
+            NodeIn(
+                id=process_id(hostname, process.pid),
+                type="process",
+                name=process.name,
+                parent=parent,
+                host=hostname,
+                metadata=fields,
+                metrics=metrics,
+            )
+        )
     nodes.extend(containers.values())
     return Contribution(nodes=tuple(nodes))
 
@@ -54,5 +70,6 @@ def _metadata(process) -> dict:
 def merge_report(report, topology, context):
     if report.processes_info is None:
         return
-    context.contribute(topology, report, SECTION,
-                       process_contribution(report.hostname, report.processes_info, context.container_id))
+    context.contribute(
+        topology, report, SECTION, process_contribution(report.hostname, report.processes_info, context.container_id)
+    )

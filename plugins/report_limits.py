@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import time
 
+from orchestrator.contract.models import count_items
 from orchestrator.hookspecs import hookimpl
-from orchestrator.models import count_items
 
 MAX_CLOCK_AHEAD = 300.0
 

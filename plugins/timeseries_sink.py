@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from orchestrator.contract.models import count_items
 from orchestrator.hookspecs import hookimpl
-from orchestrator.models import count_items
 
 
 def report_metrics(report) -> dict:
@@ -11,10 +11,14 @@ def report_metrics(report) -> dict:
     host = report.host_info
     metrics: dict = {}
     if host is not None:
-        metrics.update(cpu_percent=host.cpu_percent, memory_used=host.memory_used,
-                       memory_percent=host.memory_percent,
-                       load1=host.load_avg[0] if host.load_avg else None,
-                       net_rx_bytes=host.net_rx_bytes, net_tx_bytes=host.net_tx_bytes)
+        metrics.update(
+            cpu_percent=host.cpu_percent,
+            memory_used=host.memory_used,
+            memory_percent=host.memory_percent,
+            load1=host.load_avg[0] if host.load_avg else None,
+            net_rx_bytes=host.net_rx_bytes,
+            net_tx_bytes=host.net_tx_bytes,
+        )
     network = report.network_info
     if network is not None and network.interfaces and metrics.get("net_rx_bytes") is None:
         # A probe without host counters still has per-interface ones.

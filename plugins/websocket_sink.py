@@ -7,7 +7,7 @@ write per report however many arrive.
 from __future__ import annotations
 
 from orchestrator.hookspecs import hookimpl
-from orchestrator.ingest import report_summary
+from orchestrator.pipeline.ingest import report_summary
 
 
 @hookimpl

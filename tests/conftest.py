@@ -64,5 +64,6 @@ def server_process():
 @pytest.fixture(autouse=True, scope="session")
 def quiet_logs():
     # Tests read log events with structlog.testing.capture_logs; the console stays for failures only.
-    from orchestrator.logs import configure_logging
+    from orchestrator.runtime.logs import configure_logging
+
     configure_logging("warning", "console")

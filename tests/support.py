@@ -17,12 +17,11 @@ import httpx
 import orjson
 from sanic import Sanic
 
-from orchestrator.models import format_rfc3339
+from orchestrator.contract.times import format_rfc3339
 from orchestrator.settings import Settings
 
 Sanic.test_mode = True
 REPO = Path(__file__).resolve().parents[1]
-
 
 
 def free_port() -> int:
@@ -34,9 +33,11 @@ def free_port() -> int:
 def make_settings(tmp_path: Path | None = None, **sections) -> Settings:
     """Test settings: fast broadcast, no persistence unless a data dir is given."""
     # Many apps share one test process: GC tuning (freezing what is alive now) belongs to a real server only.
-    tree = {"server": {"host": "127.0.0.1", "port": 0, "tune_gc": False},
-            "websocket": {"broadcast_interval": "50ms"},
-            "storage": {"persist": False} if tmp_path is None else {"data_dir": str(tmp_path)}}
+    tree = {
+        "server": {"host": "127.0.0.1", "port": 0, "tune_gc": False},
+        "websocket": {"broadcast_interval": "50ms"},
+        "storage": {"persist": False} if tmp_path is None else {"data_dir": str(tmp_path)},
+    }
     for name, values in sections.items():
         tree[name] = {**tree.get(name, {}), **values}
     return Settings.model_validate(tree)
@@ -56,32 +57,37 @@ class ServerThread:
     def state(self):
         return self.app.ctx.state
 
-    def start(self) -> "ServerThread":
+    def start(self) -> ServerThread:
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(15)
         return self
 
     async def _start(self) -> None:
-        self._server = await self.app.create_server(host="127.0.0.1", port=self.port,
-                                                    return_asyncio_server=True, access_log=False)
+        self._server = await self.app.create_server(
+            host="127.0.0.1", port=self.port, return_asyncio_server=True, access_log=False
+        )
         await self._server.startup()
         await self._server.before_start()
         await self._server.after_start()
 
     def call(self, fn, *args):
         """Run ``fn`` on the server's loop (the state's owner) and return its result."""
+
         async def run():
             return fn(*args)
+
         return asyncio.run_coroutine_threadsafe(run(), self.loop).result(15)
 
     def stop(self) -> None:
         if self._server is None:
             return
+
         async def stop():
             await self._server.before_stop()
             self._server.close()
             await self._server.wait_closed()
             await self._server.after_stop()
+
         try:
             asyncio.run_coroutine_threadsafe(stop(), self.loop).result(30)
         finally:
@@ -91,8 +97,11 @@ class ServerThread:
 
 
 def report(agent_id="agent-1", hostname=None, ts=None, **sections) -> dict:
-    body = {"agent_id": agent_id, "hostname": hostname or agent_id.replace("agent", "host"),
-            "timestamp": format_rfc3339(ts if ts is not None else time.time())}
+    body = {
+        "agent_id": agent_id,
+        "hostname": hostname or agent_id.replace("agent", "host"),
+        "timestamp": format_rfc3339(ts if ts is not None else time.time()),
+    }
     body.update(sections)
     return body
 
@@ -125,13 +134,21 @@ class ServerProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._output: str | None = None
-        full_env = {**os.environ, "ORCHESTRATOR_LOG_FORMAT": "json",
-                    "ORCHESTRATOR_WEBSOCKET__BROADCAST_INTERVAL": "50ms", **(env or {})}
+        full_env = {
+            **os.environ,
+            "ORCHESTRATOR_LOG_FORMAT": "json",
+            "ORCHESTRATOR_WEBSOCKET__BROADCAST_INTERVAL": "50ms",
+            **(env or {}),
+        }
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "orchestrator", "serve", "--host", "127.0.0.1", "--port", str(self.port), *args],
-            env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO)
+            env=full_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
 
-    def wait_healthy(self, timeout: float = 20.0, interval: float = 0.1) -> "ServerProcess":
+    def wait_healthy(self, timeout: float = 20.0, interval: float = 0.1) -> ServerProcess:
         def healthy():
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited {self.proc.returncode}: {self.proc.stdout.read().decode()}")
@@ -139,6 +156,7 @@ class ServerProcess:
                 return httpx.get(self.url + "/health", timeout=1).status_code == 200
             except httpx.HTTPError:
                 return False
+
         wait_for(healthy, timeout, interval)
         return self
 
@@ -158,5 +176,3 @@ class ServerProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
-
-

@@ -9,10 +9,11 @@ from sanic import Blueprint, HTTPResponse, Request
 from sanic.response import json
 
 from orchestrator.api.http import json_body
-from orchestrator.cleanup import archived_agents_json, restore_agent
-from orchestrator.durations import format_duration
-from orchestrator.errors import ApiError
-from orchestrator.models import AgentRegistration, error_details, format_rfc3339
+from orchestrator.contract.durations import format_duration
+from orchestrator.contract.errors import ApiError
+from orchestrator.contract.models import AgentRegistration, error_details
+from orchestrator.contract.times import format_rfc3339
+from orchestrator.state.cleanup import archived_agents_json, restore_agent
 
 bp = Blueprint("agents", url_prefix="/api/v1/agents")
 
@@ -26,8 +27,7 @@ async def register(request: Request) -> HTTPResponse:
         raise ApiError(422, "registration failed validation", details=error_details(exc)) from None
     now = time.time()
     restore_agent(state, registration.agent_id)
-    agent, created = state.registry.register(registration.agent_id, registration.hostname,
-                                             registration.metadata, now)
+    agent, created = state.registry.register(registration.agent_id, registration.hostname, registration.metadata, now)
     state.dirty_agents.add(agent.agent_id)
     body = {
         "status": "registered",
@@ -43,8 +43,9 @@ async def heartbeat(request: Request, agent_id: str) -> HTTPResponse:
     now = time.time()
     restore_agent(state, agent_id)
     if state.registry.heartbeat(agent_id, now) is None:
-        raise ApiError(404, f"agent {agent_id!r} is not registered; register or send a report first",
-                       code="unknown_agent")
+        raise ApiError(
+            404, f"agent {agent_id!r} is not registered; register or send a report first", code="unknown_agent"
+        )
     state.dirty_agents.add(agent_id)
     return json({"status": "ok", "timestamp": format_rfc3339(now)})
 
@@ -65,13 +66,15 @@ async def config(request: Request, agent_id: str) -> HTTPResponse:
         report_interval = override.report_interval or report_interval
         heartbeat_interval = override.heartbeat_interval or heartbeat_interval
         features.update(override.features)
-    return json({
-        "agent_id": agent_id,
-        "report_interval": format_duration(report_interval),
-        "heartbeat_interval": format_duration(heartbeat_interval),
-        "server_time": format_rfc3339(time.time()),
-        "features": features,
-    })
+    return json(
+        {
+            "agent_id": agent_id,
+            "report_interval": format_duration(report_interval),
+            "heartbeat_interval": format_duration(heartbeat_interval),
+            "server_time": format_rfc3339(time.time()),
+            "features": features,
+        }
+    )
 
 
 @bp.get("/list")

@@ -9,8 +9,8 @@ from sanic import Blueprint, HTTPResponse, Request
 from sanic.response import json
 
 from orchestrator import __version__
-from orchestrator.cleanup import agent_counts
-from orchestrator.durations import format_duration
+from orchestrator.contract.durations import format_duration
+from orchestrator.state.cleanup import agent_counts
 
 bp = Blueprint("health")
 

@@ -10,8 +10,9 @@ import orjson
 import structlog
 from sanic import HTTPResponse, Request, Sanic
 
-from orchestrator.errors import ApiError, error_response
-from orchestrator.ingest import decode_body
+from orchestrator.api.errors import error_response
+from orchestrator.contract.errors import ApiError
+from orchestrator.pipeline.decode import decode_body
 
 log = structlog.get_logger("orchestrator.http")
 
@@ -43,8 +44,11 @@ async def _start(request: Request):
 
 
 def _preflight(request: Request) -> HTTPResponse:
-    headers = {"Access-Control-Allow-Methods": CORS_METHODS, "Access-Control-Allow-Headers": CORS_HEADERS,
-               "Access-Control-Max-Age": "600"}
+    headers = {
+        "Access-Control-Allow-Methods": CORS_METHODS,
+        "Access-Control-Allow-Headers": CORS_HEADERS,
+        "Access-Control-Max-Age": "600",
+    }
     return HTTPResponse(status=204, headers=headers)
 
 
@@ -94,8 +98,14 @@ async def _finish(request: Request, response: HTTPResponse) -> None:
     request.app.ctx.state.metrics.http_duration.labels(request.method, route, str(status)).observe(duration)
     response.headers["X-Request-Id"] = request.ctx.request_id
     level = log.warning if status >= 500 else log.debug if route in _QUIET_ROUTES and status < 400 else log.info
-    level("request", method=request.method, route=route, status=status,
-          duration_ms=round(duration * 1000, 2), request_id=request.ctx.request_id)
+    level(
+        "request",
+        method=request.method,
+        route=route,
+        status=status,
+        duration_ms=round(duration * 1000, 2),
+        request_id=request.ctx.request_id,
+    )
 
 
 # Probes post every few seconds per host: at fleet scale, logging each success would drown the log.
@@ -105,8 +115,12 @@ _QUIET_ROUTES = {"/api/v1/reports", "/api/v1/agents/heartbeat/<agent_id>", "/hea
 def json_body(request: Request):
     """The request's JSON body, gzip or not, or a contract error (415 wrong type or encoding, 413 inflates
     past the body limit, 400 malformed)."""
-    body = decode_body(request.body or b"", request.headers.get("content-type"),
-                       request.headers.get("content-encoding"), request.app.ctx.settings.server.max_body_size)
+    body = decode_body(
+        request.body or b"",
+        request.headers.get("content-type"),
+        request.headers.get("content-encoding"),
+        request.app.ctx.settings.server.max_body_size,
+    )
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:

@@ -8,11 +8,11 @@ import orjson
 from sanic import Blueprint, HTTPResponse, Request
 from sanic.response import json
 
-from orchestrator.cleanup import agent_counts, archived_timeseries
-from orchestrator.durations import format_duration, parse_duration
-from orchestrator.errors import ApiError
-from orchestrator.models import format_rfc3339
+from orchestrator.contract.durations import format_duration, parse_duration
+from orchestrator.contract.errors import ApiError
+from orchestrator.contract.times import format_rfc3339
 from orchestrator.state import LatestReport
+from orchestrator.state.cleanup import agent_counts, archived_timeseries
 
 bp = Blueprint("query", url_prefix="/api/v1/query")
 LEVELS = ("process", "container", "host")
@@ -74,13 +74,22 @@ async def timeseries(request: Request, agent_id: str) -> HTTPResponse:
     duration, duration_text = _duration_param(request, "duration", storage.max_data_age)
     step, step_text = _duration_param(request, "step", storage.resolution)
     if step < storage.resolution or round(step / storage.resolution, 9) % 1:
-        raise ApiError(400, f"step={step_text!r}: must be a multiple of {format_duration(storage.resolution)}",
-                       code="bad_parameter")
+        raise ApiError(
+            400,
+            f"step={step_text!r}: must be a multiple of {format_duration(storage.resolution)}",
+            code="bad_parameter",
+        )
     # A stale agent's history waits in the archive, still within retention: it is still answered.
     store = state.timeseries if state.timeseries.has_agent(agent_id) else archived_timeseries(state, agent_id)
     points = store.get_recent_points(agent_id, min(duration, storage.max_data_age), step) if store else []
-    body = {"agent_id": agent_id, "duration": duration_text, "resolution": format_duration(storage.resolution),
-            "step": format_duration(step), "points": points, "count": len(points)}
+    body = {
+        "agent_id": agent_id,
+        "duration": duration_text,
+        "resolution": format_duration(storage.resolution),
+        "step": format_duration(step),
+        "points": points,
+        "count": len(points),
+    }
     return _raw_json(orjson.dumps(body))
 
 
@@ -89,9 +98,12 @@ async def stats(request: Request) -> HTTPResponse:
     state = request.app.ctx.state
     now = time.time()
     counts = agent_counts(state, now)
-    storage = {**state.timeseries.stats(), "latest_reports": len(state.latest),
-               "latest_reports_bytes": sum(len(e.compressed) for e in state.latest.values()),
-               "archived_agents": len(state.archive)}
+    storage = {
+        **state.timeseries.stats(),
+        "latest_reports": len(state.latest),
+        "latest_reports_bytes": sum(len(e.compressed) for e in state.latest.values()),
+        "archived_agents": len(state.archive),
+    }
     if state.store is not None:
         storage["data_file"] = str(state.store.path)
     body = {

@@ -7,10 +7,10 @@ import time
 import orjson
 from sanic import Blueprint, HTTPResponse, Request
 
-from orchestrator.cleanup import restore_agent
-from orchestrator.errors import ApiError
-from orchestrator.ingest import decode_body, parse_report
-from orchestrator.plugins import call_each
+from orchestrator.contract.errors import ApiError
+from orchestrator.pipeline.decode import decode_body, parse_report
+from orchestrator.pipeline.host import call_each
+from orchestrator.state.cleanup import restore_agent
 
 bp = Blueprint("reports", url_prefix="/api/v1")
 
@@ -19,16 +19,30 @@ bp = Blueprint("reports", url_prefix="/api/v1")
 async def post_report(request: Request) -> HTTPResponse:
     state = request.app.ctx.state
     server = state.settings.server
-    raw = decode_body(request.body, request.headers.get("content-type"),
-                      request.headers.get("content-encoding"), server.max_decoded_size)
+    raw = decode_body(
+        request.body,
+        request.headers.get("content-type"),
+        request.headers.get("content-encoding"),
+        server.max_decoded_size,
+    )
     report = parse_report(raw, state.sections, server.max_json_depth)
-    problems = [pair for _plugin, pairs in call_each(
-        state.plugins, "validate_report", state.metrics, state.settings.pipeline.order,
-        report=report, settings=state.settings) for pair in pairs]
+    problems = [
+        pair
+        for _plugin, pairs in call_each(
+            state.plugins,
+            "validate_report",
+            state.metrics,
+            state.settings.pipeline.order,
+            report=report,
+            settings=state.settings,
+        )
+        for pair in pairs
+    ]
     if problems:
         state.metrics.reports_rejected.labels("validation").inc()
-        raise ApiError(422, "report failed validation",
-                       details=[{"field": path, "message": message} for path, message in problems])
+        raise ApiError(
+            422, "report failed validation", details=[{"field": path, "message": message} for path, message in problems]
+        )
     now = time.time()
     gzipped = request.body if raw is not request.body else None
     report_id = state.ingest.submit(report, raw, now, gzipped)  # raises 429/503 before anything is accepted

@@ -14,7 +14,7 @@ from sanic import Request, Sanic
 from sanic.exceptions import WebsocketClosed
 from websockets.exceptions import ConnectionClosed
 
-from orchestrator.hub import CLOSE_GOING_AWAY, Hub, View, ViewError
+from orchestrator.api.hub import CLOSE_GOING_AWAY, Hub, View, ViewError
 
 log = structlog.get_logger("orchestrator.api.ws")
 
@@ -26,7 +26,7 @@ def setup_ws(app: Sanic) -> None:
 
 
 class SanicConnection:
-    """A Sanic websocket as the hub's :class:`~orchestrator.hub.Connection`.
+    """A Sanic websocket as the hub's :class:`~orchestrator.api.hub.Connection`.
 
     ``send`` writes the hub's orjson bytes as a text frame without decoding them to ``str`` first (Sanic's
     ``send`` only makes text frames from ``str``, which it then encodes again: two copies per client of
@@ -108,8 +108,9 @@ def _parse_since(text: str | None) -> tuple[int | None, str | None]:
 def _handle(hub: Hub, client, message: str | bytes, max_size: int) -> None:
     """One client message: ping, resync or subscribe; anything else is answered with an ``error``."""
     if len(message) > max_size:
-        hub.reply(client, "error", {"code": "message_too_large",
-                                    "message": f"messages are limited to {max_size} bytes"})
+        hub.reply(
+            client, "error", {"code": "message_too_large", "message": f"messages are limited to {max_size} bytes"}
+        )
         return
     try:
         parsed = orjson.loads(message)
@@ -129,5 +130,8 @@ def _handle(hub: Hub, client, message: str | bytes, max_size: int) -> None:
             return
         hub.subscribe(client, view)
     else:
-        hub.reply(client, "error", {"code": "unknown_message",
-                                    "message": "expected {\"type\": \"ping\" | \"resync\" | \"subscribe\"}"})
+        hub.reply(
+            client,
+            "error",
+            {"code": "unknown_message", "message": 'expected {"type": "ping" | "resync" | "subscribe"}'},
+        )

@@ -20,6 +20,16 @@ from .model import (
 from .views import LEVELS, Publication
 
 __all__ = [
-    "BUILTIN_SECTIONS", "LEVELS", "ConnectionIn", "Contribution", "NodeIn", "Publication", "Topology",
-    "container_id", "external_id", "host_id", "host_stub", "process_id",
+    "BUILTIN_SECTIONS",
+    "LEVELS",
+    "ConnectionIn",
+    "Contribution",
+    "NodeIn",
+    "Publication",
+    "Topology",
+    "container_id",
+    "external_id",
+    "host_id",
+    "host_stub",
+    "process_id",
 ]

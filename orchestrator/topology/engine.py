@@ -71,7 +71,7 @@ class _Held:
     """A held contribution. Its sockets are kept classified (listeners, connection records) instead of as
     ``ConnectionIn`` objects: the records are what resolution needs, and one copy is all memory allows."""
 
-    __slots__ = ("rank", "seen", "hostname", "contribution", "listens", "records")
+    __slots__ = ("contribution", "hostname", "listens", "rank", "records", "seen")
 
     def __init__(self, rank: tuple, seen: float, hostname: str, contribution: Contribution, key: tuple) -> None:
         self.rank = rank
@@ -82,7 +82,7 @@ class _Held:
 
 
 class _NodeState:
-    __slots__ = ("id", "holders", "first_seen")
+    __slots__ = ("first_seen", "holders", "id")
 
     def __init__(self, node_id: str, first_seen: float) -> None:
         self.id = node_id  # the one copy of the id string that edges and resolutions share
@@ -91,7 +91,7 @@ class _NodeState:
 
 
 class _Edge:
-    __slots__ = ("id", "source", "target", "protocol", "conns")
+    __slots__ = ("conns", "id", "protocol", "source", "target")
 
     def __init__(self, edge_id: str, source: str, target: str, protocol: str) -> None:
         self.id, self.source, self.target, self.protocol = edge_id, source, target, protocol
@@ -139,7 +139,7 @@ class _Edge:
 
 
 class _External:
-    __slots__ = ("ip", "refs", "first_seen")
+    __slots__ = ("first_seen", "ip", "refs")
 
     def __init__(self, ip: str) -> None:
         self.ip = ip
@@ -187,8 +187,17 @@ class Topology:
         """Give a section its tie-breaking rank (later registered wins ties); returns the rank."""
         return self._section_rank.setdefault(section, len(self._section_rank))
 
-    def contribute(self, agent_id: str, hostname: str, section: str, timestamp: float, order: int,
-                   contribution: Contribution | None, *, seen: float | None = None) -> None:
+    def contribute(
+        self,
+        agent_id: str,
+        hostname: str,
+        section: str,
+        timestamp: float,
+        order: int,
+        contribution: Contribution | None,
+        *,
+        seen: float | None = None,
+    ) -> None:
         """Replace ``agent_id``'s contribution for ``section`` (``None`` removes it).
 
         A contribution older than the one held -- lower ``(timestamp, order)`` -- is ignored. ``seen`` is
@@ -328,8 +337,9 @@ class Topology:
         conns, dirty = self._conns, self._dirty_conns
         for record in new.records if new is not None else ():
             _rank, _owner, host, protocol, pid, local_end, remote_end, _seen = record
-            conn_key = (protocol, local_end, remote_end) if local_end <= remote_end else (
-                protocol, remote_end, local_end)
+            conn_key = (
+                (protocol, local_end, remote_end) if local_end <= remote_end else (protocol, remote_end, local_end)
+            )
             previous = gone.pop((protocol, local_end, remote_end), None)
             if previous is not None:
                 conn = conns[conn_key]
@@ -343,8 +353,12 @@ class Topology:
                         if held is previous:
                             records[index] = record
                             break
-                if ((newest is previous or conn.stable) and previous.pid == pid and previous.host == host
-                        and conn.resolved is not None):
+                if (
+                    (newest is previous or conn.stable)
+                    and previous.pid == pid
+                    and previous.host == host
+                    and conn.resolved is not None
+                ):
                     # The same socket reported again by the newest of its reporters, still the newest: the
                     # resolution is a function of the records' order, hosts, pids and ends (unchanged) and
                     # of the indexes (their changes trigger re-resolution on their own), so only the
@@ -513,9 +527,15 @@ class Topology:
                     fields[name] = value
         node_type = fields["type"] or type_from_id(node_id)
         return _NodeBody(
-            node_id, node_type, fields["name"] or _default_name(node_id, node_type), fields["parent"],
-            fields["host"], self._agent_list(h[1] for h in holders), _merged(h[3].metadata for h in holders),
-            _merged(h[3].metrics for h in holders), rfc3339(state.first_seen),
+            node_id,
+            node_type,
+            fields["name"] or _default_name(node_id, node_type),
+            fields["parent"],
+            fields["host"],
+            self._agent_list(h[1] for h in holders),
+            _merged(h[3].metadata for h in holders),
+            _merged(h[3].metrics for h in holders),
+            rfc3339(state.first_seen),
             rfc3339(max(h[4] for h in holders)),
         ).__dict__
 
@@ -526,11 +546,16 @@ class Topology:
         metadata, metrics = node.metadata, node.metrics
         agents = self._agent_lists.get((agent,))
         return _NodeBody(
-            node_id, node_type, node.name or _default_name(node_id, node_type), node.parent, node.host,
+            node_id,
+            node_type,
+            node.name or _default_name(node_id, node_type),
+            node.parent,
+            node.host,
             agents if agents is not None else self._agent_list((agent,)),
             metadata if type(metadata) is dict else _merged((metadata,)),
             metrics if type(metrics) is dict else _merged((metrics,)),
-            rfc3339(state.first_seen), rfc3339(seen),
+            rfc3339(state.first_seen),
+            rfc3339(seen),
         ).__dict__
 
     def _agent_list(self, agents) -> list[str]:
@@ -556,8 +581,16 @@ class Topology:
     def _external_body(self, node_id: str, external: _External) -> dict:
         agents = {record.owner[0] for key in external.refs for record in self._conns[key].records}
         return _NodeBody(
-            node_id, "external", external.ip, None, None, self._agent_list(agents), {}, {},
-            rfc3339(external.first_seen), rfc3339(max(external.refs.values())),
+            node_id,
+            "external",
+            external.ip,
+            None,
+            None,
+            self._agent_list(agents),
+            {},
+            {},
+            rfc3339(external.first_seen),
+            rfc3339(max(external.refs.values())),
         ).__dict__
 
     def edge_body(self, edge_id: str) -> dict | None:
@@ -575,8 +608,15 @@ class Topology:
             return _EdgeBody(edge_id, edge.source, edge.target, edge.protocol, ports, 1, rfc3339(latest)).__dict__
         conns = [self._conns[key] for key in edge.conn_keys()]
         latest = max(record.seen for conn in conns for record in conn.records)
-        return _EdgeBody(edge_id, edge.source, edge.target, edge.protocol,
-                         self._ports([conn.port for conn in conns]), len(conns), rfc3339(latest)).__dict__
+        return _EdgeBody(
+            edge_id,
+            edge.source,
+            edge.target,
+            edge.protocol,
+            self._ports([conn.port for conn in conns]),
+            len(conns),
+            rfc3339(latest),
+        ).__dict__
 
     # -- publishing and reading ---------------------------------------------------------------------
 
@@ -681,15 +721,21 @@ class Topology:
         for section in sorted(sections, key=lambda s: self._section_rank[s]):
             held = self._held[(agent_id, section)]
             contribution = held.contribution
-            exported.append({
-                "section": section, "hostname": held.hostname,
-                "timestamp": held.rank[0], "order": held.rank[1], "seen": held.seen,
-                "priority": contribution.priority,
-                "nodes": [[n.id, n.type, n.name, n.parent, n.host, n.metadata, n.metrics]
-                          for n in contribution.nodes],
-                "addresses": [list(pair) for pair in contribution.addresses],
-                "connections": _exported_sockets(held),
-            })
+            exported.append(
+                {
+                    "section": section,
+                    "hostname": held.hostname,
+                    "timestamp": held.rank[0],
+                    "order": held.rank[1],
+                    "seen": held.seen,
+                    "priority": contribution.priority,
+                    "nodes": [
+                        [n.id, n.type, n.name, n.parent, n.host, n.metadata, n.metrics] for n in contribution.nodes
+                    ],
+                    "addresses": [list(pair) for pair in contribution.addresses],
+                    "connections": _exported_sockets(held),
+                }
+            )
         return {"agent_id": agent_id, "sections": exported, "first_seen": self._agent_first_seen(agent_id)}
 
     def _agent_first_seen(self, agent_id: str) -> dict[str, float]:
@@ -748,8 +794,15 @@ class Topology:
                 connections=tuple(ConnectionIn(*fields) for fields in section["connections"]),
                 priority=section["priority"],
             )
-            self.contribute(agent_id, section["hostname"], section["section"], section["timestamp"],
-                            section["order"], contribution, seen=section.get("seen"))
+            self.contribute(
+                agent_id,
+                section["hostname"],
+                section["section"],
+                section["timestamp"],
+                section["order"],
+                contribution,
+                seen=section.get("seen"),
+            )
 
 
 def _classify(key: tuple, rank: tuple, seen: float, host: str, connections) -> tuple[Counter, list]:
@@ -767,7 +820,8 @@ def _classify(key: tuple, rank: tuple, seen: float, host: str, connections) -> t
         else:
             _, protocol, local_end, remote_end, pid = kind
             records[(protocol, local_end, remote_end)] = new_record(
-                Record, (rank, key, host, protocol, pid, local_end, remote_end, seen))
+                Record, (rank, key, host, protocol, pid, local_end, remote_end, seen)
+            )
     return listens, list(records.values())
 
 
@@ -783,8 +837,17 @@ def _exported_sockets(held: _Held) -> list[list]:
         sockets.extend([[pid, protocol, "0.0.0.0" if ip == WILDCARD else ip, port, "", 0, state]] * count)
     for record in held.records:
         (local_ip, local_port), (remote_ip, remote_port) = record.local_end, record.remote_end
-        sockets.append([record.pid, record.protocol, local_ip.split("@", 1)[0], local_port,
-                        remote_ip.split("@", 1)[0], remote_port, "ESTABLISHED"])
+        sockets.append(
+            [
+                record.pid,
+                record.protocol,
+                local_ip.split("@", 1)[0],
+                local_port,
+                remote_ip.split("@", 1)[0],
+                remote_port,
+                "ESTABLISHED",
+            ]
+        )
     return sockets
 
 
@@ -807,6 +870,3 @@ def _default_name(node_id: str, node_type: str) -> str:
     if node_type == "process":
         return suffix.rsplit(":", 1)[-1]
     return suffix
-
-
-

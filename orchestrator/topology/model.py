@@ -6,11 +6,12 @@ A :class:`Contribution` is one agent's complete current view of one report secti
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
-from orchestrator.models import format_rfc3339
+from orchestrator.contract.times import format_rfc3339
 
 
 class NodeIn(NamedTuple):

@@ -73,7 +73,7 @@ class Record(NamedTuple):
 class Conn:
     """A connection as seen by one or both of its ends."""
 
-    __slots__ = ("key", "records", "resolved", "port", "deps", "stable")
+    __slots__ = ("deps", "key", "port", "records", "resolved", "stable")
 
     def __init__(self, key: tuple) -> None:
         self.key = key

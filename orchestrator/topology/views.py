@@ -37,7 +37,7 @@ _UNCHANGED = ()
 class Publication:
     """One published version: its seq, timestamp and the changes from the previous one, per view."""
 
-    __slots__ = ("seq", "timestamp", "_changes", "_diffs", "_raw", "_published")
+    __slots__ = ("_changes", "_diffs", "_published", "_raw", "seq", "timestamp")
 
     def __init__(self, seq: int, timestamp: str, changes: dict, raw: tuple, published: Published) -> None:
         self.seq = seq
@@ -269,8 +269,10 @@ class Published:
         ``seq - 1``: the view built from the base at ``seq - 1``, advanced incrementally to ``seq`` (the
         same code as a publish with the view in use), kept in use afterwards."""
         if publication.seq != self.seq:
-            raise LookupError(f"the {level!r} diff of seq {publication.seq} is no longer available "
-                              f"(seq {self.seq} is published; ask a publication's diffs before the next one)")
+            raise LookupError(
+                f"the {level!r} diff of seq {publication.seq} is no longer available "
+                f"(seq {self.seq} is published; ask a publication's diffs before the next one)"
+            )
         node_changes, edge_changes = publication._raw
         nodes, edges = dict(self.nodes), dict(self.edges)
         for node_id, old, _new in node_changes:
@@ -359,8 +361,13 @@ class Published:
                 base_to_view[group] = veid
                 members[veid] = group
                 view_edges[veid] = {
-                    "id": veid, "source": source, "target": target, "protocol": protocol,
-                    "ports": edge["ports"], "connections": edge["connections"], "last_seen": edge["last_seen"],
+                    "id": veid,
+                    "source": source,
+                    "target": target,
+                    "protocol": protocol,
+                    "ports": edge["ports"],
+                    "connections": edge["connections"],
+                    "last_seen": edge["last_seen"],
                 }
             else:
                 grouped = [edges[eid] for eid in group]
@@ -368,7 +375,10 @@ class Published:
                     base_to_view[eid] = veid
                 members[veid] = group if len(group) <= _SMALL else set(group)
                 view_edges[veid] = {
-                    "id": veid, "source": source, "target": target, "protocol": protocol,
+                    "id": veid,
+                    "source": source,
+                    "target": target,
+                    "protocol": protocol,
                     "ports": self._ports(grouped),
                     "connections": sum(edge["connections"] for edge in grouped),
                     "last_seen": max(edge["last_seen"] for edge in grouped),
@@ -444,9 +454,12 @@ class Published:
                 touched.add(node_id)
         edges = [_changed_edge(view, touched, eid, old, new) for eid, old, new in edge_changes]
         # An edge whose end moved to another host is unchanged itself but enters or leaves host filters.
-        moved = {eid for node_id, old, new in node_changes
-                 if old is not None and new is not None and old["host"] != new["host"]
-                 for eid in multi_get(self.incident, node_id)}
+        moved = {
+            eid
+            for node_id, old, new in node_changes
+            if old is not None and new is not None and old["host"] != new["host"]
+            for eid in multi_get(self.incident, node_id)
+        }
         moved.difference_update(eid for eid, _old, _new in edge_changes)
         for eid in sorted(moved):
             edge = self.edges[eid]
@@ -526,15 +539,21 @@ class Published:
             first = members[0]
             view.members[veid] = eids[0] if len(eids) == 1 else eids if len(eids) <= _SMALL else set(eids)
             new = view.edges[veid] = {
-                "id": veid, "source": source, "target": target, "protocol": first["protocol"],
+                "id": veid,
+                "source": source,
+                "target": target,
+                "protocol": first["protocol"],
                 "ports": first["ports"] if len(members) == 1 else self._ports(members),
                 "connections": sum(edge["connections"] for edge in members),
                 "last_seen": max(edge["last_seen"] for edge in members),
             }
             # _indexed_change(view, veid, None, new), inlined: the view was empty.
             source_node, target_node = nodes.get(source), nodes.get(target)
-            hosts = tuple(dict.fromkeys(node["host"] for node in (source_node, target_node)
-                                        if node is not None and node["host"] is not None))
+            hosts = tuple(
+                dict.fromkeys(
+                    node["host"] for node in (source_node, target_node) if node is not None and node["host"] is not None
+                )
+            )
             if hosts:
                 edge_hosts[veid] = hosts[0] if len(hosts) == 1 else hosts
                 for host in hosts:
@@ -557,7 +576,8 @@ class Published:
         connections, last_seen = old["connections"], old["last_seen"]
         for before, after in pairs:
             if after["last_seen"] < before["last_seen"] or (
-                    before["ports"] is not after["ports"] and before["ports"] != after["ports"]):
+                before["ports"] is not after["ports"] and before["ports"] != after["ports"]
+            ):
                 return None
             connections += after["connections"] - before["connections"]
             last_seen = max(last_seen, after["last_seen"])
@@ -595,7 +615,10 @@ class Published:
             first = base_edges[0]
             source, target = view.maps_to(first["source"]), view.maps_to(first["target"])
             new = {
-                "id": veid, "source": source, "target": target, "protocol": first["protocol"],
+                "id": veid,
+                "source": source,
+                "target": target,
+                "protocol": first["protocol"],
                 "ports": first["ports"] if len(base_edges) == 1 else self._ports(base_edges),
                 "connections": sum(edge["connections"] for edge in base_edges),
                 "last_seen": max(edge["last_seen"] for edge in base_edges),
@@ -636,8 +659,12 @@ class Published:
     def counts(self) -> dict:
         types = self.types
         return {
-            "nodes": len(self.nodes), "edges": len(self.edges), "hosts": types["host"],
-            "containers": types["container"], "processes": types["process"], "externals": types["external"],
+            "nodes": len(self.nodes),
+            "edges": len(self.edges),
+            "hosts": types["host"],
+            "containers": types["container"],
+            "processes": types["process"],
+            "externals": types["external"],
         }
 
 

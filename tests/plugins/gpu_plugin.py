@@ -34,6 +34,14 @@ def merge_report(report, topology, context):
     if section is None:
         return
     nodes = [host_stub(report.hostname)] + [
-        NodeIn(id=f"gpu:{report.hostname}:{i}", type="gpu", name=gpu.model, parent=host_id(report.hostname),
-               host=report.hostname, metrics={"util": gpu.util}) for i, gpu in enumerate(section.gpus)]
+        NodeIn(
+            id=f"gpu:{report.hostname}:{i}",
+            type="gpu",
+            name=gpu.model,
+            parent=host_id(report.hostname),
+            host=report.hostname,
+            metrics={"util": gpu.util},
+        )
+        for i, gpu in enumerate(section.gpus)
+    ]
     context.contribute(topology, report, "gpu_info", Contribution(nodes=tuple(nodes)))

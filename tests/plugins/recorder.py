@@ -35,5 +35,8 @@ class RejectOdd:
     def validate_report(self, report, settings):
         if report.processes_info is None:
             return None
-        return [(f"processes_info.processes.{i}.pid", "odd pids are not allowed here")
-                for i, p in enumerate(report.processes_info.processes) if p.pid % 2] or None
+        return [
+            (f"processes_info.processes.{i}.pid", "odd pids are not allowed here")
+            for i, p in enumerate(report.processes_info.processes)
+            if p.pid % 2
+        ] or None

@@ -1,0 +1,1 @@
+"""The wire contract: report and agent models, timestamps, durations, typed errors."""

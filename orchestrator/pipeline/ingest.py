@@ -1,0 +1,215 @@
+"""From accepted report to applied report: the bounded ingest queue and its worker.
+
+The request side decodes and validates (``pipeline/decode.py``, so every rejection reaches the probe), then either queues the
+report and answers 202, or answers 429/503 with Retry-After *before* accepting. The worker applies queued
+reports in arrival order: ``merge_report`` hooks, then ``receive_report`` sinks. A 202 is never dropped:
+graceful shutdown drains the queue before the final checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from orchestrator.contract.errors import ApiError
+from orchestrator.contract.models import BUILTIN_SECTIONS, Process, Report, count_items
+from orchestrator.pipeline.host import call_each
+
+log = structlog.get_logger("orchestrator.pipeline.ingest")
+BATCH_SECONDS = 0.005
+MAX_BATCH = 1024
+
+
+@dataclass(slots=True)
+class Accepted:
+    report: Report
+    raw: bytes
+    gzipped: bytes | None
+    received_at: float
+    order: int
+
+
+@dataclass
+class MergeContext:
+    """What ``merge_report`` hooks get besides the report: its arrival order, when the server received it,
+    cached extraction, and :meth:`contribute`, which passes both clocks on as the contract says."""
+
+    order: int
+    received_at: float
+    extract: Callable[[str], str | None]
+
+    def contribute(self, topology, report: Report, section: str, contribution) -> None:
+        """``topology.contribute`` for ``report``'s agent: its timestamp orders, this arrival order breaks
+        ties, the receipt time sets ``first_seen``/``last_seen``. ``None`` removes the section."""
+        topology.contribute(
+            report.agent_id, report.hostname, section, report.epoch, self.order, contribution, seen=self.received_at
+        )
+
+    def container_id(self, process: Process) -> str | None:
+        if process.container_id:
+            return process.container_id
+        return self.extract(process.cgroup) if process.cgroup else None
+
+
+class ContainerIdCache:
+    """``extract_container_id`` once per distinct cgroup text: probes repeat the same texts every report."""
+
+    def __init__(self, pm, max_entries: int = 200_000) -> None:
+        self._hook = pm.hook.extract_container_id
+        self._cache: dict[str, str | None] = {}
+        self._max = max_entries
+
+    def __call__(self, cgroup: str) -> str | None:
+        try:
+            return self._cache[cgroup]
+        except KeyError:
+            pass
+        if len(self._cache) >= self._max:
+            self._cache.clear()
+        try:
+            found = self._hook(cgroup=cgroup)
+        except Exception as exc:
+            log.error("plugin_failed", hook="extract_container_id", error=repr(exc))
+            found = None
+        self._cache[cgroup] = found
+        return found
+
+
+@dataclass
+class Ingest:
+    """The bounded queue between the 202 and the topology; owned by the app's event loop."""
+
+    state: object
+    queue: asyncio.Queue = field(init=False)
+    closing: bool = False
+    instance: str = field(default_factory=lambda: os.urandom(4).hex())
+
+    def __post_init__(self) -> None:
+        settings = self.state.settings
+        # The bound is on the whole backlog (queued + the batch the worker holds), enforced by submit().
+        self.capacity = settings.server.ingest_queue_size
+        self.queue = asyncio.Queue()
+        self.extract = ContainerIdCache(self.state.plugins)
+        self._batch: deque[Accepted] = deque()  # taken off the queue, not applied yet
+
+    def submit(self, report: Report, raw: bytes, now: float, gzipped: bytes | None = None) -> str:
+        """Queue a validated report or refuse it *before* accepting (429/503 + Retry-After)."""
+        retry = str(max(1, round(self.state.settings.server.retry_after)))
+        if self.closing:
+            raise ApiError(
+                503,
+                "server is shutting down; retry against the restarted server",
+                code="shutting_down",
+                headers={"Retry-After": retry},
+            )
+        if self.backlog >= self.capacity:
+            self.state.metrics.reports_throttled.inc()
+            raise ApiError(429, "ingest queue is full; retry later", code="overloaded", headers={"Retry-After": retry})
+        self.state.order += 1
+        self.queue.put_nowait(Accepted(report, raw, gzipped, now, self.state.order))
+        self.state.metrics.ingest_queue.set(self.queue.qsize())
+        return f"{self.instance}-{self.state.order}"
+
+    async def run(self) -> None:
+        """Apply queued reports until cancelled, yielding the loop to requests every few milliseconds.
+
+        The worker takes everything queued as one batch. Under load a batch holds several reports of the
+        same agent; a report whose every section a later report of the batch replaces (same agent, not
+        older) is not merged — sections replace, so merging it would change nothing that stays — but its
+        sinks still run (time series need every point). This is what keeps ingest ahead of a burst.
+        """
+        while True:
+            self._batch.append(await self.queue.get())
+            while not self.queue.empty() and len(self._batch) < MAX_BATCH:
+                self._batch.append(self.queue.get_nowait())
+            self.state.metrics.ingest_queue.set(self.queue.qsize())
+            skip = superseded(self._batch)
+            while self._batch:
+                async with self.state.topology_lock:  # a publish in slices reads the topology meanwhile
+                    deadline = time.perf_counter() + BATCH_SECONDS
+                    while self._batch and time.perf_counter() <= deadline:
+                        item = self._batch.popleft()
+                        self.apply(item, merge=item.order not in skip)
+                await asyncio.sleep(0)
+
+    def apply(self, item: Accepted, merge: bool = True) -> None:
+        state = self.state
+        start = time.perf_counter()
+        order = state.settings.pipeline.order
+        if merge:
+            context = MergeContext(item.order, item.received_at, self.extract)
+            call_each(
+                state.plugins,
+                "merge_report",
+                state.metrics,
+                order,
+                report=item.report,
+                topology=state.topology,
+                context=context,
+            )
+        else:
+            state.metrics.reports_coalesced.inc()
+        call_each(
+            state.plugins,
+            "receive_report",
+            state.metrics,
+            order,
+            report=item.report,
+            raw=item.raw,
+            gzipped=item.gzipped,
+            received_at=item.received_at,
+            state=state,
+        )
+        state.dirty_agents.add(item.report.agent_id)
+        state.metrics.ingest_seconds.observe(time.perf_counter() - start)
+
+    async def drain(self) -> None:
+        """Refuse new reports and apply every accepted one, including a batch the worker was cut off in
+        (graceful shutdown: a 202 is never lost)."""
+        self.closing = True
+        while not self.queue.empty():
+            self._batch.append(self.queue.get_nowait())
+        skip = superseded(self._batch)
+        while self._batch:
+            item = self._batch.popleft()
+            self.apply(item, merge=item.order not in skip)
+        self.state.metrics.ingest_queue.set(0)
+
+    @property
+    def backlog(self) -> int:
+        """Accepted reports not applied yet."""
+        return self.queue.qsize() + len(self._batch)
+
+
+def report_sections(report: Report) -> set[str]:
+    sections = {name for name in BUILTIN_SECTIONS if getattr(report, name) is not None}
+    return sections | set(report.sections)
+
+
+def superseded(batch) -> set[int]:
+    """Orders of the reports in ``batch`` whose merge a later report of the same agent makes moot: the later
+    one carries every section the earlier one does, and is not older (sections replace, ties go to the later)."""
+    newest: dict[tuple[str, str], float] = {}  # (agent, section) -> newest epoch among later reports
+    skip = set()
+    for item in reversed(batch):
+        report = item.report
+        sections = report_sections(report)
+        agent = report.agent_id
+        if all(newest.get((agent, s), float("-inf")) >= report.epoch for s in sections):
+            skip.add(item.order)
+        for section in sections:
+            key = (agent, section)
+            if newest.get(key, float("-inf")) < report.epoch:
+                newest[key] = report.epoch
+    return skip
+
+
+def report_summary(report: Report) -> dict:
+    """The ``report_update`` WebSocket payload's summary: hostname, timestamp, counts."""
+    return {"hostname": report.hostname, "timestamp": report.timestamp, **count_items(report)}

@@ -1,0 +1,1 @@
+"""What keeps the server running: lifecycle, metrics, logs, GC policy."""

@@ -1,0 +1,121 @@
+"""Prometheus metrics, one registry per app so two apps in one process never collide."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+@dataclass(frozen=True)
+class Metrics:
+    registry: CollectorRegistry
+    http_duration: Histogram
+    agents: Gauge
+    reports_received: Counter
+    reports_rejected: Counter
+    reports_throttled: Counter
+    ingest_queue: Gauge
+    reports_coalesced: Counter
+    ingest_seconds: Histogram
+    plugin_errors: Counter
+    topology_nodes: Gauge
+    topology_edges: Gauge
+    websocket_clients: Gauge
+    websocket_messages: Counter
+    websocket_drops: Counter
+    websocket_closes: Counter
+    broadcast_seconds: Histogram
+    cleanup_runs: Counter
+    cleanup_seconds: Histogram
+    cleanup_stale_agents: Gauge
+    cleanup_removed: Counter
+    cleanup_purged_points: Counter
+    cleanup_stale_ratio_alert: Gauge
+    checkpoint_seconds: Histogram
+    checkpoint_failures: Counter
+    loop_lag: Histogram
+
+
+def create_metrics() -> Metrics:
+    r = CollectorRegistry(auto_describe=True)
+    return Metrics(
+        registry=r,
+        http_duration=Histogram(
+            "app_http_request_duration_seconds",
+            "HTTP request duration",
+            ["method", "route", "status"],
+            registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        ),
+        agents=Gauge("app_agents_total", "Known agents", ["status"], registry=r),
+        reports_received=Counter("app_reports_received_total", "Reports accepted (202)", registry=r),
+        reports_rejected=Counter("app_reports_rejected_total", "Reports refused", ["reason"], registry=r),
+        reports_throttled=Counter(
+            "app_reports_throttled_total", "Reports refused with 429/503 (queue full or shutting down)", registry=r
+        ),
+        ingest_queue=Gauge("app_ingest_queue_depth", "Accepted reports waiting to be applied", registry=r),
+        reports_coalesced=Counter(
+            "app_reports_coalesced_total",
+            "Reports not merged because a later queued report of the agent replaced every section",
+            registry=r,
+        ),
+        ingest_seconds=Histogram(
+            "app_ingest_apply_seconds",
+            "Time to merge a report and run its sinks",
+            registry=r,
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
+        ),
+        plugin_errors=Counter(
+            "app_plugin_errors_total", "Exceptions raised by plugins", ["plugin", "hook"], registry=r
+        ),
+        topology_nodes=Gauge("app_topology_nodes", "Nodes in the published topology", ["type"], registry=r),
+        topology_edges=Gauge("app_topology_edges", "Edges in the published topology", registry=r),
+        websocket_clients=Gauge("app_websocket_clients", "Connected WebSocket clients", registry=r),
+        websocket_messages=Counter(
+            "app_websocket_messages_total", "Messages queued to WebSocket clients", ["type"], registry=r
+        ),
+        websocket_drops=Counter(
+            "app_websocket_dropped_total", "Diffs dropped for clients too slow to keep up", registry=r
+        ),
+        websocket_closes=Counter(
+            "app_websocket_closed_total", "WebSocket connections closed by the server", ["reason"], registry=r
+        ),
+        broadcast_seconds=Histogram(
+            "app_websocket_broadcast_seconds",
+            "CPU time of one publish + broadcast",
+            registry=r,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+        ),
+        cleanup_runs=Counter("app_cleanup_runs_total", "Cleanup sweeps", registry=r),
+        cleanup_seconds=Histogram("app_cleanup_duration_seconds", "Cleanup sweep duration", registry=r),
+        cleanup_stale_agents=Gauge("app_cleanup_stale_agents", "Agents marked stale at the last sweep", registry=r),
+        cleanup_removed=Counter(
+            "app_cleanup_removed_total", "Agents removed from the topology or deleted", ["stage"], registry=r
+        ),
+        cleanup_purged_points=Counter(
+            "app_cleanup_purged_points_total", "Expired time-series slots cleared", registry=r
+        ),
+        cleanup_stale_ratio_alert=Gauge(
+            "app_cleanup_stale_ratio_alert", "1 while the stale share exceeds cleanup.stale_alert_ratio", registry=r
+        ),
+        checkpoint_seconds=Histogram("app_checkpoint_duration_seconds", "Checkpoint duration", registry=r),
+        checkpoint_failures=Counter("app_checkpoint_failures_total", "Checkpoints that failed", registry=r),
+        loop_lag=Histogram(
+            "app_event_loop_lag_seconds",
+            "How late a timer on the event loop fires: the longest a request can wait behind work on the loop",
+            registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        ),
+    )
+
+
+async def watch_loop_lag(metrics: Metrics, interval: float = 0.1) -> None:
+    """Sample the event loop's lateness: everything (HTTP, merges, publishes, WebSocket sends) shares one
+    loop, so this is the first thing to look at when POST latency grows."""
+    while True:
+        start = time.perf_counter()
+        await asyncio.sleep(interval)
+        metrics.loop_lag.observe(max(0.0, time.perf_counter() - start - interval))
