@@ -41,7 +41,7 @@ def apply(state: State, fleet: Fleet, index: int, now: float) -> Report:
     raw = orjson.dumps(body)
     report = Report.model_validate_json(raw)
     state.ingest.submit(report, raw, now)
-    state.registry.record_report(report.agent_id, report.hostname, now)
+    state.record_report(report.agent_id, report.hostname, now)
     state.ingest.apply(state.ingest.queue.get_nowait())
     return report
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from orchestrator.hookspecs import hookimpl
-from orchestrator.state import LatestReport
+from orchestrator.state.latest import LatestReport
 
 
 @hookimpl

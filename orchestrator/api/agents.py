@@ -13,7 +13,6 @@ from orchestrator.contract.durations import format_duration
 from orchestrator.contract.errors import ApiError
 from orchestrator.contract.models import AgentRegistration, error_details
 from orchestrator.contract.times import format_rfc3339
-from orchestrator.state.cleanup import archived_agents_json, restore_agent
 
 bp = Blueprint("agents", url_prefix="/api/v1/agents")
 
@@ -26,9 +25,7 @@ async def register(request: Request) -> HTTPResponse:
     except ValidationError as exc:
         raise ApiError(422, "registration failed validation", details=error_details(exc)) from None
     now = time.time()
-    restore_agent(state, registration.agent_id)
-    agent, created = state.registry.register(registration.agent_id, registration.hostname, registration.metadata, now)
-    state.dirty_agents.add(agent.agent_id)
+    agent, created = state.register_agent(registration.agent_id, registration.hostname, registration.metadata, now)
     body = {
         "status": "registered",
         "message": f"Agent {agent.agent_id} registered successfully",
@@ -41,12 +38,10 @@ async def register(request: Request) -> HTTPResponse:
 async def heartbeat(request: Request, agent_id: str) -> HTTPResponse:
     state = request.app.ctx.state
     now = time.time()
-    restore_agent(state, agent_id)
-    if state.registry.heartbeat(agent_id, now) is None:
+    if state.heartbeat(agent_id, now) is None:
         raise ApiError(
             404, f"agent {agent_id!r} is not registered; register or send a report first", code="unknown_agent"
         )
-    state.dirty_agents.add(agent_id)
     return json({"status": "ok", "timestamp": format_rfc3339(now)})
 
 
@@ -83,10 +78,7 @@ async def list_agents(request: Request) -> HTTPResponse:
     wanted = request.args.get("status")
     if wanted not in (None, "online", "stale"):
         raise ApiError(400, f"status must be online or stale, got {wanted!r}", code="bad_parameter")
-    now = time.time()
-    threshold = state.settings.agents.stale_threshold
-    agents = [agent.to_json(now, threshold) for agent in state.registry.all()]
-    agents += archived_agents_json(state, now)
+    agents = state.agents_json(time.time())
     if wanted:
         agents = [agent for agent in agents if agent["status"] == wanted]
     return json({"agents": agents, "count": len(agents)})

@@ -10,7 +10,6 @@ from sanic.response import json
 
 from orchestrator import __version__
 from orchestrator.contract.durations import format_duration
-from orchestrator.state.cleanup import agent_counts
 
 bp = Blueprint("health")
 
@@ -24,7 +23,7 @@ async def health(request: Request) -> HTTPResponse:
         "version": __version__,
         "uptime": format_duration(round(uptime)),
         "uptime_seconds": round(uptime, 3),
-        "agents": sum(agent_counts(state, time.time()).values()),
+        "agents": sum(state.agent_counts(time.time()).values()),
         "ingest_queue": state.ingest.backlog if state.ingest else 0,
     }
     return json(body, status=503 if state.shutting_down else 200)
@@ -38,7 +37,7 @@ async def ping(request: Request) -> HTTPResponse:
 @bp.get("/metrics")
 async def metrics(request: Request) -> HTTPResponse:
     state = request.app.ctx.state
-    counts = agent_counts(state, time.time())
+    counts = state.agent_counts(time.time())
     for status, count in counts.items():
         state.metrics.agents.labels(status).set(count)
     return HTTPResponse(generate_latest(state.metrics.registry), content_type=CONTENT_TYPE_LATEST)

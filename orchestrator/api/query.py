@@ -11,8 +11,6 @@ from sanic.response import json
 from orchestrator.contract.durations import format_duration, parse_duration
 from orchestrator.contract.errors import ApiError
 from orchestrator.contract.times import format_rfc3339
-from orchestrator.state import LatestReport
-from orchestrator.state.cleanup import agent_counts, archived_timeseries
 
 bp = Blueprint("query", url_prefix="/api/v1/query")
 LEVELS = ("process", "container", "host")
@@ -34,7 +32,7 @@ async def topology(request: Request) -> HTTPResponse:
 
 
 def _known_agent(state, agent_id: str) -> None:
-    if agent_id not in state.registry and agent_id not in state.archive:
+    if not state.is_known(agent_id):
         raise ApiError(404, f"agent {agent_id!r} is unknown", code="unknown_agent")
 
 
@@ -42,10 +40,7 @@ def _known_agent(state, agent_id: str) -> None:
 async def latest(request: Request, agent_id: str) -> HTTPResponse:
     state = request.app.ctx.state
     _known_agent(state, agent_id)
-    entry = state.latest.get(agent_id)
-    archived = state.archive.get(agent_id)
-    if entry is None and archived is not None and archived.get("latest_report") is not None:
-        entry = LatestReport(archived["latest_received_at"], archived["latest_report"])  # a stale agent's last word
+    entry = state.latest_report(agent_id)
     if entry is None:
         raise ApiError(404, f"agent {agent_id!r} has not sent a report yet", code="no_report")
     head = orjson.dumps({"agent_id": agent_id, "received_at": format_rfc3339(entry.received_at)})
@@ -80,7 +75,7 @@ async def timeseries(request: Request, agent_id: str) -> HTTPResponse:
             code="bad_parameter",
         )
     # A stale agent's history waits in the archive, still within retention: it is still answered.
-    store = state.timeseries if state.timeseries.has_agent(agent_id) else archived_timeseries(state, agent_id)
+    store = state.timeseries_of(agent_id)
     points = store.get_recent_points(agent_id, min(duration, storage.max_data_age), step) if store else []
     body = {
         "agent_id": agent_id,
@@ -97,7 +92,7 @@ async def timeseries(request: Request, agent_id: str) -> HTTPResponse:
 async def stats(request: Request) -> HTTPResponse:
     state = request.app.ctx.state
     now = time.time()
-    counts = agent_counts(state, now)
+    counts = state.agent_counts(now)
     storage = {
         **state.timeseries.stats(),
         "latest_reports": len(state.latest),

@@ -10,7 +10,6 @@ from sanic import Blueprint, HTTPResponse, Request
 from orchestrator.contract.errors import ApiError
 from orchestrator.pipeline.decode import decode_body, parse_report
 from orchestrator.pipeline.host import call_each
-from orchestrator.state.cleanup import restore_agent
 
 bp = Blueprint("reports", url_prefix="/api/v1")
 
@@ -46,9 +45,6 @@ async def post_report(request: Request) -> HTTPResponse:
     now = time.time()
     gzipped = request.body if raw is not request.body else None
     report_id = state.ingest.submit(report, raw, now, gzipped)  # raises 429/503 before anything is accepted
-    restore_agent(state, report.agent_id)
-    state.registry.record_report(report.agent_id, report.hostname, now)
-    state.reports_received += 1
-    state.metrics.reports_received.inc()
+    state.record_report(report.agent_id, report.hostname, now)
     body = {"status": "accepted", "message": "Report processed successfully", "report_id": report_id}
     return HTTPResponse(orjson.dumps(body), status=202, content_type="application/json")

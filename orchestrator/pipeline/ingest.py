@@ -111,10 +111,10 @@ class Ingest:
         if self.backlog >= self.capacity:
             self.state.metrics.reports_throttled.inc()
             raise ApiError(429, "ingest queue is full; retry later", code="overloaded", headers={"Retry-After": retry})
-        self.state.order += 1
-        self.queue.put_nowait(Accepted(report, raw, gzipped, now, self.state.order))
+        order = self.state.next_order()
+        self.queue.put_nowait(Accepted(report, raw, gzipped, now, order))
         self.state.metrics.ingest_queue.set(self.queue.qsize())
-        return f"{self.instance}-{self.state.order}"
+        return f"{self.instance}-{order}"
 
     async def run(self) -> None:
         """Apply queued reports until cancelled, yielding the loop to requests every few milliseconds.

@@ -1,73 +1,203 @@
 """The server's state, in one place with one owner: the app's event loop.
 
-Nothing here knows HTTP. Request handlers read it; only the ingest worker, the publisher, the cleanup
-sweep and the restore at start-up write it.
+Nothing here knows HTTP, and the package imports neither sanic nor pluggy. Request handlers read the state
+and change it only through the named operations of :class:`State` (:meth:`State.register_agent`,
+:meth:`State.heartbeat`, :meth:`State.record_report`, :meth:`State.next_order`); besides those, the ingest
+worker (mergers and sinks), the publisher, the cleanup sweep and the restore at start-up write it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-import zlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pluggy
+import structlog
 
+from orchestrator.contract.times import format_rfc3339
 from orchestrator.runtime.metrics import Metrics
 from orchestrator.settings import Settings
-from orchestrator.state.agents import AgentRegistry
+from orchestrator.state.agents import Agent, AgentRegistry
+from orchestrator.state.archive import ArchivedAgent
+from orchestrator.state.latest import LatestReport
 from orchestrator.state.timeseries import TimeSeriesStore
 from orchestrator.topology import Topology
 
+if TYPE_CHECKING:
+    from pluggy import PluginManager
+    from pydantic import BaseModel
 
-@dataclass(slots=True)
-class LatestReport:
-    """An agent's newest report as submitted, kept compressed (1,000 agents × 50 KB would be 50 MB raw).
+    from orchestrator.api.hub import Hub
+    from orchestrator.pipeline.ingest import Ingest
+    from orchestrator.state.persistence import Store
 
-    ``compressed`` is a gzip or zlib stream: the probe's own gzip body when it sent one (no work), else
-    the JSON compressed here.
-    """
+__all__ = ["ArchivedAgent", "LatestReport", "State"]
+log = structlog.get_logger("orchestrator.state")
 
-    received_at: float
-    compressed: bytes
-
-    @classmethod
-    def from_raw(cls, received_at: float, raw: bytes, gzipped: bytes | None = None) -> LatestReport:
-        return cls(received_at, gzipped if gzipped is not None else zlib.compress(raw, 1))
-
-    def raw(self) -> bytes:
-        return zlib.decompress(self.compressed, wbits=47)  # 32 + 15: gzip or zlib header, detected
+#: A cleanup sweep's statistics, as ``/api/v1/stats`` shows them under ``cleanup``.
+CleanupStats = dict[str, str | float]
 
 
-@dataclass
+@dataclass(eq=False)
 class State:
+    """Everything the server knows. Built by :func:`orchestrator.runtime.build.build_state`, which also sets
+    :attr:`ingest` and :attr:`hub` (they need the state to exist first)."""
+
     settings: Settings
     metrics: Metrics
-    plugins: pluggy.PluginManager
-    sections: dict[str, type] = field(default_factory=dict)
+    plugins: PluginManager
+    # Sections plugins claimed (``register_sections``): name → the model that validates it.
+    sections: dict[str, type[BaseModel]] = field(default_factory=dict)
     registry: AgentRegistry = field(default_factory=AgentRegistry)
     topology: Topology = field(default_factory=Topology)
-    timeseries: TimeSeriesStore = None  # type: ignore[assignment]
+    timeseries: TimeSeriesStore = field(init=False)
     latest: dict[str, LatestReport] = field(default_factory=dict)
-    # Agents removed by cleanup, restorable while the archive window lasts: agent_id → record.
-    archive: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Agents removed by cleanup, restorable while the archive window lasts.
+    archive: dict[str, ArchivedAgent] = field(default_factory=dict)
     # Agents whose state changed since the last checkpoint.
     dirty_agents: set[str] = field(default_factory=set)
     order: int = 0  # arrival counter of accepted reports; breaks timestamp ties (later received wins)
     reports_received: int = 0
     started_at: float = field(default_factory=time.time)
     shutting_down: bool = False
-    hub: Any = None  # orchestrator.api.hub.Hub, set by the WebSocket feature
-    ingest: Any = None  # orchestrator.pipeline.ingest.Ingest
-    store: Any = None  # orchestrator.state.persistence.Store, when persistence is on
-    cleanup_stats: dict[str, Any] = field(default_factory=dict)
+    store: Store | None = None  # when persistence is on, from start-up
+    cleanup_stats: CleanupStats = field(default_factory=dict)
     # Held by whoever changes the live topology across an await (the ingest worker's slices, a sweep's
     # batches) or reads it across one (the sliced publish), so none of them sees the others half-done.
     topology_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    ingest: Ingest = field(init=False)
+    hub: Hub = field(init=False)
 
     def __post_init__(self) -> None:
-        if self.timeseries is None:
-            self.timeseries = TimeSeriesStore(
-                max_data_age=self.settings.storage.max_data_age, resolution=self.settings.storage.resolution
-            )
+        storage = self.settings.storage
+        self.timeseries = TimeSeriesStore(max_data_age=storage.max_data_age, resolution=storage.resolution)
+
+    # -- what the request side does ------------------------------------------------------------------------
+
+    def register_agent(self, agent_id: str, hostname: str, metadata: dict[str, Any], now: float) -> tuple[Agent, bool]:
+        """``/register`` at server time ``now``: register or re-announce (an archived agent comes back first).
+
+        :return: the agent and whether it is new.
+        """
+        self.restore_archived(agent_id)
+        agent, created = self.registry.register(agent_id, hostname, metadata, now)
+        self.dirty_agents.add(agent_id)
+        return agent, created
+
+    def heartbeat(self, agent_id: str, now: float) -> Agent | None:
+        """A heartbeat at server time ``now``; ``None`` when the agent is neither registered nor archived."""
+        self.restore_archived(agent_id)
+        agent = self.registry.heartbeat(agent_id, now)
+        if agent is not None:
+            self.dirty_agents.add(agent_id)
+        return agent
+
+    def next_order(self) -> int:
+        """Number a report being accepted: the arrival counter that breaks timestamp ties."""
+        self.order += 1
+        return self.order
+
+    def record_report(self, agent_id: str, hostname: str, now: float) -> Agent:
+        """A report was accepted (202) at server time ``now``: the agent is seen (registered implicitly on
+        its first report, restored from the archive) and the report counted. The ingest worker applies it."""
+        self.restore_archived(agent_id)
+        agent = self.registry.record_report(agent_id, hostname, now)
+        self.reports_received += 1
+        self.metrics.reports_received.inc()
+        return agent
+
+    # -- what the request side reads -------------------------------------------------------------------------
+
+    def is_known(self, agent_id: str) -> bool:
+        """Registered, or archived (stale) but still within the archive window."""
+        return agent_id in self.registry or agent_id in self.archive
+
+    def agents_json(self, now: float) -> list[dict[str, Any]]:
+        """Every known agent in the contract's ``<agent>`` shape: the live ones, then the archived (stale)."""
+        threshold = self.settings.agents.stale_threshold
+        agents = [agent.to_json(now, threshold) for agent in self.registry.all()]
+        agents += [
+            self.archive[agent_id].to_json(now, threshold)
+            for agent_id in sorted(self.archive)
+            if agent_id not in self.registry
+        ]
+        return agents
+
+    def agent_counts(self, now: float) -> dict[str, int]:
+        """Known agents by status, the archived ones (still listed) among the stale."""
+        counts = self.registry.count_by_status(now, self.settings.agents.stale_threshold)
+        counts["stale"] += sum(1 for agent_id in self.archive if agent_id not in self.registry)
+        return counts
+
+    def latest_report(self, agent_id: str) -> LatestReport | None:
+        """The agent's newest report as submitted; a stale agent's last word comes from the archive."""
+        entry = self.latest.get(agent_id)
+        if entry is None and agent_id in self.archive:
+            entry = self.archive[agent_id].latest
+        return entry
+
+    def timeseries_of(self, agent_id: str) -> TimeSeriesStore | None:
+        """The store holding the agent's history: the live one, or for an archived agent a store of its own
+        made from its retained history (``None`` when it has none)."""
+        if self.timeseries.has_agent(agent_id):
+            return self.timeseries
+        archived = self.archive.get(agent_id)
+        if archived is None or archived.timeseries is None:
+            return None
+        storage = self.settings.storage
+        store = TimeSeriesStore(storage.max_data_age, storage.resolution)
+        try:
+            store.import_agent(agent_id, archived.timeseries)
+        except ValueError:  # archived under another resolution: restore_archived drops it too
+            return None
+        return store
+
+    # -- the archive (the cleanup sweep, and an archived agent that comes back) -----------------------------
+
+    def archive_agent(self, agent_id: str, now: float) -> bool:
+        """Move a stale agent out of the live state into the archive. False when it is gone or was seen
+        again (a heartbeat may arrive while the sweep yields)."""
+        agent = self.registry.get(agent_id)
+        if agent is None or now - agent.last_seen <= self.settings.agents.stale_threshold:
+            return False
+        self.registry.remove(agent_id)
+        self.topology.remove_agent(agent_id)
+        self.archive[agent_id] = ArchivedAgent(
+            agent, now, self.timeseries.delete_agent(agent_id), self.latest.pop(agent_id, None)
+        )
+        self.dirty_agents.add(agent_id)
+        return True
+
+    def delete_archived(self, agent_id: str) -> bool:
+        """Forget an archived agent for good (its archive window is over); False when it is not archived."""
+        if self.archive.pop(agent_id, None) is None:
+            return False
+        self.dirty_agents.add(agent_id)
+        return True
+
+    def restore_archived(self, agent_id: str) -> bool:
+        """Bring an archived agent back: its registry entry with its counters, time-series history, latest
+        report. Every operation that registers, heartbeats or reports for an agent does this first.
+
+        :return: whether the agent was in the archive.
+        """
+        archived = self.archive.pop(agent_id, None)
+        if archived is None:
+            return False
+        live = self.registry.get(agent_id)
+        if live is None:
+            self.registry.restore(archived.agent)
+        else:  # re-created meanwhile: keep the live entry, continue the archived one's history
+            live.registered_at = min(live.registered_at, archived.agent.registered_at)
+            live.reports_received += archived.agent.reports_received
+        if archived.timeseries is not None and not self.timeseries.has_agent(agent_id):
+            try:
+                self.timeseries.import_agent(agent_id, archived.timeseries)
+            except ValueError as exc:  # e.g. archived under another resolution: the history is lost, not the agent
+                log.warning("archived_series_dropped", agent_id=agent_id, error=repr(exc))
+        if archived.latest is not None and agent_id not in self.latest:
+            self.latest[agent_id] = archived.latest
+        self.dirty_agents.add(agent_id)
+        log.info("agent_restored", agent_id=agent_id, archived_at=format_rfc3339(archived.archived_at))
+        return True

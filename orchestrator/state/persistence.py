@@ -14,7 +14,7 @@ What is stored (``<data_dir>/orchestrator.db``, schema version :data:`SCHEMA_VER
     topology    agent_id PRIMARY KEY, contribution BLOB    zlib(orjson of Topology.export_agent()),
                                                            compressed off the loop (55 KB -> 9 KB)
     timeseries  agent_id PRIMARY KEY, series BLOB          TimeSeriesStore.export_agent() blob
-    archive     agent_id PRIMARY KEY, archived_at REAL,    an archived agent (see orchestrator.state.cleanup):
+    archive     agent_id PRIMARY KEY, archived_at REAL,    an ArchivedAgent (orchestrator.state.archive):
                 agent BLOB, series BLOB NULL,              registry entry (orjson), time-series blob,
                 latest_received_at REAL NULL,              latest report
                 latest_report BLOB NULL
@@ -51,8 +51,9 @@ import orjson
 import structlog
 
 from orchestrator.contract.times import format_rfc3339
-from orchestrator.state import LatestReport
 from orchestrator.state.agents import Agent
+from orchestrator.state.archive import ArchivedAgent
+from orchestrator.state.latest import LatestReport
 
 log = structlog.get_logger("orchestrator.state.persistence")
 
@@ -360,14 +361,15 @@ def agent_rows(state, agent_id: str) -> AgentRows:
     )
 
 
-def _archive_row(agent_id: str, record: dict) -> tuple:
+def _archive_row(agent_id: str, archived: ArchivedAgent) -> tuple:
+    latest = archived.latest
     return (
         agent_id,
-        record["archived_at"],
-        orjson.dumps(record["agent"]),
-        record.get("timeseries"),
-        record.get("latest_received_at"),
-        record.get("latest_report"),
+        archived.archived_at,
+        orjson.dumps(archived.agent.to_state()),
+        archived.timeseries,
+        latest.received_at if latest is not None else None,
+        latest.compressed if latest is not None else None,
     )
 
 
@@ -414,13 +416,12 @@ def _restore_timeseries(state, row) -> None:
 
 def _restore_archive(state, row) -> None:
     agent_id, archived_at, agent, series, latest_received_at, latest_report = row
-    state.archive[agent_id] = {
-        "agent": orjson.loads(agent),
-        "archived_at": float(archived_at),
-        "timeseries": bytes(series) if series is not None else None,
-        "latest_received_at": latest_received_at,
-        "latest_report": bytes(latest_report) if latest_report is not None else None,
-    }
+    state.archive[agent_id] = ArchivedAgent(
+        Agent(**orjson.loads(agent)),
+        float(archived_at),
+        bytes(series) if series is not None else None,
+        LatestReport(float(latest_received_at), bytes(latest_report)) if latest_report is not None else None,
+    )
 
 
 # -- the file ---------------------------------------------------------------------------------------------

@@ -19,12 +19,7 @@ from orchestrator.contract.times import format_rfc3339
 from orchestrator.runtime.build import build_state
 from orchestrator.settings import Settings
 from orchestrator.state import State, cleanup
-from orchestrator.state.cleanup import (
-    archived_agents_json,
-    restore_agent,
-    run_cleanup,
-    sweep,
-)
+from orchestrator.state.cleanup import run_cleanup, sweep
 from tests.support import make_settings, post_report, report, wait_for
 
 T0 = time.time()  # reports are dated near the real clock: the time-series sink keeps only recent buckets
@@ -52,7 +47,7 @@ def apply_report(state: State, agent_id: str, seen_at: float, ts: float = T0) ->
         "processes_info": {"processes": [{"pid": 1, "name": "init"}, {"pid": 2, "name": "sshd"}]},
     }
     state.ingest.submit(Report.model_validate(body), orjson.dumps(body), seen_at)
-    state.registry.record_report(agent_id, hostname, seen_at)
+    state.record_report(agent_id, hostname, seen_at)
     state.ingest.apply(state.ingest.queue.get_nowait())
 
 
@@ -104,8 +99,8 @@ async def test_stale_agents_leave_the_topology_and_go_to_the_archive(tmp_path):
     assert stats["stale"] == stats["archived"] == 1
     assert fully_archived(state, "agent-old") and fully_live(state, "agent-new")
     record = state.archive["agent-old"]
-    assert record["archived_at"] == T0 + 0.5 and record["agent"]["reports_received"] == 1
-    assert record["timeseries"] and record["latest_report"]
+    assert record.archived_at == T0 + 0.5 and record.agent.reports_received == 1
+    assert record.timeseries and record.latest
     assert "agent-old" in state.dirty_agents  # persistence moves its rows
     state.topology.publish(T0 + 0.5)
     nodes = state.topology.snapshot()["nodes"]
@@ -117,7 +112,7 @@ async def test_archived_agents_are_listed_as_stale_in_the_agent_shape(tmp_path):
     apply_report(state, "agent-1", seen_at=T0 - 5)
     await sweep(state, now=T0)
 
-    listed = archived_agents_json(state, T0)
+    listed = state.agents_json(T0)
 
     assert [a["agent_id"] for a in listed] == ["agent-1"]
     assert listed[0]["status"] == "stale" and listed[0]["reports_received"] == 1
@@ -140,24 +135,24 @@ async def test_agent_that_comes_back_is_restored_with_its_history(tmp_path):
     await sweep(state, now=T0)
     state.dirty_agents.clear()
 
-    assert restore_agent(state, "agent-1") is True
+    assert state.restore_archived("agent-1") is True
     apply_report(state, "agent-1", seen_at=T0 + 1, ts=T0)
 
-    assert fully_live(state, "agent-1") and not archived_agents_json(state, T0 + 1)
+    assert fully_live(state, "agent-1") and not [a for a in state.agents_json(T0 + 1) if a["status"] == "stale"]
     assert state.registry.get("agent-1").reports_received == 2  # counting continues
     history = state.timeseries.query("agent-1")["points"]
     assert history[0] == points[0] and len(history) == 2
     assert "agent-1" in state.dirty_agents
-    assert restore_agent(state, "agent-1") is False  # nothing archived any more
+    assert state.restore_archived("agent-1") is False  # nothing archived any more
 
 
 async def test_restore_merges_into_an_agent_recreated_meanwhile(tmp_path):
     state = make_state(tmp_path)
     apply_report(state, "agent-1", seen_at=T0 - 5)
     await sweep(state, now=T0)
-    apply_report(state, "agent-1", seen_at=T0 + 1)  # re-created without restore_agent
+    state.registry.record_report("agent-1", "host-1", T0 + 1)  # re-created around the archive (e.g. a restored file)
 
-    assert restore_agent(state, "agent-1")
+    assert state.restore_archived("agent-1")
     assert state.registry.get("agent-1").reports_received == 2
     assert state.registry.get("agent-1").registered_at == T0 - 5
 
@@ -173,7 +168,7 @@ async def test_archive_expiry_deletes_for_good(tmp_path):
 
     assert kept["deleted"] == 0 and gone["deleted"] == 1 and gone["archive_size"] == 0
     assert "agent-1" not in state.archive and "agent-1" in state.dirty_agents
-    assert restore_agent(state, "agent-1") is False
+    assert state.restore_archived("agent-1") is False
     assert sample(state, "app_cleanup_removed_total", stage="deleted") == 1
 
 
@@ -334,10 +329,11 @@ async def test_archived_agents_count_as_stale_and_keep_their_time_series(tmp_pat
     await sweep(state, now=T0)
 
     assert fully_archived(state, "agent-1")
-    assert cleanup.agent_counts(state, T0) == {"online": 1, "stale": 1}
-    archived = cleanup.archived_timeseries(state, "agent-1")
+    assert state.agent_counts(T0) == {"online": 1, "stale": 1}
+    archived = state.timeseries_of("agent-1")
     assert archived is not None and archived.get_recent_points("agent-1", 3600) == points != []
-    assert cleanup.archived_timeseries(state, "agent-2") is None  # live: not in the archive
+    assert state.timeseries_of("agent-2") is state.timeseries  # live: not in the archive
+    assert state.timeseries_of("agent-unknown") is None
 
 
 def test_a_stale_agent_is_counted_and_its_history_still_answered_over_http(start_server):

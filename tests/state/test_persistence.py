@@ -17,7 +17,6 @@ from orchestrator.contract.times import format_rfc3339
 from orchestrator.runtime.build import build_state
 from orchestrator.settings import Settings
 from orchestrator.state import State, persistence
-from orchestrator.state.cleanup import archive_agent, delete_archived
 from orchestrator.state.persistence import FILENAME, Store
 from tests.support import post_report, report
 
@@ -62,7 +61,7 @@ def apply_report(state: State, agent_id: str, now: float | None = None, **kwargs
     now = time.time() if now is None else now
     body = report_body(agent_id, now, **kwargs)
     state.ingest.submit(Report.model_validate(body), orjson.dumps(body), now)
-    state.registry.record_report(agent_id, body["hostname"], now)
+    state.record_report(agent_id, body["hostname"], now)
     state.ingest.apply(state.ingest.queue.get_nowait())
 
 
@@ -103,7 +102,7 @@ async def test_round_trip_restores_agents_reports_topology_series_archive_and_or
     for agent_id in ("agent-1", "agent-2", "agent-3"):
         apply_report(state, agent_id)
     apply_report(state, "agent-1", cpu=55.5)
-    assert archive_agent(state, "agent-3", time.time() + 10_000)
+    assert state.archive_agent("agent-3", time.time() + 10_000)
     state.order += 7  # accepted reports still queued count too
     state.topology.publish(time.time())
     before = snapshot_of(state)
@@ -119,7 +118,7 @@ async def test_round_trip_restores_agents_reports_topology_series_archive_and_or
 
     assert problem is None and counts["skipped"] == 0
     assert snapshot_of(fresh) == before
-    assert fresh.archive["agent-3"]["timeseries"] is not None
+    assert fresh.archive["agent-3"].timeseries is not None
     # Published at restore: queries see the topology at once, not after the next report.
     assert nodes_of(fresh) == nodes_of(state) != {}
     assert nodes_of(fresh).keys() >= {"host:host-1", "process:host-2:100"}
@@ -172,12 +171,12 @@ async def test_rows_of_deleted_agents_are_removed(tmp_path, store):
         apply_report(state, agent_id)
     await store.checkpoint(state)
 
-    archive_agent(state, "agent-1", time.time() + 10_000)
+    state.archive_agent("agent-1", time.time() + 10_000)
     await store.checkpoint(state)
     assert stored_ids(store.path, "archive") == {"agent-1"}
     assert stored_ids(store.path, "agents") == stored_ids(store.path, "topology") == {"agent-2"}
 
-    delete_archived(state, "agent-1")
+    state.delete_archived("agent-1")
     result = await store.checkpoint(state)
     assert result.deleted == 1
     for table in ("agents", "latest", "topology", "timeseries", "archive"):
