@@ -36,6 +36,7 @@ import structlog
 
 from orchestrator.contract.durations import format_duration
 from orchestrator.contract.times import format_rfc3339
+from orchestrator.topology import EXTERNALS
 
 log = structlog.get_logger("orchestrator.api.hub")
 
@@ -47,28 +48,38 @@ PUBLISH_SLICE_SECONDS = 0.005
 
 
 class ViewError(ValueError):
-    """A view the client asked for that does not exist (bad ``level``)."""
+    """A view the client asked for that does not exist (bad ``level``, ``host`` or ``external``)."""
+
+    def __init__(self, message: str, code: str = "invalid_level") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True, slots=True)
 class View:
-    """What a client watches: a topology level, optionally one host's nodes only."""
+    """What a client watches: a topology level, optionally one host's nodes only, external addresses one
+    node each or the public ones grouped into ``external:internet``."""
 
     level: str = "process"
     host: str | None = None
+    external: str = "each"
 
     @classmethod
-    def parse(cls, level: Any, host: Any) -> View:
+    def parse(cls, level: Any, host: Any, external: Any = None) -> View:
         level = "process" if level in (None, "") else level
         if level not in LEVELS:
             raise ViewError(f"level must be one of {', '.join(LEVELS)}, got {level!r}")
         if host is not None and not isinstance(host, str):
             raise ViewError("host must be a hostname string")
-        return cls(level, host or None)
+        external = "each" if external in (None, "") else external
+        if external not in EXTERNALS:
+            raise ViewError(f"external must be one of {', '.join(EXTERNALS)}, got {external!r}", "invalid_external")
+        return cls(level, host or None, external)
 
     @property
     def key(self) -> str:
-        return f"{self.level}:{self.host or '*'}"
+        key = f"{self.level}:{self.host or '*'}"
+        return key if self.external == "each" else f"{key}:group"
 
 
 class Connection(Protocol):
@@ -191,7 +202,7 @@ class Hub:
                     "type": "topology_diff",
                     "seq": publication.seq,
                     "timestamp": publication.timestamp,
-                    "payload": publication.diff(level=view.level, host=view.host),
+                    "payload": publication.diff(level=view.level, host=view.host, external=view.external),
                 }
             )
             self._remember(view_state, publication.seq, message)
@@ -431,7 +442,7 @@ class Hub:
             self._snapshot_seq = seq
         message = self._snapshots.get(view)
         if message is None:
-            body = topology.snapshot_json(level=view.level, host=view.host)
+            body = topology.snapshot_json(level=view.level, host=view.host, external=view.external)
             stamp = self._published_at or format_rfc3339(time.time())
             message = b'{"type":"topology_update","seq":%d,"timestamp":%b,"payload":%b}' % (
                 seq,

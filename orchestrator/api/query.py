@@ -11,6 +11,7 @@ from sanic.response import json
 from orchestrator.contract.durations import format_duration, parse_duration
 from orchestrator.contract.errors import ApiError
 from orchestrator.contract.times import format_rfc3339
+from orchestrator.topology import EXTERNALS
 
 bp = Blueprint("query", url_prefix="/api/v1/query")
 LEVELS = ("process", "container", "host")
@@ -25,8 +26,11 @@ async def topology(request: Request) -> HTTPResponse:
     level = request.args.get("level", "process")
     if level not in LEVELS:
         raise ApiError(400, f"level must be one of {', '.join(LEVELS)}; got {level!r}", code="bad_parameter")
+    external = request.args.get("external", "each")
+    if external not in EXTERNALS:
+        raise ApiError(400, f"external must be one of {', '.join(EXTERNALS)}; got {external!r}", code="bad_parameter")
     host = request.args.get("host") or None
-    snapshot = request.app.ctx.state.topology.snapshot_json(level, host)
+    snapshot = request.app.ctx.state.topology.snapshot_json(level, host, external)
     # The snapshot is serialized once per (seq, level, host); wrapping it costs a copy, not a re-encode.
     return _raw_json(b'{"topology":' + snapshot + b"}")
 

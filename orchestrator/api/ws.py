@@ -66,11 +66,11 @@ async def websocket_feed(request: Request, ws) -> None:
     hub: Hub = request.app.ctx.state.hub
     connection = SanicConnection(ws)
     try:
-        view = View.parse(request.args.get("level"), request.args.get("host"))
+        view = View.parse(request.args.get("level"), request.args.get("host"), request.args.get("external"))
     except ViewError as exc:
-        await connection.send(hub.error_message("invalid_level", str(exc)))
+        await connection.send(hub.error_message(exc.code, str(exc)))
         hub.state.metrics.websocket_closes.labels("invalid_view").inc()
-        await ws.close(CLOSE_POLICY_VIOLATION, "invalid level")
+        await ws.close(CLOSE_POLICY_VIOLATION, "invalid view")
         return
     since, since_error = _parse_since(request.args.get("since"))
     if since_error:
@@ -124,9 +124,9 @@ def _handle(hub: Hub, client, message: str | bytes, max_size: int) -> None:
         hub.resync(client)
     elif kind == "subscribe":
         try:
-            view = View.parse(parsed.get("level"), parsed.get("host"))
+            view = View.parse(parsed.get("level"), parsed.get("host"), parsed.get("external"))
         except ViewError as exc:
-            hub.reply(client, "error", {"code": "invalid_level", "message": str(exc)})
+            hub.reply(client, "error", {"code": exc.code, "message": str(exc)})
             return
         hub.subscribe(client, view)
     else:

@@ -17,10 +17,12 @@ from .model import (
     host_stub,
     process_id,
 )
-from .views import LEVELS, Publication
+from .views import EXTERNALS, INTERNET, LEVELS, Publication
 
 __all__ = [
     "BUILTIN_SECTIONS",
+    "EXTERNALS",
+    "INTERNET",
     "LEVELS",
     "ConnectionIn",
     "Contribution",

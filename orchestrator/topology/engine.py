@@ -688,22 +688,23 @@ class Topology:
             self._snapshot_json.clear()
         return publication
 
-    def snapshot(self, level: str = "process", host: str | None = None) -> dict:
+    def snapshot(self, level: str = "process", host: str | None = None, external: str = "each") -> dict:
         """The published topology for a view: ``{"nodes", "edges", "timestamp", "seq"}``.
 
+        ``external="group"`` folds the public external addresses into one ``external:internet`` node.
         The returned dicts are never mutated afterwards; treat them as read-only.
         """
-        key = (level, host)
+        key = (level, host, external)
         snapshot = self._snapshots.get(key)
         if snapshot is None:
-            snapshot = self._snapshots[key] = self._published.snapshot(level, host)
+            snapshot = self._snapshots[key] = self._published.snapshot(level, host, external)
         return snapshot
 
-    def snapshot_json(self, level: str = "process", host: str | None = None) -> bytes:
-        key = (level, host)
+    def snapshot_json(self, level: str = "process", host: str | None = None, external: str = "each") -> bytes:
+        key = (level, host, external)
         body = self._snapshot_json.get(key)
         if body is None:
-            body = self._snapshot_json[key] = self._published.snapshot_json(level, host)
+            body = self._snapshot_json[key] = self._published.snapshot_json(level, host, external)
         return body
 
     def counts(self) -> dict:

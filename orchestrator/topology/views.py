@@ -22,7 +22,9 @@ an older version keeps seeing exactly that version.
 from __future__ import annotations
 
 import gc
+import ipaddress
 from collections import Counter
+from functools import lru_cache
 
 import orjson
 
@@ -30,8 +32,99 @@ from .model import host_id, rfc3339
 from .resolve import edge_id as make_edge_id
 
 LEVELS = ("process", "container", "host")
-COLLAPSED = ("container", "host")
+EXTERNALS = ("each", "group")
+INTERNET = "external:internet"
 _UNCHANGED = ()
+
+
+def view_name(level: str, external: str = "each") -> str:
+    """The name a view is kept under: the level, with ``+group`` when public externals are grouped."""
+    _check_level(level)
+    if external == "each":
+        return level
+    if external == "group":
+        return f"{level}+group"
+    raise ValueError(f"unknown external {external!r}: expected one of {', '.join(EXTERNALS)}")
+
+
+_NOT_PUBLIC = tuple(
+    ipaddress.ip_network(net)
+    for net in (
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "100.64.0.0/10",
+        "0.0.0.0/32",
+        "::1/128",
+        "fe80::/10",
+        "fc00::/7",
+        "::/128",
+    )
+)
+
+
+@lru_cache(maxsize=1 << 16)
+def is_grouped(node_id: str) -> bool:
+    """Whether ``external=group`` folds this node into :data:`INTERNET`: an ``external:<ip>`` node whose
+    address is public (not private, loopback, link-local, CGNAT, ULA or unspecified; the contract's list).
+    An address that does not parse stays a node of its own."""
+    if not node_id.startswith("external:"):
+        return False
+    try:
+        address = ipaddress.ip_address(node_id[9:].split("%", 1)[0])
+    except ValueError:
+        return False
+    return not any(address in net for net in _NOT_PUBLIC if net.version == address.version)
+
+
+class _Internet:
+    """The grouped externals of one view and the :data:`INTERNET` node they make: agents the union of
+    theirs, ``first_seen`` the earliest, ``last_seen`` the latest. Counted per value, so a member that
+    changes or goes costs a few counter updates, not a pass over every member."""
+
+    __slots__ = ("agents", "first", "last", "members")
+
+    def __init__(self) -> None:
+        self.members = 0
+        self.agents: Counter = Counter()
+        self.first: Counter = Counter()
+        self.last: Counter = Counter()
+
+    def change(self, old: dict | None, new: dict | None) -> None:
+        if new is not None:
+            self.members += 1
+            self.agents.update(new["agent_ids"])
+            self.first[new["first_seen"]] += 1
+            self.last[new["last_seen"]] += 1
+        if old is not None:
+            self.members -= 1
+            for counter, keys in (
+                (self.agents, old["agent_ids"]),
+                (self.first, (old["first_seen"],)),
+                (self.last, (old["last_seen"],)),
+            ):
+                for key in keys:
+                    counter[key] -= 1
+                    if not counter[key]:
+                        del counter[key]
+
+    def body(self) -> dict | None:
+        if not self.members:
+            return None
+        return {
+            "id": INTERNET,
+            "type": "external",
+            "name": "Internet",
+            "parent": None,
+            "host": None,
+            "agent_ids": sorted(self.agents),
+            "metadata": {},
+            "metrics": {},
+            "first_seen": min(self.first),
+            "last_seen": max(self.last),
+        }
 
 
 class Publication:
@@ -49,7 +142,7 @@ class Publication:
         self._raw = raw  # the base changes as applied: (node changes, edge changes [(id, old, new)])
         self._published = published
 
-    def diff(self, level: str = "process", host: str | None = None) -> dict:
+    def diff(self, level: str = "process", host: str | None = None, external: str = "each") -> dict:
         """The contract's ``topology_diff`` payload for a view, from ``seq - 1`` to ``seq``.
 
         A collapsed view that was not in use at ``seq - 1`` is caught up here: built from the base at
@@ -57,17 +150,18 @@ class Publication:
         That is possible only while this publication is the latest one: asked later, such a diff raises
         :class:`LookupError` (the hub asks its diffs right after each publish; one asked in time is cached).
         """
-        key = (level, host)
+        name = view_name(level, external)
+        key = (name, host)
         diff = self._diffs.get(key)
         if diff is None:
-            if _check_level(level) not in self._changes:
-                self._published.catch_up(level, self)
-            diff = self._diffs[key] = self._build_diff(level, host)
-        self._published.mark_read(level, self.seq)
+            if name not in self._changes:
+                self._published.catch_up(name, self)
+            diff = self._diffs[key] = self._build_diff(name, host)
+        self._published.mark_read(name, self.seq)
         return diff
 
-    def _build_diff(self, level: str, host: str | None) -> dict:
-        node_changes, edge_changes = self._changes[_check_level(level)]
+    def _build_diff(self, name: str, host: str | None) -> dict:
+        node_changes, edge_changes = self._changes[name]
         nodes = _section()
         for node_id, old, new in node_changes:
             if host is not None:
@@ -146,13 +240,17 @@ def _record(section: dict, item_id: str, old, new) -> None:
 
 
 class _View:
-    """One level: its nodes, its (rolled-up) edges and per-host indexes for the ``host=`` filter."""
+    """One level, external addresses each or grouped: its nodes, its (rolled-up) edges and per-host indexes
+    for the ``host=`` filter. Grouping is one more mapping: a public external maps to :data:`INTERNET`."""
 
-    def __init__(self, level: str, base: Published) -> None:
-        self.level = level
+    def __init__(self, name: str, base: Published) -> None:
+        self.name = name
+        self.level, _, external = name.partition("+")
+        self.group = external == "group"
+        self.internet = _Internet() if self.group else None
         self.base = base
-        self.nodes: dict[str, dict] = base.nodes if level == "process" else {}
-        self.edges: dict[str, dict] = base.edges if level == "process" else {}
+        self.nodes: dict[str, dict] = base.nodes if name == "process" else {}
+        self.edges: dict[str, dict] = base.edges if name == "process" else {}
         # edge id -> the hosts of its ends: a str for one host (most edges), a tuple for two; read it
         # through hosts_of (a 1-tuple per edge cost ~10 MB at 1,000 hosts).
         self.edge_hosts: dict[str, str | tuple] = {}
@@ -162,8 +260,10 @@ class _View:
         self.base_to_view: dict[str, str | None] = {}
 
     def maps_to(self, node_id: str) -> str:
+        if self.group and is_grouped(node_id):
+            return INTERNET
         node = self.base.nodes.get(node_id)
-        if node is None:
+        if node is None or self.level == "process":
             return node_id
         if self.level == "container":
             if node["type"] != "process":
@@ -175,6 +275,8 @@ class _View:
 
     def contains(self, node: dict | None) -> bool:
         if node is None:
+            return False
+        if self.group and node["type"] == "external" and is_grouped(node["id"]):
             return False
         if self.level == "process":
             return True
@@ -232,7 +334,7 @@ class Published:
         self.types: Counter = Counter()
         # The process view always; a collapsed view only while in use (see the module docstring).
         self.views: dict[str, _View] = {"process": _View("process", self)}
-        self.read_seq: dict[str, int] = {}  # collapsed level -> the last seq it was read at
+        self.read_seq: dict[str, int] = {}  # collapsed view name -> the last seq it was read at
 
     def publish(self, node_bodies: dict, edge_bodies: dict, timestamp: str) -> Publication | None:
         node_changes = self._apply_nodes(node_bodies)
@@ -240,37 +342,37 @@ class Published:
         if not node_changes and not edge_changes:
             return None
         changes = {"process": self._base_changes(node_changes, edge_changes)}
-        for level in COLLAPSED:
-            view = self.views.get(level)
-            if view is None:
+        for name, view in list(self.views.items()):
+            if name == "process":
                 continue
-            if self.read_seq.get(level, -1) < self.seq:
-                del self.views[level]  # not read at the previous seq: idle, its memory goes
+            if self.read_seq.get(name, -1) < self.seq:
+                del self.views[name]  # not read at the previous seq: idle, its memory goes
                 continue
-            changes[level] = self._view_changes(view, node_changes, edge_changes)
+            changes[name] = self._view_changes(view, node_changes, edge_changes)
         self.seq += 1
         self.timestamp = timestamp
         return Publication(self.seq, timestamp, changes, (node_changes, edge_changes), self)
 
-    def mark_read(self, level: str, seq: int) -> None:
-        if seq == self.seq and level != "process":
-            self.read_seq[level] = seq
+    def mark_read(self, name: str, seq: int) -> None:
+        if seq == self.seq and name != "process":
+            self.read_seq[name] = seq
 
-    def view(self, level: str) -> _View:
+    def view(self, level: str, external: str = "each") -> _View:
         """A view at the current seq, built from the base in one pass if it was not in use."""
-        view = self.views.get(_check_level(level))
+        name = view_name(level, external)
+        view = self.views.get(name)
         if view is None:
-            view = self.views[level] = self.build_view(level, self.nodes, self.edges)
-        self.mark_read(level, self.seq)
+            view = self.views[name] = self.build_view(name, self.nodes, self.edges)
+        self.mark_read(name, self.seq)
         return view
 
-    def catch_up(self, level: str, publication: Publication) -> None:
+    def catch_up(self, name: str, publication: Publication) -> None:
         """Make ``publication`` (the latest) carry the changes of a collapsed view that was not in use at
         ``seq - 1``: the view built from the base at ``seq - 1``, advanced incrementally to ``seq`` (the
         same code as a publish with the view in use), kept in use afterwards."""
         if publication.seq != self.seq:
             raise LookupError(
-                f"the {level!r} diff of seq {publication.seq} is no longer available "
+                f"the {name!r} diff of seq {publication.seq} is no longer available "
                 f"(seq {self.seq} is published; ask a publication's diffs before the next one)"
             )
         node_changes, edge_changes = publication._raw
@@ -285,41 +387,47 @@ class Published:
                 del edges[eid]
             else:
                 edges[eid] = old
-        view = self.build_view(level, nodes, edges)
+        view = self.build_view(name, nodes, edges)
         del nodes, edges
         collecting = gc.isenabled()
         gc.disable()
         try:
-            publication._changes[level] = self._view_changes(view, node_changes, edge_changes)
+            publication._changes[name] = self._view_changes(view, node_changes, edge_changes)
         finally:
             if collecting:
                 gc.enable()
-        self.views[level] = view
-        self.read_seq[level] = self.seq
+        self.views[name] = view
+        self.read_seq[name] = self.seq
 
-    def build_view(self, level: str, nodes: dict, edges: dict) -> _View:
+    def build_view(self, name: str, nodes: dict, edges: dict) -> _View:
         # Many small acyclic objects: collector passes over a heap of millions would double the cost.
         collecting = gc.isenabled()
         gc.disable()
         try:
-            return self._build_view(level, nodes, edges)
+            return self._build_view(name, nodes, edges)
         finally:
             if collecting:
                 gc.enable()
 
-    def _build_view(self, level: str, nodes: dict, edges: dict) -> _View:
+    def _build_view(self, name: str, nodes: dict, edges: dict) -> _View:
         """A collapsed view of the base ``nodes``/``edges`` in one pass over each: every node mapped to
         its view node with one dict lookup, base edges grouped by (mapped source, mapped target,
         protocol), output dicts built once per view edge. The same state as maintaining the view
         incrementally from an empty topology."""
-        view = _View(level, self)
+        view = _View(name, self)
         view_nodes, nodes_by_host = view.nodes, view.nodes_by_host
         mapped: dict[str, str] = {}  # base node id -> view node id, for the nodes not in the view
         host_ids: dict[str, str] = {}
-        container = level == "container"
+        container, process, internet = view.level == "container", view.level == "process", view.internet
         for node_id, node in nodes.items():
             kind, host = node["type"], node["host"]
-            if container:
+            if internet is not None and kind == "external" and is_grouped(node_id):
+                mapped[node_id] = INTERNET
+                internet.change(None, node)
+                continue
+            if process:
+                pass
+            elif container:
                 if kind == "process":
                     parent = node["parent"]
                     if parent:
@@ -337,6 +445,8 @@ class Published:
                     nodes_by_host[host] = {node_id}
                 else:
                     ids.add(node_id)
+        if internet is not None and internet.members:
+            view_nodes[INTERNET] = internet.body()
         groups: dict[tuple, str | list] = {}
         get = mapped.get
         for eid, edge in edges.items():
@@ -470,7 +580,12 @@ class Published:
         nodes = []
         remap: set[str] = set()
         touched = set()  # view nodes that appeared, vanished or moved host
+        internet, folded = view.internet, False
         for node_id, old, new in node_changes:
+            if internet is not None and is_grouped(node_id):
+                internet.change(old, new)
+                folded = True
+                continue
             old_in = old if view.contains(old) else None
             new_in = new if view.contains(new) else None
             if old_in is not None or new_in is not None:
@@ -484,6 +599,8 @@ class Published:
                     touched.add(node_id)
             if old is not None and new is not None and _mapping_fields(old) != _mapping_fields(new):
                 remap.update(multi_get(self.incident, node_id))
+        if folded:
+            self._fold_internet(view, nodes, touched)
         if not view.edges and not view.base_to_view and 2 * len(edge_changes) >= len(self.edges):
             return nodes, self._build_edges(view)  # a first publish (a restore): all edges at once
         dirty: set[str] = set()
@@ -511,6 +628,20 @@ class Published:
             if change is not None:
                 edges.append(change)
         return nodes, edges
+
+    @staticmethod
+    def _fold_internet(view: _View, nodes: list, touched: set) -> None:
+        """The :data:`INTERNET` node's change after its members changed (appended to the node changes)."""
+        old, new = view.nodes.get(INTERNET), view.internet.body()
+        if new == old:
+            return
+        if new is None:
+            del view.nodes[INTERNET]
+        else:
+            view.nodes[INTERNET] = new
+        if old is None or new is None:
+            touched.add(INTERNET)
+        nodes.append((INTERNET, old, new))
 
     def _build_edges(self, view: _View) -> list:
         """Every edge of an empty collapsed view from the base edges in one pass: the same edges as
@@ -644,8 +775,8 @@ class Published:
 
     # -- reading ------------------------------------------------------------------------------------
 
-    def snapshot(self, level: str, host: str | None) -> dict:
-        view = self.view(level)
+    def snapshot(self, level: str, host: str | None, external: str = "each") -> dict:
+        view = self.view(level, external)
         if host is None:
             nodes, edges = dict(view.nodes), dict(view.edges)
         else:
@@ -653,8 +784,8 @@ class Published:
             edges = {eid: view.edges[eid] for eid in sorted(view.edges_by_host.get(host, ()))}
         return {"nodes": nodes, "edges": edges, "timestamp": self.timestamp, "seq": self.seq}
 
-    def snapshot_json(self, level: str, host: str | None) -> bytes:
-        return orjson.dumps(self.snapshot(level, host), option=orjson.OPT_SORT_KEYS)
+    def snapshot_json(self, level: str, host: str | None, external: str = "each") -> bytes:
+        return orjson.dumps(self.snapshot(level, host, external), option=orjson.OPT_SORT_KEYS)
 
     def counts(self) -> dict:
         types = self.types

@@ -176,3 +176,59 @@ def test_a_stale_agent_is_archived_but_its_last_report_and_listing_remain(start_
         post_report(client, report(host_info={"os": "linux"}))
         agent = wait_for(lambda: list(client.get("/api/v1/agents/list?status=online").json()["agents"]))[0]
         assert agent["agent_id"] == "agent-1" and agent["reports_received"] == 2
+
+
+def _internet_fleet(http):
+    """host-1 connects to two public addresses (three sockets) and to a private one nobody probes."""
+    remotes = [("8.8.8.8", 443), ("1.1.1.1", 443), ("1.1.1.1", 80), ("192.168.7.7", 5432), ("100.64.0.9", 22)]
+    connections = [
+        {
+            "pid": 5,
+            "local_ip": "10.0.0.1",
+            "local_port": 41000 + index,
+            "remote_ip": ip,
+            "remote_port": port,
+            "state": "ESTABLISHED",
+        }
+        for index, (ip, port) in enumerate(remotes)
+    ]
+    post_report(
+        http,
+        report(
+            "agent-1",
+            host_info={"ip_addresses": ["10.0.0.1"]},
+            processes_info={"processes": [{"pid": 5, "name": "app"}]},
+            network_info={"connections": connections},
+        ),
+    )
+    return wait_for(lambda: len((t := topo(http))["edges"]) == len(remotes) - 1 and t)  # 1.1.1.1: one edge
+
+
+def test_external_group_rolls_public_addresses_into_the_internet_node(http):
+    each = _internet_fleet(http)
+    assert {"external:8.8.8.8", "external:1.1.1.1"} <= set(each["nodes"])
+    grouped = topo(http, external="group")
+    assert grouped["seq"] == each["seq"]
+    internet = grouped["nodes"]["external:internet"]
+    assert (internet["type"], internet["name"], internet["agent_ids"]) == ("external", "Internet", ["agent-1"])
+    assert "external:8.8.8.8" not in grouped["nodes"] and "external:1.1.1.1" not in grouped["nodes"]
+    edge = grouped["edges"]["process:host-1:5->external:internet"]
+    assert (edge["connections"], edge["ports"]) == (3, [80, 443])
+    # Private and CGNAT addresses stay one node per address.
+    assert {"external:192.168.7.7", "external:100.64.0.9"} <= set(grouped["nodes"])
+    assert "process:host-1:5->external:192.168.7.7" in grouped["edges"]
+    assert topo(http, external="each") == each
+
+
+def test_external_group_combines_with_level_and_host(http):
+    _internet_fleet(http)
+    hosts = topo(http, level="host", external="group")
+    assert set(hosts["nodes"]) == {"host:host-1", "external:internet", "external:192.168.7.7", "external:100.64.0.9"}
+    assert hosts["edges"]["host:host-1->external:internet"]["connections"] == 3
+    only = topo(http, level="host", host="host-1", external="group")
+    assert set(only["nodes"]) == {"host:host-1"} and "host:host-1->external:internet" in only["edges"]
+
+
+@pytest.mark.parametrize("value", ["all", "GROUP", "none"])
+def test_unknown_external_value_is_400(http, value):
+    assert_error(http.get(f"/api/v1/query/topology?external={value}"), 400, "bad_parameter")

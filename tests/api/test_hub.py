@@ -29,8 +29,8 @@ class FakePublication:
         self._before, self._after = before, after
         self.diff_calls = 0
 
-    def diff(self, level: str = "process", host: str | None = None) -> dict:
-        self.diff_calls += 1
+    def diff(self, level: str = "process", host: str | None = None, external: str = "each") -> dict:
+        self.diff_calls += 1  # the fake has no externals: grouped or not, the same nodes
         before = {k: v for k, v in self._before.items() if in_view(v, level, host)}
         after = {k: v for k, v in self._after.items() if in_view(v, level, host)}
         return {
@@ -80,7 +80,7 @@ class FakeTopology:
             "seq": self.seq,
         }
 
-    def snapshot_json(self, level: str = "process", host: str | None = None) -> bytes:
+    def snapshot_json(self, level: str = "process", host: str | None = None, external: str = "each") -> bytes:
         return orjson.dumps(self.snapshot(level, host))
 
     def counts(self) -> dict:

@@ -177,6 +177,53 @@ async def test_diffs_applied_in_order_equal_rest_topology_at_same_seq(ws_server,
         assert removed_seen
 
 
+def to_public(pid: int, ip: str, port: int, n: int = 3) -> dict:
+    return {
+        "pid": pid,
+        "protocol": "tcp",
+        "local_ip": f"10.0.0.{n}",
+        "local_port": 30000 + port,
+        "remote_ip": ip,
+        "remote_port": port,
+        "state": "ESTABLISHED",
+    }
+
+
+@pytest.mark.parametrize("level", ["process", "host"])
+@pytest.mark.parametrize("subscribe", [False, True])
+async def test_grouped_diffs_applied_in_order_equal_grouped_rest_topology_at_same_seq(ws_server, level, subscribe):
+    query = f"level={level}" + ("" if subscribe else "&external=group")
+    async with websockets.connect(ws_url(ws_server, query)) as ws:
+        first = await recv(ws)
+        if subscribe:
+            await ws.send(orjson.dumps({"type": "subscribe", "level": level, "external": "group"}))
+            first = await recv_type(ws, "topology_update")
+        mirror = Mirror(first)
+        steps = [
+            host_report(3, pids=(300,), connections=[to_public(300, "8.8.8.8", 443), to_public(300, "1.1.1.1", 80)]),
+            host_report(
+                4, pids=(400,), connections=[to_public(400, "8.8.4.4", 443, 4), to_public(400, "10.9.9.9", 22, 4)]
+            ),
+            host_report(
+                3, pids=(300,), connections=[to_public(300, "8.8.8.8", 443), to_public(300, "192.168.0.8", 80)]
+            ),
+            host_report(4, pids=(400,), connections=[]),
+            host_report(3, pids=(300,), connections=[]),  # the internet node goes
+        ]
+        internet_seen = False
+        for body in steps:
+            await post(ws_server, body)
+            seq = await wait_quiet(ws_server, checks=2)
+            await mirror.follow_until(ws, seq)
+            rest = await rest_topology(ws_server, f"level={level}&external=group")
+            assert rest["seq"] == mirror.seq
+            assert mirror.nodes == rest["nodes"]
+            assert mirror.edges == rest["edges"]
+            internet_seen |= "external:internet" in mirror.nodes
+            assert not any(node_id.startswith("external:8.") for node_id in mirror.nodes)
+        assert internet_seen and "external:internet" not in mirror.nodes
+
+
 async def test_host_filter_view_gets_only_that_hosts_nodes(ws_server):
     async with websockets.connect(ws_url(ws_server, "host=host-2")) as ws:
         mirror = Mirror(await recv(ws))
@@ -286,6 +333,25 @@ async def test_invalid_level_on_connect_gets_error_then_close_1008(ws_server):
         with pytest.raises(ConnectionClosed):
             await recv(ws)
     assert ws.close_code == 1008
+
+
+async def test_invalid_external_on_connect_gets_error_then_close_1008(ws_server):
+    async with websockets.connect(ws_url(ws_server, "external=some")) as ws:
+        error = await recv(ws)
+        assert error["type"] == "error" and error["payload"]["code"] == "invalid_external"
+        with pytest.raises(ConnectionClosed):
+            await recv(ws)
+    assert ws.close_code == 1008
+
+
+async def test_invalid_external_in_subscribe_gets_error_and_keeps_the_view(ws_server):
+    async with websockets.connect(ws_url(ws_server, "external=group")) as ws:
+        await recv(ws)
+        await ws.send('{"type": "subscribe", "level": "host", "external": "grouped"}')
+        error = await recv_type(ws, "error")
+        assert error["payload"]["code"] == "invalid_external"
+        await post(ws_server, host_report(1, pids=(100,)))
+        assert "process:host-1:100" in (await recv_type(ws, "topology_diff"))["payload"]["nodes"]["added"]
 
 
 async def test_invalid_since_gets_error_then_snapshot(ws_server):
