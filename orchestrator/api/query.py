@@ -8,6 +8,7 @@ import orjson
 from sanic import Blueprint, HTTPResponse, Request
 from sanic.response import json
 
+from orchestrator.api.agents import list_agents
 from orchestrator.contract.durations import format_duration, parse_duration
 from orchestrator.contract.errors import ApiError
 from orchestrator.contract.times import format_rfc3339
@@ -33,6 +34,12 @@ async def topology(request: Request) -> HTTPResponse:
     snapshot = request.app.ctx.state.topology.snapshot_json(level, host, external)
     # The snapshot is serialized once per (seq, level, host); wrapping it costs a copy, not a re-encode.
     return _raw_json(b'{"topology":' + snapshot + b"}")
+
+
+@bp.get("/agents")
+async def agents(request: Request) -> HTTPResponse:
+    """The agent list of ``/api/v1/agents/list`` for readers: UIs hold the read token, not an agent's."""
+    return await list_agents(request)
 
 
 def _known_agent(state, agent_id: str) -> None:
