@@ -130,8 +130,8 @@ def wait_for(predicate, timeout: float = 5.0, interval: float = 0.02):
 class ServerProcess:
     """``python -m orchestrator serve`` as a child process, for signals, exit codes and restarts."""
 
-    def __init__(self, *args: str, env: dict | None = None) -> None:
-        self.port = free_port()
+    def __init__(self, *args: str, env: dict | None = None, port: int | None = None) -> None:
+        self.port = port or free_port()  # a port of its own, or the one a restarted server had
         self.url = f"http://127.0.0.1:{self.port}"
         self._output: str | None = None
         full_env = {

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sanic import HTTPResponse, Request, Sanic
-from sanic.response import file, redirect
+from sanic.response import file, json, redirect
 
 WEB = Path(__file__).resolve().parent.parent / "web"
 # The page may talk to this server only: no CDN, no outside fonts, no outside requests of any kind.
@@ -23,12 +23,19 @@ SECURITY_HEADERS = {
 def setup_page(app: Sanic) -> None:
     app.add_route(index, "/", methods=["GET"], name="page_index")
     app.add_route(ui_root, "/ui", methods=["GET"], name="page_ui_root")
+    app.add_route(page_config, "/ui/config.json", methods=["GET"], name="page_config")
     app.static("/ui/", str(WEB), name="page_assets")
     app.register_middleware(_security_headers, "response")
 
 
 async def index(request: Request) -> HTTPResponse:
     return await file(WEB / "index.html", mime_type="text/html; charset=utf-8", headers={"Cache-Control": "no-cache"})
+
+
+async def page_config(request: Request) -> HTTPResponse:
+    """What the page must know before its first read: whether to ask for a read token (so it asks before a
+    request fails, rather than after)."""
+    return json({"read_token_required": bool(request.app.ctx.settings.auth.read_tokens)})
 
 
 async def ui_root(request: Request) -> HTTPResponse:

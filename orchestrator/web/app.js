@@ -1,7 +1,7 @@
 // The page: picks the view, keeps the live topology from the WebSocket, and draws it as a graph, a table,
 // the selected node's details, the agents, and the topology at a past time.
 
-import { ApiError, getJSON } from "./api.js";
+import { ApiError, askForToken, getJSON, readToken } from "./api.js";
 import { Details } from "./details.js";
 import { Graph } from "./graph.js";
 import { connectLive } from "./live.js";
@@ -279,7 +279,9 @@ async function start() {
   $("time").addEventListener("input", () => ($("time-label").textContent = timeLabel(Number($("time").value))));
   $("time").addEventListener("change", () => showPast(Number($("time").value)));
   $("live-btn").addEventListener("click", backToLive);
-  // A read that needs a token asks for it here, before the WebSocket (which cannot show a 401) opens.
+  // Ask for a read token before the first read needs it (the WebSocket cannot show a 401 at all).
+  const config = await getJSON("/ui/config.json");
+  if (config.read_token_required && !readToken()) await askForToken();
   await getJSON("/api/v1/query/stats");
   startFeed();
 }
