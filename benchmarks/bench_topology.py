@@ -61,11 +61,10 @@ def extract(cgroup: str) -> str | None:
 
 
 def apply(topology: Topology, report: Report, order: int) -> float:
-    context = MergeContext(order, report.epoch, extract)
-    report.epoch  # noqa: B018 - parsed once, like the server does before merging
+    context = MergeContext(report, order, report.epoch, extract, topology)  # epoch parsed first, as in the server
     start = time.perf_counter()
     for merger in MERGERS:
-        merger.merge_report(report=report, topology=topology, context=context)
+        merger.merge_report(report=report, context=context)
     return (time.perf_counter() - start) * 1000
 
 

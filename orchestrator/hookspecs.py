@@ -9,9 +9,10 @@ A report goes through the stages in this order:
 4. ``receive_report`` — sinks (time-series store, persistence, WebSocket summaries, anything a plugin adds).
 
 Built-in behaviour is implemented by ordinary plugins in ``orchestrator_plugins`` and registered through
-the ``orchestrator`` entry-point group, exactly like third-party plugins. A hook that raises is logged with
-the plugin's name and counted in ``app_plugin_errors_total``; the report still goes through the other
-plugins and is never lost.
+the ``orchestrator`` entry-point group, exactly like third-party plugins. A report-time hook that raises is
+logged with the plugin's name and counted in ``app_plugin_errors_total``; the report still goes through the
+other plugins and is never lost. A start-up hook that raises stops start-up, and so does a hook
+implementation whose name is not a hook below (:meth:`pluggy.PluginManager.check_pending`).
 
 Hooks are called once per report (or once per distinct cgroup text), never per process or connection.
 pluggy has no async support: every hook here is synchronous and must not block for long — the event loop
@@ -33,7 +34,7 @@ hookimpl = pluggy.HookimplMarker("orchestrator")
 def register_sections():
     """Claim new top-level report sections (new report types).
 
-    Called once when the plugin manager is built.
+    Called once at start-up, before ``configure_plugin``. An exception stops start-up.
 
     :return: a mapping of section name (e.g. ``"kubernetes_info"``) to a pydantic model class that
         validates it. The section is then validated with that model (errors become 422 details under the
@@ -46,9 +47,11 @@ def register_sections():
 def configure_plugin(name, settings):
     """Hand a plugin its own settings from the ``pipeline.plugins.<name>.settings`` block of the config.
 
-    Called once at start-up for every registered plugin, after ``register_sections``.
+    Called once at start-up for every plugin that implements it, after ``register_sections``, with that
+    plugin's own name. An exception stops start-up (the CLI exits with status 2): raise
+    :class:`orchestrator.pipeline.host.PluginError` with the reason for settings the plugin refuses.
 
-    :param name: the plugin's registered name; a plugin implementing this hook checks it is its own.
+    :param name: the plugin's registered name (the entry point's name, or the name given to ``extra_plugins``).
     :param settings: the plugin's settings mapping (empty when the config has none).
     """
 
@@ -77,8 +80,10 @@ def extract_container_id(cgroup):
     """Find the container a process runs in from the raw text of its ``/proc/<pid>/cgroup``.
 
     Stops at the first non-``None`` result. The built-in extractor is ``trylast``, so a plugin can
-    handle a runtime it does not know and fall through to it otherwise. Results are cached per distinct
-    text, so an implementation must be a pure function: synchronous and free of side effects.
+    handle a runtime it does not know and fall through to it otherwise; an implementation that raises is
+    logged and counted and the next one is asked. Results are cached per distinct text (except when an
+    implementation raised), so an implementation must be a pure function: synchronous and free of side
+    effects.
 
     :param cgroup: the text, one or more ``hierarchy-ID:controllers:path`` lines.
     :return: the container's full id (e.g. 64 lowercase hex characters), or ``None`` for a host process.
@@ -89,27 +94,27 @@ def extract_container_id(cgroup):
 
 
 @hookspec
-def merge_report(report, topology, context):
+def merge_report(report, context):
     """Contribute a report's sections to the live topology. Collects from every plugin.
 
     Called once per accepted report, in arrival order, by the ingest worker. Each merger owns one or
-    more sections and replaces the reporting agent's earlier contribution for them with
-    ``context.contribute(topology, report, section, contribution)`` (which calls
-    :meth:`orchestrator.topology.Topology.contribute`); a section absent from the report must be left alone.
+    more sections and replaces the reporting agent's earlier contribution for each of them with
+    ``context.contribute(section, contribution)``; a section absent from the report must be left alone.
     Under load the worker skips this hook for a report that a later queued report of the same agent makes
     moot (the later one carries every section it carries and is not older); sinks still get every report.
 
     Clocks: the report's ``timestamp`` orders contributions (the newest report wins each field); the
     server's receipt time sets liveness (nodes' and edges' ``first_seen``/``last_seen``).
-    ``context.contribute`` passes both; a direct ``topology.contribute`` needs ``seen=context.received_at``,
-    or a probe with a skewed clock shows as seen at its own clock's time.
+    ``context.contribute`` passes both, so a probe with a skewed clock never shows as seen at its own
+    clock's time.
 
     :param report: the validated :class:`orchestrator.contract.models.Report`.
-    :param topology: the live :class:`orchestrator.topology.Topology`.
-    :param context: a :class:`orchestrator.pipeline.ingest.MergeContext` with ``order`` (the arrival counter that
-        breaks timestamp ties), ``received_at`` (the server's clock, epoch seconds, when the report was
-        accepted), ``container_id(process)`` (cached extraction through ``extract_container_id``) and
-        ``contribute(topology, report, section, contribution)``.
+    :param context: a :class:`orchestrator.pipeline.ingest.MergeContext` with
+        ``contribute(section, contribution)`` (an :class:`orchestrator.topology.Contribution`, or ``None``
+        to remove the section; it calls :meth:`orchestrator.topology.Topology.contribute` for the report's
+        agent), ``container_id(process)`` (cached extraction through ``extract_container_id``), ``order``
+        (the arrival counter that breaks timestamp ties) and ``received_at`` (the server's clock, epoch
+        seconds, when the report was accepted).
     """
 
 

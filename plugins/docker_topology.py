@@ -34,7 +34,7 @@ def docker_contribution(hostname: str, docker_info) -> Contribution:
 
 
 @hookimpl
-def merge_report(report, topology, context):
+def merge_report(report, context):
     if report.docker_info is None:
         return
-    context.contribute(topology, report, SECTION, docker_contribution(report.hostname, report.docker_info))
+    context.contribute(SECTION, docker_contribution(report.hostname, report.docker_info))

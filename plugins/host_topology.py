@@ -35,7 +35,7 @@ def host_contribution(hostname: str, host_info) -> Contribution:
 
 
 @hookimpl
-def merge_report(report, topology, context):
+def merge_report(report, context):
     if report.host_info is None:
         return
-    context.contribute(topology, report, SECTION, host_contribution(report.hostname, report.host_info))
+    context.contribute(SECTION, host_contribution(report.hostname, report.host_info))

@@ -116,8 +116,8 @@ def register_sections():
 
 
 @hookimpl
-def merge_report(report, topology, context):
+def merge_report(report, context):
     section = report.sections.get(SECTION)
     if section is None:
         return
-    context.contribute(topology, report, SECTION, contribution(report.hostname, section))
+    context.contribute(SECTION, contribution(report.hostname, section))

@@ -29,7 +29,7 @@ def network_contribution(hostname: str, network_info) -> Contribution:
 
 
 @hookimpl
-def merge_report(report, topology, context):
+def merge_report(report, context):
     if report.network_info is None:
         return
-    context.contribute(topology, report, SECTION, network_contribution(report.hostname, report.network_info))
+    context.contribute(SECTION, network_contribution(report.hostname, report.network_info))

@@ -67,9 +67,7 @@ def _metadata(process) -> dict:
 
 
 @hookimpl
-def merge_report(report, topology, context):
+def merge_report(report, context):
     if report.processes_info is None:
         return
-    context.contribute(
-        topology, report, SECTION, process_contribution(report.hostname, report.processes_info, context.container_id)
-    )
+    context.contribute(SECTION, process_contribution(report.hostname, report.processes_info, context.container_id))

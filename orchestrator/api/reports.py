@@ -9,7 +9,6 @@ from sanic import Blueprint, HTTPResponse, Request
 
 from orchestrator.contract.errors import ApiError
 from orchestrator.pipeline.decode import decode_body, parse_report
-from orchestrator.pipeline.host import call_each
 
 bp = Blueprint("reports", url_prefix="/api/v1")
 
@@ -27,14 +26,7 @@ async def post_report(request: Request) -> HTTPResponse:
     report = parse_report(raw, state.sections, server.max_json_depth)
     problems = [
         pair
-        for _plugin, pairs in call_each(
-            state.plugins,
-            "validate_report",
-            state.metrics,
-            state.settings.pipeline.order,
-            report=report,
-            settings=state.settings,
-        )
+        for _plugin, pairs in state.hooks.call_each("validate_report", report=report, settings=state.settings)
         for pair in pairs
     ]
     if problems:

@@ -19,7 +19,8 @@ import structlog
 
 from orchestrator.contract.errors import ApiError
 from orchestrator.contract.models import BUILTIN_SECTIONS, Process, Report, count_items
-from orchestrator.pipeline.host import call_each
+from orchestrator.pipeline.host import Hooks
+from orchestrator.topology import Contribution, Topology
 
 log = structlog.get_logger("orchestrator.pipeline.ingest")
 BATCH_SECONDS = 0.005
@@ -35,33 +36,44 @@ class Accepted:
     order: int
 
 
-@dataclass
+@dataclass(slots=True)
 class MergeContext:
-    """What ``merge_report`` hooks get besides the report: its arrival order, when the server received it,
-    cached extraction, and :meth:`contribute`, which passes both clocks on as the contract says."""
+    """What a ``merge_report`` hook gets besides the report: :meth:`contribute`, bound to this report, the
+    live topology and both clocks; :meth:`container_id` (cached extraction); the report's arrival
+    ``order`` and ``received_at``, the server's clock when it was accepted."""
 
+    report: Report
     order: int
     received_at: float
     extract: Callable[[str], str | None]
+    _topology: Topology
 
-    def contribute(self, topology, report: Report, section: str, contribution) -> None:
-        """``topology.contribute`` for ``report``'s agent: its timestamp orders, this arrival order breaks
-        ties, the receipt time sets ``first_seen``/``last_seen``. ``None`` removes the section."""
-        topology.contribute(
+    def contribute(self, section: str, contribution: Contribution | None) -> None:
+        """Replace the report's agent's contribution for ``section`` (``None`` removes it): the report's
+        timestamp orders, its arrival order breaks ties, the receipt time sets ``first_seen``/``last_seen``."""
+        report = self.report
+        self._topology.contribute(
             report.agent_id, report.hostname, section, report.epoch, self.order, contribution, seen=self.received_at
         )
 
     def container_id(self, process: Process) -> str | None:
+        """The process's container: its own ``container_id``, else extracted from its cgroup text."""
         if process.container_id:
             return process.container_id
         return self.extract(process.cgroup) if process.cgroup else None
 
 
 class ContainerIdCache:
-    """``extract_container_id`` once per distinct cgroup text: probes repeat the same texts every report."""
+    """``extract_container_id`` once per distinct cgroup text: probes repeat the same texts every report.
 
-    def __init__(self, pm, max_entries: int = 200_000) -> None:
-        self._hook = pm.hook.extract_container_id
+    The implementations are called one by one in pluggy's order, so one that raises is logged with its
+    plugin's name and counted, and the next (in the end the built-in, ``trylast``) still answers. An answer
+    reached past a failure is not cached: the text is tried again next time.
+    """
+
+    def __init__(self, hooks: Hooks, max_entries: int = 200_000) -> None:
+        self._hooks = hooks
+        self._impls = hooks.impls("extract_container_id")
         self._cache: dict[str, str | None] = {}
         self._max = max_entries
 
@@ -70,14 +82,20 @@ class ContainerIdCache:
             return self._cache[cgroup]
         except KeyError:
             pass
-        if len(self._cache) >= self._max:
-            self._cache.clear()
-        try:
-            found = self._hook(cgroup=cgroup)
-        except Exception as exc:
-            log.error("plugin_failed", hook="extract_container_id", error=repr(exc))
-            found = None
-        self._cache[cgroup] = found
+        found, failed = None, False
+        for impl in self._impls:
+            try:
+                found = impl.function(*(cgroup,)[: len(impl.argnames)])
+            except Exception as exc:
+                self._hooks.failed(impl, "extract_container_id", exc)
+                failed = True
+                continue
+            if found is not None:
+                break
+        if not failed:
+            if len(self._cache) >= self._max:
+                self._cache.clear()
+            self._cache[cgroup] = found
         return found
 
 
@@ -95,7 +113,7 @@ class Ingest:
         # The bound is on the whole backlog (queued + the batch the worker holds), enforced by submit().
         self.capacity = settings.server.ingest_queue_size
         self.queue = asyncio.Queue()
-        self.extract = ContainerIdCache(self.state.plugins)
+        self.extract = ContainerIdCache(self.state.hooks)
         self._batch: deque[Accepted] = deque()  # taken off the queue, not applied yet
 
     def submit(self, report: Report, raw: bytes, now: float, gzipped: bytes | None = None) -> str:
@@ -141,25 +159,13 @@ class Ingest:
     def apply(self, item: Accepted, merge: bool = True) -> None:
         state = self.state
         start = time.perf_counter()
-        order = state.settings.pipeline.order
         if merge:
-            context = MergeContext(item.order, item.received_at, self.extract)
-            call_each(
-                state.plugins,
-                "merge_report",
-                state.metrics,
-                order,
-                report=item.report,
-                topology=state.topology,
-                context=context,
-            )
+            context = MergeContext(item.report, item.order, item.received_at, self.extract, state.topology)
+            state.hooks.call_each("merge_report", report=item.report, context=context)
         else:
             state.metrics.reports_coalesced.inc()
-        call_each(
-            state.plugins,
+        state.hooks.call_each(
             "receive_report",
-            state.metrics,
-            order,
             report=item.report,
             raw=item.raw,
             gzipped=item.gzipped,

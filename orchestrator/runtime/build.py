@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from orchestrator.api.hub import Hub
-from orchestrator.pipeline.host import configure_plugins, get_plugin_manager
+from orchestrator.pipeline.host import Hooks, configure_plugins, get_plugin_manager
 from orchestrator.pipeline.ingest import Ingest
 from orchestrator.runtime.metrics import create_metrics
 from orchestrator.settings import Settings
@@ -20,6 +20,7 @@ def build_state(settings: Settings, extra_plugins: Iterable[tuple[str, Any]] = (
     pm = get_plugin_manager(settings, extra_plugins)
     state = State(settings=settings, metrics=create_metrics(), plugins=pm)
     state.sections = configure_plugins(pm, settings)
+    state.hooks = Hooks(pm, settings.pipeline.order, state.metrics)
     state.ingest = Ingest(state)
     state.hub = Hub(state)
     return state

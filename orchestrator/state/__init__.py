@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from orchestrator.api.hub import Hub
+    from orchestrator.pipeline.host import Hooks
     from orchestrator.pipeline.ingest import Ingest
     from orchestrator.state.persistence import Store
 
@@ -42,11 +43,11 @@ CleanupStats = dict[str, str | float]
 @dataclass(eq=False)
 class State:
     """Everything the server knows. Built by :func:`orchestrator.runtime.build.build_state`, which also sets
-    :attr:`ingest` and :attr:`hub` (they need the state to exist first)."""
+    :attr:`hooks`, :attr:`ingest` and :attr:`hub` (they need the state to exist first)."""
 
     settings: Settings
     metrics: Metrics
-    plugins: PluginManager
+    plugins: PluginManager  # the loaded plugins; hooks are called through ``hooks``
     # Sections plugins claimed (``register_sections``): name → the model that validates it.
     sections: dict[str, type[BaseModel]] = field(default_factory=dict)
     registry: AgentRegistry = field(default_factory=AgentRegistry)
@@ -66,6 +67,7 @@ class State:
     # Held by whoever changes the live topology across an await (the ingest worker's slices, a sweep's
     # batches) or reads it across one (the sliced publish), so none of them sees the others half-done.
     topology_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    hooks: Hooks = field(init=False)
     ingest: Ingest = field(init=False)
     hub: Hub = field(init=False)
 

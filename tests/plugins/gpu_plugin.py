@@ -29,7 +29,7 @@ def configure_plugin(name, settings):
 
 
 @hookimpl
-def merge_report(report, topology, context):
+def merge_report(report, context):
     section = report.sections.get("gpu_info")
     if section is None:
         return
@@ -44,4 +44,4 @@ def merge_report(report, topology, context):
         )
         for i, gpu in enumerate(section.gpus)
     ]
-    context.contribute(topology, report, "gpu_info", Contribution(nodes=tuple(nodes)))
+    context.contribute("gpu_info", Contribution(nodes=tuple(nodes)))

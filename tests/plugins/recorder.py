@@ -16,7 +16,7 @@ class Recorder:
 
 class Failing:
     @hookimpl
-    def merge_report(self, report, topology, context):
+    def merge_report(self, report, context):
         raise RuntimeError("merger bug")
 
     @hookimpl

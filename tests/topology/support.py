@@ -28,9 +28,10 @@ def merge(topology, body: dict, order: int, received_at: float | None = None) ->
 def merge_parsed(topology, report: Report, order: int, received_at: float | None = None) -> Report:
     """Through the built-in mergers, as the ingest worker does; received at ``received_at``, by default at
     the report's own timestamp (a probe whose clock is in sync)."""
-    context = MergeContext(order, report.epoch if received_at is None else received_at, container_id_from_cgroup)
+    seen = report.epoch if received_at is None else received_at
+    context = MergeContext(report, order, seen, container_id_from_cgroup, topology)
     for merger in MERGERS:
-        merger.merge_report(report=report, topology=topology, context=context)
+        merger.merge_report(report=report, context=context)
     return report
 
 
