@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from collections.abc import Mapping
 from pathlib import Path
@@ -124,6 +125,7 @@ class WebSocketSettings(_Section):
     history_size: int = Field(120, ge=0, le=100_000)
     max_message_size: int = Field(64 * 1024, ge=128, le=16 * MIB)
     slow_client_timeout: Duration(0.1, 3600.0) = 30.0
+    compression: bool = True  # offer permessage-deflate; clients that do not ask for it are served plain
 
 
 class AuthSettings(_Section):
@@ -160,11 +162,30 @@ class Settings(_Section):
     logging: LoggingSettings = LoggingSettings()
 
     def redacted(self) -> dict:
-        """The effective settings as JSON, with secrets replaced."""
+        """The effective settings as JSON, with secrets replaced: the tokens, and any plugin setting whose
+        name looks like a secret (``token``, ``password``, ``api_key``, ...)."""
         out = self.model_dump(mode="json")
         for key in ("agent_tokens", "read_tokens"):
             out["auth"][key] = ["***"] * len(out["auth"][key])
+        for plugin in out["pipeline"]["plugins"].values():
+            plugin["settings"] = redact_secrets(plugin["settings"])
         return out
+
+
+REDACTED = "***"
+_SECRET_NAME = re.compile(r"token|secret|passw|api_?key|private_?key|credential|auth|cookie|signature", re.I)
+
+
+def redact_secrets(tree: Any) -> Any:
+    """``tree`` with the value of every key that names a secret replaced by ``***`` (at any depth)."""
+    if isinstance(tree, dict):
+        return {
+            key: REDACTED if _SECRET_NAME.search(str(key)) and value not in (None, "") else redact_secrets(value)
+            for key, value in tree.items()
+        }
+    if isinstance(tree, list):
+        return [redact_secrets(item) for item in tree]
+    return tree
 
 
 # The flags of the contract, each with its plain environment name and its place in the file.

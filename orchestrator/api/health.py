@@ -1,4 +1,4 @@
-"""Liveness, ping and Prometheus metrics: always open, never behind a token."""
+"""Health, liveness, readiness, ping and Prometheus metrics: always open, never behind a token."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from sanic.response import json
 
 from orchestrator import __version__
 from orchestrator.contract.durations import format_duration
+from orchestrator.runtime.readiness import readiness
 
 bp = Blueprint("health")
 
@@ -27,6 +28,22 @@ async def health(request: Request) -> HTTPResponse:
         "ingest_queue": state.ingest.backlog if state.ingest else 0,
     }
     return json(body, status=503 if state.shutting_down else 200)
+
+
+@bp.get("/livez")
+async def livez(request: Request) -> HTTPResponse:
+    """Liveness: the event loop answers. Restart the server only when this fails."""
+    return json({"status": "alive"})
+
+
+@bp.get("/readyz")
+async def readyz(request: Request) -> HTTPResponse:
+    """Readiness: 200 when the server should get traffic, else 503 with the reasons (starting, restoring,
+    catching up, shutting down, unable to persist)."""
+    reasons = readiness(request.app.ctx.state)
+    if not reasons:
+        return json({"status": "ready"})
+    return json({"status": "not_ready", "reasons": reasons}, status=503)
 
 
 @bp.get("/api/v1/ping")

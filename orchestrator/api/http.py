@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import os
+import re
 import time
 
 import orjson
@@ -13,6 +14,7 @@ from sanic import HTTPResponse, Request, Sanic
 from orchestrator.api.errors import error_response
 from orchestrator.contract.errors import ApiError
 from orchestrator.pipeline.decode import decode_body
+from orchestrator.runtime.metrics import method_label
 
 log = structlog.get_logger("orchestrator.http")
 
@@ -20,6 +22,10 @@ CORS_METHODS = "GET, POST, OPTIONS"
 CORS_HEADERS = "Authorization, Content-Type, Content-Encoding, X-Request-Id"
 AGENT_PATHS = ("/api/v1/agents/", "/api/v1/reports")
 READ_PATHS = ("/api/v1/query/", "/api/v1/ws")
+WEBSOCKET_PATH = "/api/v1/ws"
+# A client's X-Request-Id is kept when it is a plausible id (visible ASCII, at most 128 characters);
+# anything else is replaced, so a client cannot put megabytes or control characters into every log line.
+_REQUEST_ID = re.compile(r"[!-~]{1,128}")
 
 
 def setup_http(app: Sanic) -> None:
@@ -35,9 +41,24 @@ def _cors_origin(request: Request) -> str | None:
     return origin if origin in allowed else None
 
 
+def request_id(request: Request) -> str:
+    """The client's X-Request-Id when it is a plausible id, else a fresh one."""
+    given = request.headers.get("x-request-id", "")
+    return given if _REQUEST_ID.fullmatch(given) else os.urandom(8).hex()
+
+
 async def _start(request: Request):
     request.ctx.started = time.perf_counter()
-    request.ctx.request_id = request.headers.get("x-request-id") or os.urandom(8).hex()
+    request.ctx.request_id = request_id(request)
+    # Every line logged while this request is handled (its handler, plugins, the WebSocket feed it opens)
+    # carries these; requests on one keep-alive connection run one after another in the connection's task.
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(
+        request_id=request.ctx.request_id,
+        method=request.method,
+        path=request.path,
+        client=request.client_ip,
+    )
     if request.method == "OPTIONS" and "access-control-request-method" in request.headers:
         return _preflight(request)
     return check_token(request)
@@ -66,8 +87,8 @@ def check_token(request: Request) -> HTTPResponse | None:
         return None
     header = request.headers.get("authorization", "")
     given = header[7:].strip() if header[:7].lower() == "bearer " else ""
-    if not given and kind == "read":
-        given = request.args.get("token", "")  # browsers cannot set headers on a WebSocket
+    if not given and path == WEBSOCKET_PATH:
+        given = request.args.get("token", "")  # browsers cannot set headers on a WebSocket; REST can
     # Compare against every token in constant time, so the answer's timing says nothing about which matched.
     matched = False
     for token in tokens:
@@ -95,21 +116,29 @@ async def _finish(request: Request, response: HTTPResponse) -> None:
     route = request.route.path if request.route else "unmatched"
     route = "/" + route.lstrip("/")
     status = response.status
-    request.app.ctx.state.metrics.http_duration.labels(request.method, route, str(status)).observe(duration)
-    response.headers["X-Request-Id"] = request.ctx.request_id
-    level = log.warning if status >= 500 else log.debug if route in _QUIET_ROUTES and status < 400 else log.info
-    level(
-        "request",
-        method=request.method,
-        route=route,
-        status=status,
-        duration_ms=round(duration * 1000, 2),
-        request_id=request.ctx.request_id,
+    request.app.ctx.state.metrics.http_duration.labels(method_label(request.method), route, str(status)).observe(
+        duration
     )
+    response.headers["X-Request-Id"] = request.ctx.request_id
+    level = log.warning if status >= 500 else log.debug if route in QUIET_ROUTES and status < 400 else log.info
+    level("request", route=route, status=status, duration_ms=round(duration * 1000, 2))
+    structlog.contextvars.clear_contextvars()
 
 
-# Probes post every few seconds per host: at fleet scale, logging each success would drown the log.
-_QUIET_ROUTES = {"/api/v1/reports", "/api/v1/agents/heartbeat/<agent_id>", "/health", "/metrics", "/api/v1/ping"}
+# Probes post and heartbeat every few seconds per host, monitors poll health and metrics: at fleet scale,
+# logging each success would drown the log, so those are at debug. Names are Sanic's route paths.
+QUIET_ROUTES = frozenset(
+    {
+        "/api/v1/reports",
+        "/api/v1/agents/heartbeat/<agent_id:str>",
+        "/api/v1/agents/config/<agent_id:str>",
+        "/health",
+        "/livez",
+        "/readyz",
+        "/metrics",
+        "/api/v1/ping",
+    }
+)
 
 
 def json_body(request: Request):

@@ -112,6 +112,8 @@ class Ingest:
         settings = self.state.settings
         # The bound is on the whole backlog (queued + the batch the worker holds), enforced by submit().
         self.capacity = settings.server.ingest_queue_size
+        self.state.metrics.ingest_queue_capacity.set(self.capacity)
+        self.queued_bytes = 0  # decoded JSON of the backlog, shown as app_ingest_queue_bytes
         self.queue = asyncio.Queue()
         self.extract = ContainerIdCache(self.state.hooks)
         self._batch: deque[Accepted] = deque()  # taken off the queue, not applied yet
@@ -131,7 +133,9 @@ class Ingest:
             raise ApiError(429, "ingest queue is full; retry later", code="overloaded", headers={"Retry-After": retry})
         order = self.state.next_order()
         self.queue.put_nowait(Accepted(report, raw, gzipped, now, order))
+        self.queued_bytes += len(raw)
         self.state.metrics.ingest_queue.set(self.queue.qsize())
+        self.state.metrics.ingest_queue_bytes.set(self.queued_bytes)
         return f"{self.instance}-{order}"
 
     async def run(self) -> None:
@@ -173,6 +177,8 @@ class Ingest:
             state=state,
         )
         state.dirty_agents.add(item.report.agent_id)
+        self.queued_bytes -= len(item.raw)
+        state.metrics.ingest_queue_bytes.set(self.queued_bytes)
         state.metrics.ingest_seconds.observe(time.perf_counter() - start)
 
     async def drain(self) -> None:

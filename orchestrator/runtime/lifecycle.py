@@ -10,8 +10,10 @@ import structlog
 from sanic import Sanic
 from sanic.application.constants import ServerStage
 
+from orchestrator.api.ws_deflate import DeflateWebSocketProtocol
 from orchestrator.pipeline.host import plugin_names
 from orchestrator.runtime.metrics import watch_loop_lag
+from orchestrator.runtime.readiness import RESTORING, STARTING
 from orchestrator.settings import Settings
 from orchestrator.state import State
 from orchestrator.state.cleanup import run_cleanup
@@ -23,7 +25,14 @@ GC_FREEZE_SECONDS = 1.0
 
 
 class Orchestrator(Sanic):
-    """Sanic, with a stop that a server still starting up cannot lose."""
+    """Sanic, with a stop that a server still starting up cannot lose, and WebSockets that can negotiate
+    permessage-deflate (``api/ws_deflate.py``) however the server is started."""
+
+    def prepare(self, *args, protocol=None, **kwargs):
+        return super().prepare(*args, protocol=protocol or DeflateWebSocketProtocol, **kwargs)
+
+    async def create_server(self, *args, protocol=None, **kwargs):
+        return await super().create_server(*args, protocol=protocol or DeflateWebSocketProtocol, **kwargs)
 
     def stop(self, terminate: bool = True, unregister: bool = False) -> None:
         # Sanic's SIGINT/SIGTERM handler calls this. The socket already answers while the start-up listeners
@@ -60,6 +69,7 @@ def configure_sanic(app: Sanic, settings: Settings) -> None:
             "WEBSOCKET_MAX_SIZE": max(4 * ws.max_message_size, 1024 * 1024),
             "WEBSOCKET_PING_INTERVAL": ws.ping_interval,
             "WEBSOCKET_PING_TIMEOUT": ws.ping_timeout,
+            "WEBSOCKET_COMPRESSION": ws.compression,
             "ACCESS_LOG": False,
             "NOISY_EXCEPTIONS": False,
             "MOTD": False,
@@ -74,11 +84,13 @@ async def _start_up(app: Sanic) -> None:
     state: State = app.ctx.state
     settings = state.settings
     if settings.storage.persist:
+        state.not_ready[RESTORING] = "restoring the saved state"
         store, problem = Store.open(settings.storage.data_dir)
         state.store = store
         if problem:
             log.error("data_file_set_aside", problem=problem, data_dir=settings.storage.data_dir)
         store.restore(state)
+        del state.not_ready[RESTORING]
     if not (settings.auth.agent_tokens and settings.auth.read_tokens) and settings.server.host not in (
         "127.0.0.1",
         "localhost",
@@ -119,6 +131,7 @@ async def _start_background(app: Sanic) -> None:
             *((("gc_freeze", _freeze_long_lived()),) if tune_gc else ()),
         )
     ]
+    state.not_ready.pop(STARTING, None)
 
 
 async def _freeze_long_lived() -> None:

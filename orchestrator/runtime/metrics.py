@@ -3,10 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import platform
 import time
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+
+from orchestrator import __version__
+
+# The method label takes only these; anything else a client sends is counted as "other", so made-up
+# methods cannot grow the label set (each new value is a new series, kept for the life of the process).
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+# Label values known up front: their series exist (at 0) from the start, so rate() and alerts see them
+# before the first event.
+KNOWN_LABELS = {
+    "agents": ("online", "stale"),
+    "reports_rejected": ("validation",),
+    "websocket_closes": ("slow", "shutdown", "invalid_view"),
+    "cleanup_removed": ("archived", "deleted"),
+}
+
+
+def method_label(method: str) -> str:
+    """The ``method`` label of a request: the method itself when it is a standard one, else ``other``."""
+    return method if method in HTTP_METHODS else "other"
 
 
 @dataclass(frozen=True)
@@ -18,6 +40,8 @@ class Metrics:
     reports_rejected: Counter
     reports_throttled: Counter
     ingest_queue: Gauge
+    ingest_queue_capacity: Gauge
+    ingest_queue_bytes: Gauge
     reports_coalesced: Counter
     ingest_seconds: Histogram
     plugin_errors: Counter
@@ -37,11 +61,16 @@ class Metrics:
     checkpoint_seconds: Histogram
     checkpoint_failures: Counter
     loop_lag: Histogram
+    build_info: Gauge
 
 
 def create_metrics() -> Metrics:
+    # Counters' *_created series double the output and nobody graphs them. The switch is process-wide in
+    # prometheus_client; every registry of ours wants it off.
+    prometheus_client.disable_created_metrics()
     r = CollectorRegistry(auto_describe=True)
-    return Metrics(
+    ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, open fds, ...
+    metrics = Metrics(
         registry=r,
         http_duration=Histogram(
             "app_http_request_duration_seconds",
@@ -57,6 +86,12 @@ def create_metrics() -> Metrics:
             "app_reports_throttled_total", "Reports refused with 429/503 (queue full or shutting down)", registry=r
         ),
         ingest_queue=Gauge("app_ingest_queue_depth", "Accepted reports waiting to be applied", registry=r),
+        ingest_queue_capacity=Gauge(
+            "app_ingest_queue_capacity", "Reports the ingest backlog may hold (server.ingest_queue_size)", registry=r
+        ),
+        ingest_queue_bytes=Gauge(
+            "app_ingest_queue_bytes", "Decoded JSON bytes of the accepted reports not applied yet", registry=r
+        ),
         reports_coalesced=Counter(
             "app_reports_coalesced_total",
             "Reports not merged because a later queued report of the agent replaced every section",
@@ -109,7 +144,16 @@ def create_metrics() -> Metrics:
             registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
         ),
+        build_info=Gauge(
+            "app_build_info", "Always 1; the labels say which build runs", ["version", "python"], registry=r
+        ),
     )
+    metrics.build_info.labels(__version__, platform.python_version()).set(1)
+    for name, values in KNOWN_LABELS.items():
+        family = getattr(metrics, name)
+        for value in values:
+            family.labels(value)
+    return metrics
 
 
 async def watch_loop_lag(metrics: Metrics, interval: float = 0.1) -> None:

@@ -62,6 +62,8 @@ class State:
     reports_received: int = 0
     started_at: float = field(default_factory=time.time)
     shutting_down: bool = False
+    # Why the server should not get traffic yet (reason code → message); see orchestrator/runtime/readiness.py.
+    not_ready: dict[str, str] = field(default_factory=lambda: {"starting": "the server is starting"})
     store: Store | None = None  # when persistence is on, from start-up
     cleanup_stats: CleanupStats = field(default_factory=dict)
     # Held by whoever changes the live topology across an await (the ingest worker's slices, a sweep's

@@ -131,3 +131,125 @@ def test_two_apps_in_one_process_keep_separate_metrics(start_server):
 def test_open_endpoints_need_no_token(start_server, path):
     server = start_server(make_settings(auth={"agent_tokens": ["a"], "read_tokens": ["r"]}))
     assert httpx.get(server.url + path).status_code == 200
+
+
+def test_an_overlong_or_odd_request_id_is_replaced(http):
+    for given in ("x" * 129, "bad id with spaces", "tab\tid"):
+        echoed = http.get("/api/v1/ping", headers={"X-Request-Id": given}).headers["x-request-id"]
+        assert echoed != given and len(echoed) == 16
+    assert http.get("/api/v1/ping", headers={"X-Request-Id": "r" * 128}).headers["x-request-id"] == "r" * 128
+
+
+@pytest.fixture
+def all_levels():
+    """structlog lets every level through while a test captures events (the suite runs at warning)."""
+    import logging
+
+    import structlog
+
+    previous = structlog.get_config()["wrapper_class"]
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    yield
+    structlog.configure(wrapper_class=previous)
+
+
+def test_every_log_line_of_a_request_carries_its_request_id_method_path_and_client(start_server, all_levels):
+    from structlog.contextvars import merge_contextvars
+    from structlog.testing import capture_logs
+
+    from tests.plugins.recorder import Failing
+
+    server = start_server(extra_plugins=[("failing", Failing())])
+    with capture_logs(processors=[merge_contextvars]) as events, httpx.Client(base_url=server.url) as client:
+        post_report(client, report(), **{"X-Request-Id": "req-42"})
+        client.get("/api/v1/ping", headers={"X-Request-Id": "req-43"})
+    mine = [e for e in events if e.get("request_id") == "req-42"]
+    assert any(e["event"] != "request" for e in mine), events  # the plugin's error line, inside the request
+    for event in mine:
+        assert event["method"] == "POST" and event["path"] == "/api/v1/reports" and event["client"] == "127.0.0.1"
+    (line,) = [e for e in mine if e["event"] == "request"]
+    assert line["status"] == 202 and line["duration_ms"] >= 0 and line["route"] == "/api/v1/reports"
+    # Nothing leaks from one request into the next on the same connection.
+    assert all(e.get("request_id") != "req-42" for e in events if e.get("path") == "/api/v1/ping")
+
+
+def test_routine_successes_are_logged_at_debug_and_the_rest_at_info(start_server, all_levels):
+    from structlog.testing import capture_logs
+
+    server = start_server()
+    with capture_logs() as events, httpx.Client(base_url=server.url) as client:
+        client.post("/api/v1/agents/register", json={"agent_id": "a-1", "hostname": "h-1"})
+        assert client.post("/api/v1/agents/heartbeat/a-1").status_code == 200
+        assert client.get("/api/v1/agents/config/a-1").status_code == 200
+        assert post_report(client, report("a-1", "h-1")).status_code == 202
+        for path in ("/health", "/livez", "/readyz", "/metrics", "/api/v1/ping"):
+            client.get(path)
+        client.post("/api/v1/agents/heartbeat/nobody")  # 404: worth a line
+    levels = {e["route"]: e["log_level"] for e in events if e["event"] == "request" and e["status"] < 400}
+    assert levels.pop("/api/v1/agents/register") == "info"
+    assert set(levels.values()) == {"debug"}, levels
+    assert len(levels) == 8
+    (missing,) = [e for e in events if e["event"] == "request" and e["status"] == 404]
+    assert missing["log_level"] == "info"
+
+
+def test_query_token_is_accepted_on_the_websocket_only(start_server):
+    server = start_server(make_settings(auth={"read_tokens": ["r"]}))
+    with httpx.Client(base_url=server.url) as client:
+        assert_error(client.get("/api/v1/query/stats", params={"token": "r"}), 401, "unauthorized")
+        assert client.get("/api/v1/query/stats", headers={"Authorization": "Bearer r"}).status_code == 200
+
+
+def test_stats_redact_plugin_settings_that_look_secret(start_server):
+    plugins = {"kubernetes_info": {"settings": {"api_token": "s3cret", "nested": {"password": "pw"}, "zone": "eu"}}}
+    server = start_server(make_settings(pipeline={"plugins": plugins}))
+    body = httpx.get(server.url + "/api/v1/query/stats").json()
+    shown = body["config"]["pipeline"]["plugins"]["kubernetes_info"]["settings"]
+    assert shown == {"api_token": "***", "nested": {"password": "***"}, "zone": "eu"}
+    assert "s3cret" not in httpx.get(server.url + "/api/v1/query/stats").text
+
+
+def test_livez_and_readyz_answer_once_started(http):
+    assert http.get("/livez").json() == {"status": "alive"}
+    assert http.get("/readyz").json() == {"status": "ready"}
+
+
+def test_readyz_is_503_until_start_up_is_done_and_while_shutting_down(settings):
+    import asyncio
+    import threading
+
+    from orchestrator.app import create_app
+    from tests.support import ServerThread, free_port, wait_for
+
+    app = create_app(settings)
+    release = threading.Event()
+
+    async def slow_start(app):  # a long restore, as a big data file would make
+        await asyncio.to_thread(release.wait, 15)
+
+    app.register_listener(slow_start, "before_server_start")
+    server = ServerThread(app, free_port())
+    starting = threading.Thread(target=server.start)
+    starting.start()
+    try:
+
+        def answer(path):
+            try:
+                return httpx.get(server.url + path, timeout=2)
+            except httpx.TransportError:
+                return None
+
+        starting_answer = wait_for(lambda: answer("/readyz"), 10)
+        assert starting_answer.status_code == 503
+        assert starting_answer.json()["status"] == "not_ready" and "starting" in starting_answer.json()["reasons"]
+        assert answer("/livez").status_code == 200
+        release.set()
+        starting.join(15)
+        assert wait_for(lambda: answer("/readyz").status_code == 200, 10)
+        server.call(lambda: setattr(server.state, "shutting_down", True))
+        body = answer("/readyz").json()
+        assert body["status"] == "not_ready" and "shutting_down" in body["reasons"]
+    finally:
+        release.set()
+        starting.join(15)
+        server.stop()

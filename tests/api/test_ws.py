@@ -420,7 +420,8 @@ async def test_slow_client_does_not_delay_others_and_is_resynced_or_closed_1013(
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", server.port))
-    slow = await websockets.connect(ws_url(server), sock=sock, max_queue=1, max_size=None)
+    # Uncompressed: these repetitive diffs deflate so well that a compressing peer's buffers would not fill.
+    slow = await websockets.connect(ws_url(server), sock=sock, max_queue=1, max_size=None, compression=None)
     fast = await websockets.connect(ws_url(server), max_size=None)
     try:
         mirror = Mirror(await recv(fast))
@@ -512,3 +513,29 @@ async def test_graceful_stop_closes_clients_with_1001(ws_server):
             while True:
                 await recv(ws, timeout=5)
         assert ws.close_code == 1001
+
+
+async def test_permessage_deflate_is_negotiated_when_offered_and_plain_clients_still_work(ws_server):
+    await post(ws_server, report("agent-1"))
+    async with websockets.connect(ws_url(ws_server, "level=host")) as deflating:
+        assert "permessage-deflate" in deflating.response.headers.get("Sec-WebSocket-Extensions", "")
+        assert (await recv(deflating))["type"] == "topology_update"
+    async with websockets.connect(ws_url(ws_server, "level=host"), compression=None) as plain:
+        assert "Sec-WebSocket-Extensions" not in plain.response.headers
+        assert (await recv(plain))["type"] == "topology_update"
+
+
+async def test_compression_can_be_turned_off(start_ws_server):
+    server = start_ws_server(compression=False)
+    async with websockets.connect(ws_url(server, "level=host")) as ws:
+        assert "Sec-WebSocket-Extensions" not in ws.response.headers
+        assert (await recv(ws))["type"] == "topology_update"
+
+
+async def test_websocket_query_token_is_accepted(start_server):
+    server = start_server(make_settings(auth={"read_tokens": ["r"]}))
+    async with websockets.connect(ws_url(server, "level=host&token=r")) as ws:
+        assert (await recv(ws))["type"] == "topology_update"
+    with pytest.raises(websockets.exceptions.InvalidStatus):
+        async with websockets.connect(ws_url(server, "level=host&token=wrong")):
+            pass
