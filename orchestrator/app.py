@@ -11,6 +11,7 @@ from sanic import Sanic
 from orchestrator.api import agents, health, query, reports
 from orchestrator.api.errors import handle_exception
 from orchestrator.api.http import setup_http
+from orchestrator.api.openapi import setup_openapi
 from orchestrator.api.page import setup_page
 from orchestrator.api.ws import setup_ws
 from orchestrator.runtime.build import build_state
@@ -46,5 +47,6 @@ def create_app(
         app.blueprint(bp)
     setup_ws(app)
     setup_page(app)
+    setup_openapi(app)
     setup_lifecycle(app)
     return app

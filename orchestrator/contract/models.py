@@ -1,4 +1,4 @@
-"""The v1 report schema (``../shared/spec/api-v1.md``, "Reports" and "Agents") as pydantic v2 models.
+"""The v1 report schema (``docs/api.md``, "Reports" and "Agents") as pydantic v2 models.
 
 Every model keeps fields the contract does not name (``extra="allow"``): probes add things and plugins
 read them. Validation is done once, on the decoded body; the raw bytes are what gets stored.
@@ -16,6 +16,7 @@ from pydantic import (
     Field,
     PlainValidator,
     PrivateAttr,
+    WithJsonSchema,
 )
 
 from orchestrator.contract.times import parse_rfc3339
@@ -41,7 +42,11 @@ _V6 = (
 IP_PATTERN = rf"^(?:|{_V4}|{_V6}(?:%[0-9A-Za-z._-]+)?)$"  # empty: no address (a listener's remote end)
 
 
-Timestamp = Annotated[str, AfterValidator(_check_timestamp)]
+Timestamp = Annotated[
+    str,
+    AfterValidator(_check_timestamp),
+    Field(description="RFC 3339, e.g. 2025-10-13T00:00:00Z (fractional seconds and offsets allowed)."),
+]
 IpAddress = Annotated[str, Field(pattern=IP_PATTERN)]
 # Strict: "8" and true are not counts (lax mode would convert them, and /latest would show them as sent);
 # a JSON integer is still a valid float.
@@ -69,7 +74,11 @@ def check_number(value: int | float) -> bool:
     return math.isfinite(value)
 
 
-MetadataValue = Annotated[str | int | float | bool, PlainValidator(_metadata_value)]
+MetadataValue = Annotated[
+    str | int | float | bool,
+    PlainValidator(_metadata_value),
+    WithJsonSchema({"type": ["string", "number", "boolean"]}),  # the plain validator hides the type from the schema
+]
 
 
 class _Open(BaseModel):
@@ -153,6 +162,8 @@ BUILTIN_SECTIONS = ("host_info", "docker_info", "processes_info", "network_info"
 
 
 class Report(_Open):
+    """A probe's report: who sent it, when, and what it saw. Every ``*_info`` section is optional."""
+
     agent_id: AgentId
     hostname: Hostname
     timestamp: Timestamp
@@ -177,6 +188,8 @@ class Report(_Open):
 
 
 class AgentRegistration(BaseModel):
+    """The body of ``POST /api/v1/agents/register``."""
+
     model_config = ConfigDict(extra="allow")
 
     agent_id: AgentId

@@ -1,4 +1,4 @@
-"""The probe side of the v1 contract (``/work/shared/spec/api-v1.md``, "Agents" and "Reports").
+"""The probe side of the v1 contract (``docs/api.md``, "Agents" and "Reports").
 
 Both the real probe (``probe.py``) and the fleet simulator (``simulate.py``) talk to the server through an
 ``AgentClient``: register, fetch the agent's configuration, heartbeat, post gzip reports. Every request

@@ -1,0 +1,169 @@
+"""The bodies the server answers with, as pydantic models: the source of the JSON Schemas in the OpenAPI document.
+
+The server writes these bodies itself (orjson, spliced bytes): the models are never on the hot path. They say
+what a client can rely on, and ``tests/api/test_openapi.py`` validates real answers against them, so they
+cannot drift from what is sent. Every model allows fields it does not name: the contract grows by adding.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# What the server writes (``contract.times.format_rfc3339``): RFC 3339, UTC, ``Z``.
+ServerTime = Annotated[str, Field(json_schema_extra={"format": "date-time"}, examples=["2025-10-13T00:00:00.000Z"])]
+GoDuration = Annotated[str, Field(description="A Go-style duration: 500ms, 15s, 5m, 1h30m.", examples=["15s"])]
+Level = Literal["process", "container", "host"]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ErrorDetail(_Body):
+    field: str = Field(description="The bad field's JSON path, e.g. network_info.connections.3.remote_port.")
+    message: str
+
+
+class ErrorInfo(_Body):
+    code: str = Field(description="A machine code: see docs/api.md, 'Errors'.", examples=["bad_parameter"])
+    message: str
+    details: list[ErrorDetail] | None = Field(default=None, description="On 422: one entry per bad field.")
+
+
+class ErrorBody(_Body):
+    """Every error, at every status."""
+
+    error: ErrorInfo
+
+
+class Agent(_Body):
+    agent_id: str
+    hostname: str
+    metadata: dict[str, str | int | float | bool]
+    registered_at: ServerTime
+    last_seen: ServerTime
+    last_report_at: ServerTime | None
+    reports_received: int
+    status: Literal["online", "stale"]
+
+
+class Registered(_Body):
+    status: Literal["registered"]
+    message: str
+    agent: Agent
+
+
+class HeartbeatAck(_Body):
+    status: Literal["ok"]
+    timestamp: ServerTime
+
+
+class AgentConfig(_Body):
+    agent_id: str
+    report_interval: GoDuration
+    heartbeat_interval: GoDuration
+    server_time: ServerTime
+    features: dict[str, Any]
+
+
+class AgentList(_Body):
+    agents: list[Agent]
+    count: int
+
+
+class ReportAccepted(_Body):
+    status: Literal["accepted"]
+    message: str
+    report_id: str
+
+
+class Node(_Body):
+    id: str = Field(examples=["process:host-1:4242"])
+    type: str = Field(description="host, container, process or external (plugins may add types).")
+    name: str | None
+    parent: str | None = Field(description="The id of the node this one runs in; never a missing node.")
+    host: str | None
+    agent_ids: list[str]
+    metadata: dict[str, Any]
+    metrics: dict[str, Any]
+    first_seen: ServerTime
+    last_seen: ServerTime
+
+
+class Edge(_Body):
+    id: str = Field(examples=["process:host-1:5120->process:host-2:880"])
+    source: str = Field(description="The client end's node id.")
+    target: str = Field(description="The server end's node id.")
+    protocol: str
+    ports: list[int]
+    connections: int
+    last_seen: ServerTime
+
+
+class Topology(_Body):
+    nodes: dict[str, Node]
+    edges: dict[str, Edge]
+    timestamp: ServerTime | None = Field(description="When this version was published (null before the first).")
+    seq: int = Field(description="The published version's sequence number (the WebSocket's seq).")
+
+
+class TopologyResponse(_Body):
+    topology: Topology
+
+
+class LatestReport(_Body):
+    agent_id: str
+    received_at: ServerTime
+    report: dict[str, Any] = Field(description="The report exactly as submitted (see the Report schema).")
+
+
+class TimeseriesPoint(_Body):
+    timestamp: ServerTime
+    cpu_percent: float | None
+    memory_used: int | None
+    memory_percent: float | None
+    load1: float | None
+    net_rx_rate: float | None
+    net_tx_rate: float | None
+    process_count: int | None
+    container_count: int | None
+    connection_count: int | None
+
+
+class Timeseries(_Body):
+    agent_id: str
+    duration: GoDuration
+    resolution: GoDuration
+    step: GoDuration
+    points: list[TimeseriesPoint]
+    count: int
+
+
+class Stats(_Body):
+    agents: int
+    agents_by_status: dict[str, int]
+    websocket_clients: int
+    reports_received: int
+    ingest_queue: int
+    seq: int
+    storage: dict[str, Any]
+    topology: dict[str, int]
+    websocket: dict[str, Any]
+    cleanup: dict[str, Any]
+    config: dict[str, Any] = Field(description="The effective settings, tokens redacted.")
+    uptime: GoDuration
+
+
+class Health(_Body):
+    status: str = Field(description="healthy (200); shutting_down (503) once a graceful shutdown has begun.")
+    version: str
+    uptime: GoDuration
+    uptime_seconds: float
+    agents: int
+    ingest_queue: int
+
+
+class Pong(_Body):
+    message: Literal["pong"]
