@@ -78,6 +78,13 @@ LEVEL = Param(
     "(containers and processes collapsed into their host). Edges are rolled up the same way.",
     schema={"type": "string", "enum": list(get_args(responses.Level)), "default": "process"},
 )
+EXTERNAL = Param(
+    "external",
+    "each (default): one node per external address; group: every public one (not private, loopback, "
+    "link-local, CGNAT 100.64.0.0/10, ULA fc00::/7 or unspecified) folded into external:internet, their "
+    "edges rolled up onto it.",
+    schema={"type": "string", "enum": list(get_args(responses.External)), "default": "each"},
+)
 HOST = Param("host", "Only this host's nodes, and every edge with at least one end among them.")
 AGENT_ID = Param("agent_id", "The agent's id.", where="path", example="agent-1", required=True)
 UNKNOWN_AGENT = {404: "unknown_agent: the agent never registered or reported"}
@@ -166,7 +173,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "The published topology",
         "query",
         response=responses.TopologyResponse,
-        params=(LEVEL, HOST),
+        params=(LEVEL, HOST, EXTERNAL),
     ),
     Endpoint(
         "GET",
@@ -205,6 +212,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         params=(
             LEVEL,
             HOST,
+            EXTERNAL,
             Param(
                 "since",
                 "The last seq the client saw: the missed diffs are replayed when still held, else a "

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator.contract.responses import Edge, Level, Node, ServerTime
+from orchestrator.contract.responses import Edge, External, Level, Node, ServerTime
 
 
 class _Message(BaseModel):
@@ -89,7 +89,14 @@ class PongMessage(_Envelope):
     payload: dict[str, Any]
 
 
-WS_ERROR_CODES = ("invalid_level", "invalid_since", "message_too_large", "malformed_json", "unknown_message")
+WS_ERROR_CODES = (
+    "invalid_level",
+    "invalid_external",
+    "invalid_since",
+    "message_too_large",
+    "malformed_json",
+    "unknown_message",
+)
 
 
 class ErrorPayload(_Message):
@@ -99,7 +106,7 @@ class ErrorPayload(_Message):
 
 class ErrorMessage(_Envelope):
     """A client message the server could not use; the connection stays open (except after a bad ``level`` on
-    connect, which closes it with 1008)."""
+    connect, which closes it with 1008; so does a bad ``external``)."""
 
     type: Literal["error"]
     payload: ErrorPayload
@@ -128,6 +135,9 @@ class Subscribe(_Message):
     type: Literal["subscribe"]
     level: Level | None = Field(default=None, description="Default process.")
     host: str | None = Field(default=None, description="Only this host's nodes and their edges.")
+    external: External | None = Field(
+        default=None, description="each (default) or group: public external addresses as one external:internet node."
+    )
 
 
 ClientMessage = Annotated[Ping | Resync | Subscribe, Field(discriminator="type")]

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 ServerTime = Annotated[str, Field(json_schema_extra={"format": "date-time"}, examples=["2025-10-13T00:00:00.000Z"])]
 GoDuration = Annotated[str, Field(description="A Go-style duration: 500ms, 15s, 5m, 1h30m.", examples=["15s"])]
 Level = Literal["process", "container", "host"]
+External = Literal["each", "group"]
 
 
 class _Body(BaseModel):
