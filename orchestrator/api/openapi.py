@@ -87,6 +87,7 @@ EXTERNAL = Param(
 )
 HOST = Param("host", "Only this host's nodes, and every edge with at least one end among them.")
 AGENT_ID = Param("agent_id", "The agent's id.", where="path", example="agent-1", required=True)
+AGENT_STATUS = Param("status", "Only agents with this status.", schema={"type": "string", "enum": ["online", "stale"]})
 UNKNOWN_AGENT = {404: "unknown_agent: the agent never registered or reported"}
 BODY_ERRORS = {
     400: "malformed_json, or a gzip body that does not inflate",
@@ -146,9 +147,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "Every agent, online and stale (archived ones included)",
         "agents",
         response=responses.AgentList,
-        params=(
-            Param("status", "Only agents with this status.", schema={"type": "string", "enum": ["online", "stale"]}),
-        ),
+        params=(AGENT_STATUS,),
     ),
     Endpoint(
         "POST",
@@ -174,6 +173,16 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "query",
         response=responses.TopologyResponse,
         params=(LEVEL, HOST, EXTERNAL),
+    ),
+    Endpoint(
+        "GET",
+        "/api/v1/query/agents",
+        "The agent list of /api/v1/agents/list, for readers",
+        "query",
+        response=responses.AgentList,
+        description="The same answer as GET /api/v1/agents/list, behind the read token (UIs hold a read token, "
+        "not an agent's).",
+        params=(AGENT_STATUS,),
     ),
     Endpoint(
         "GET",
@@ -226,6 +235,31 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     ),
     Endpoint(
         "GET",
+        "/",
+        "The built-in page: a live view of the topology",
+        "page",
+        response="text/html; charset=utf-8",
+        description="Static; it reads everything through this API and loads nothing from outside the server.",
+    ),
+    Endpoint("GET", "/ui", "Redirects to the page", "page", status=302),
+    Endpoint(
+        "GET",
+        "/ui/config.json",
+        "What the page needs to know before its first read",
+        "page",
+        response=responses.PageConfig,
+    ),
+    Endpoint(
+        "GET",
+        "/ui/{file}",
+        "The page's static assets (ES modules, CSS)",
+        "page",
+        response="*/*",
+        params=(Param("file", "The asset's path under orchestrator/web/.", where="path", example="app.js"),),
+        errors={404: "not_found: no such asset"},
+    ),
+    Endpoint(
+        "GET",
         "/health",
         "Liveness; 503 once a graceful shutdown has begun",
         "health",
@@ -255,6 +289,7 @@ TAGS = {
     "reports": "Probes submit what they saw (agent token).",
     "query": "UIs read the topology, reports, time series and statistics (read token).",
     "websocket": "The live topology (read token).",
+    "page": "Open: the built-in web page and its assets.",
     "health": "Open: health, ping, metrics and this document.",
 }
 REQUEST_MODELS = (Report, AgentRegistration, *messages.CLIENT_MESSAGES)
@@ -279,7 +314,8 @@ def _ref(model: type[BaseModel]) -> dict[str, str]:
 
 def _content(body: type[BaseModel] | str, example: dict[str, Any] | None = None) -> dict[str, Any]:
     if isinstance(body, str):
-        return {body.split(";")[0]: {"schema": {"type": "string"} if body.startswith("text/") else {"type": "object"}}}
+        media_type = body.split(";")[0]
+        return {media_type: {"schema": {"type": "object"} if media_type == "application/json" else {"type": "string"}}}
     media: dict[str, Any] = {"schema": _ref(body)}
     if example is not None:
         media["example"] = example

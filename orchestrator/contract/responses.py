@@ -166,5 +166,9 @@ class Health(_Body):
     ingest_queue: int
 
 
+class PageConfig(_Body):
+    read_token_required: bool = Field(description="Whether the page must ask for a read token before reading.")
+
+
 class Pong(_Body):
     message: Literal["pong"]

@@ -30,10 +30,12 @@ def operations() -> list[tuple[str, str, dict]]:
 
 
 def served_routes(app) -> set[tuple[str, str]]:
-    """(method, path) of every route, with Sanic's ``<name:type>`` written as OpenAPI's ``{name}``."""
+    """(method, path) of every route, with Sanic's ``<name:type>`` written as OpenAPI's ``{name}`` (a static
+    directory's file parameter, ``__file_uri__`` inside Sanic, as ``{file}``)."""
     routes = set()
     for route in app.router.routes:
         path = "/" + re.sub(r"<([^:>]+)(?::[^>]*)?>", r"{\1}", route.path).lstrip("/")
+        path = path.replace("{__file_uri__}", "{file}")
         routes |= {(method, path) for method in route.methods if method not in ("HEAD", "OPTIONS")}
     return routes
 
