@@ -266,6 +266,21 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         response=responses.Health,
         also={503: "status shutting_down: a graceful shutdown has begun."},
     ),
+    Endpoint(
+        "GET",
+        "/livez",
+        "Liveness: the event loop answers (restart the server only when this fails)",
+        "health",
+        response=responses.Liveness,
+    ),
+    Endpoint(
+        "GET",
+        "/readyz",
+        "Readiness: whether the server should get traffic now",
+        "health",
+        response=responses.Readiness,
+        also={503: "not_ready, with the reasons."},
+    ),
     Endpoint("GET", "/api/v1/ping", "pong", "health", response=responses.Pong),
     Endpoint(
         "GET",

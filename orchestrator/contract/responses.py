@@ -170,5 +170,18 @@ class PageConfig(_Body):
     read_token_required: bool = Field(description="Whether the page must ask for a read token before reading.")
 
 
+class Liveness(_Body):
+    status: Literal["alive"]
+
+
+class Readiness(_Body):
+    status: Literal["ready", "not_ready"]
+    reasons: dict[str, str] | None = Field(
+        default=None,
+        description="With not_ready: reason code (starting, restoring, catching_up, shutting_down, ...) to one line "
+        "for the operator.",
+    )
+
+
 class Pong(_Body):
     message: Literal["pong"]
