@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import statistics
 import time
 import tracemalloc
 
@@ -82,12 +81,6 @@ def main() -> None:
         latencies = query_latencies(store, args.agents, args.queries, step, now)
         p50, p95 = percentile(latencies, 0.5), percentile(latencies, 0.95)
         rows.append((label, f"p50 {p50 * 1e6:.0f} µs", f"p95 {p95 * 1e6:.0f} µs"))
-    latencies = []
-    for a in range(min(args.agents, args.queries)):
-        start = time.perf_counter()
-        store.get_latest_point(f"agent-{a}")
-        latencies.append(time.perf_counter() - start)
-    rows.append(("get_latest_point", f"p50 {statistics.median(latencies) * 1e6:.0f} µs", ""))
     rows.append(("memory per agent (ring data)", f"{store.bytes_per_agent:,} B", ""))
     rows.append(("memory per agent (tracemalloc)", f"{allocated / args.agents:,.0f} B", ""))
     rows.append((f"total, {args.agents:,} agents (tracemalloc)", f"{allocated / 2**20:.1f} MiB", ""))

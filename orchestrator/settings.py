@@ -104,6 +104,8 @@ class AgentOverride(_Section):
 
 class AgentSettings(_Section):
     stale_threshold: Duration(1.0, 7 * 86400.0) = 300.0
+    # Deprecated and ignored: the contract's example configuration names it, so it is still accepted, but
+    # liveness is ``stale_threshold`` alone. A value other than the default logs ``deprecated_setting`` at start-up.
     heartbeat_timeout: Duration(1.0, 7 * 86400.0) = 120.0
     report_interval: Duration(1.0, 3600.0) = 15.0
     heartbeat_interval: Duration(1.0, 3600.0) = 30.0
@@ -170,6 +172,12 @@ class Settings(_Section):
         for plugin in out["pipeline"]["plugins"].values():
             plugin["settings"] = redact_secrets(plugin["settings"])
         return out
+
+    def deprecated(self) -> list[str]:
+        """The deprecated settings this configuration changes from their defaults (accepted, but they do
+        nothing: someone tuning one should know)."""
+        default = AgentSettings.model_fields["heartbeat_timeout"].default
+        return ["agents.heartbeat_timeout"] if self.agents.heartbeat_timeout != default else []
 
 
 REDACTED = "***"

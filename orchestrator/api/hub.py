@@ -36,11 +36,10 @@ import structlog
 
 from orchestrator.contract.durations import format_duration
 from orchestrator.contract.times import format_rfc3339
-from orchestrator.topology import EXTERNALS
+from orchestrator.topology import EXTERNALS, LEVELS
 
 log = structlog.get_logger("orchestrator.api.hub")
 
-LEVELS = ("process", "container", "host")
 MAX_IDLE_VIEWS = 64
 CLOSE_GOING_AWAY = 1001
 CLOSE_TRY_AGAIN_LATER = 1013
@@ -161,14 +160,10 @@ class Hub:
             next_tick = max(next_tick + self.interval, loop.time())
             await asyncio.sleep(next_tick - loop.time())
 
-    def tick(self, now: float) -> None:
-        """One publish + broadcast; CPU time measured when anything was published or sent."""
-        started = time.thread_time()
-        self._broadcast(self.state.topology.publish(now), now, started)
-
     async def tick_in_slices(self, now: float) -> None:
-        """:meth:`tick`, with a large publish spread over slices of the event loop (requests are served in
-        between), holding ``state.topology_lock`` so the live topology stays still while it is read."""
+        """One publish + broadcast, a large publish spread over slices of the event loop (requests are
+        served in between), holding ``state.topology_lock`` so the live topology stays still while it is
+        read; CPU time measured when anything was published or sent."""
         cpu = 0.0
         async with self.state.topology_lock:
             steps = self.state.topology.publish_steps(now, PUBLISH_SLICE_SECONDS)

@@ -12,10 +12,9 @@ from orchestrator.api.agents import list_agents
 from orchestrator.contract.durations import format_duration, parse_duration
 from orchestrator.contract.errors import ApiError
 from orchestrator.contract.times import format_rfc3339
-from orchestrator.topology import EXTERNALS
+from orchestrator.topology import EXTERNALS, LEVELS
 
 bp = Blueprint("query", url_prefix="/api/v1/query")
-LEVELS = ("process", "container", "host")
 
 
 def _raw_json(body: bytes, status: int = 200) -> HTTPResponse:

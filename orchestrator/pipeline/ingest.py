@@ -20,6 +20,7 @@ import structlog
 from orchestrator.contract.errors import ApiError
 from orchestrator.contract.models import BUILTIN_SECTIONS, Process, Report, count_items
 from orchestrator.pipeline.host import Hooks
+from orchestrator.runtime.slicing import TimeSlice
 from orchestrator.topology import Contribution, Topology
 
 log = structlog.get_logger("orchestrator.pipeline.ingest")
@@ -152,13 +153,14 @@ class Ingest:
                 self._batch.append(self.queue.get_nowait())
             self.state.metrics.ingest_queue.set(self.queue.qsize())
             skip = superseded(self._batch)
+            stretch = TimeSlice(BATCH_SECONDS)
             while self._batch:
                 async with self.state.topology_lock:  # a publish in slices reads the topology meanwhile
-                    deadline = time.perf_counter() + BATCH_SECONDS
-                    while self._batch and time.perf_counter() <= deadline:
+                    stretch.restart()
+                    while self._batch and not stretch.due():
                         item = self._batch.popleft()
                         self.apply(item, merge=item.order not in skip)
-                await asyncio.sleep(0)
+                await stretch.pause()
 
     def apply(self, item: Accepted, merge: bool = True) -> None:
         state = self.state

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import time
 
 import structlog
@@ -12,6 +11,7 @@ from sanic.application.constants import ServerStage
 
 from orchestrator.api.ws_deflate import DeflateWebSocketProtocol
 from orchestrator.pipeline.host import plugin_names
+from orchestrator.runtime.collector import freeze_long_lived, tune_for_long_lived_heap
 from orchestrator.runtime.metrics import watch_loop_lag
 from orchestrator.runtime.readiness import RESTORING, STARTING
 from orchestrator.settings import Settings
@@ -20,8 +20,6 @@ from orchestrator.state.cleanup import run_cleanup
 from orchestrator.state.persistence import Store
 
 log = structlog.get_logger("orchestrator.runtime.lifecycle")
-GC_YOUNG_THRESHOLD = 20_000
-GC_FREEZE_SECONDS = 1.0
 
 
 class Orchestrator(Sanic):
@@ -101,6 +99,8 @@ async def _start_up(app: Sanic) -> None:
             host=settings.server.host,
             message="no tokens configured: anyone who can reach this address can post and read",
         )
+    for setting in settings.deprecated():
+        log.warning("deprecated_setting", setting=setting, message="accepted but ignored; see the README")
     log.info(
         "server_starting",
         host=settings.server.host,
@@ -112,14 +112,9 @@ async def _start_up(app: Sanic) -> None:
 
 async def _start_background(app: Sanic) -> None:
     state: State = app.ctx.state
-    # Everything loaded so far (modules, restored state) lives as long as the process: keep the collector
-    # off it, and collect the young generation less often — validating a report allocates thousands of
-    # short-lived objects, and each young collection is pure overhead for them.
     tune_gc = state.settings.server.tune_gc
     if tune_gc:
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
+        tune_for_long_lived_heap()
     app.ctx.tasks = [
         asyncio.create_task(coro, name=name)
         for name, coro in (
@@ -128,25 +123,10 @@ async def _start_background(app: Sanic) -> None:
             ("cleanup", run_cleanup(state)),
             ("loop_lag", watch_loop_lag(state.metrics)),
             *((("checkpoint", state.store.run(state)),) if state.store else ()),
-            *((("gc_freeze", _freeze_long_lived()),) if tune_gc else ()),
+            *((("gc_freeze", freeze_long_lived()),) if tune_gc else ()),
         )
     ]
     state.not_ready.pop(STARTING, None)
-
-
-async def _freeze_long_lived() -> None:
-    """Every second, take what has survived so far (the topology, time series: long-lived state) out of
-    the cyclic collector's scans; otherwise a full collection over a fleet-sized heap stalls the loop for
-    a second or more. Frozen objects are still freed by reference counting when dropped.
-
-    Every second, not every ten: much of the heap lives one report interval (node bodies, contributions),
-    and ten seconds of such survivors made each middle-generation collection a 150-400 ms stall at 1,000
-    hosts (half-rate POST p99 250-420 ms; with 1 s, 23-25 ms). Only cyclic garbage that was alive at a
-    freeze escapes collection; unfreezing and collecting after a 1,000-host run found none, after a 1.1 s
-    stall, which is why there is no periodic full collection."""
-    while True:
-        await asyncio.sleep(GC_FREEZE_SECONDS)
-        gc.freeze()
 
 
 async def _begin_shutdown(app: Sanic) -> None:

@@ -24,6 +24,7 @@ from collections.abc import Callable
 import structlog
 
 from orchestrator.contract.times import format_rfc3339
+from orchestrator.runtime.slicing import TimeSlice
 from orchestrator.state import CleanupStats, State
 
 log = structlog.get_logger("orchestrator.state.cleanup")
@@ -110,14 +111,15 @@ async def _in_batches(state: State, agent_ids: list[str], step: Callable[[str], 
     size = state.settings.cleanup.batch_size
     done = 0
     pending = deque(agent_ids)
+    stretch = TimeSlice(SWEEP_BUDGET_SECONDS)
     while pending:
         # A batch holds the topology lock: a publish in slices never reads the topology mid-batch.
         async with state.topology_lock:
-            started = time.perf_counter()
+            stretch.restart()
             for _ in range(size):  # at least one step per batch, whatever the budget
                 done += bool(step(pending.popleft()))
-                if not pending or time.perf_counter() - started >= SWEEP_BUDGET_SECONDS:
+                if not pending or stretch.due():
                     break
         if pending:
-            await asyncio.sleep(0)
+            await stretch.pause()
     return done

@@ -45,12 +45,11 @@ import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import orjson
 import structlog
 
-from orchestrator.contract.times import format_rfc3339
+from orchestrator.runtime.slicing import TimeSlice
 from orchestrator.state.agents import Agent
 from orchestrator.state.archive import ArchivedAgent
 from orchestrator.state.latest import LatestReport
@@ -125,10 +124,6 @@ class Store:
         # being marked dirty is found by comparing with it, so its rows are deleted all the same.
         self._stored_ids: set[str] = set()
         self._saved_order: int | None = None  # the order of the last checkpoint written
-        self.checkpoints = 0
-        self.failures = 0
-        self.last_checkpoint_at: float | None = None
-        self.last_checkpoint_seconds: float | None = None
 
     # -- opening ----------------------------------------------------------------------------------------
 
@@ -222,15 +217,12 @@ class Store:
                 state.dirty_agents |= ids
                 if not isinstance(exc, Exception):
                     raise  # cancelled: the ids are back, the caller's cancellation goes on
-                self.failures += 1
                 state.metrics.checkpoint_failures.inc()
                 log.error("checkpoint_failed", agents=len(ids), error=repr(exc), exc_info=exc)
                 return CheckpointResult(ok=False, seconds=time.perf_counter() - start)
             seconds = time.perf_counter() - start
             written = self._remember(rows)
             self._saved_order = order
-            self.checkpoints += 1
-            self.last_checkpoint_at, self.last_checkpoint_seconds = time.time(), seconds
             state.metrics.checkpoint_seconds.observe(seconds)
             result = CheckpointResult(True, written, len(rows) - written, seconds, longest)
             if rows:
@@ -258,22 +250,6 @@ class Store:
         except sqlite3.Error as exc:
             log.warning("wal_checkpoint_failed", error=repr(exc))
         self.conn.close()
-
-    def stats(self) -> dict[str, Any]:
-        """The ``storage`` part of the stats endpoint."""
-        size = sum(p.stat().st_size for p in _files(self.path) if p.exists())
-        return {
-            "backend": "sqlite",
-            "path": str(self.path),
-            "size_bytes": size,
-            "stored_agents": len(self._stored_ids),
-            "checkpoints": self.checkpoints,
-            "checkpoint_failures": self.failures,
-            "last_checkpoint_at": format_rfc3339(self.last_checkpoint_at) if self.last_checkpoint_at else None,
-            "last_checkpoint_ms": (
-                round(self.last_checkpoint_seconds * 1000, 1) if self.last_checkpoint_seconds is not None else None
-            ),
-        }
 
     # -- internals --------------------------------------------------------------------------------------
 
@@ -327,8 +303,7 @@ async def _gather(state, ids: list[str]) -> tuple[list[AgentRows], float]:
     yielding whenever a stretch exceeds the budget. Returns the rows and the longest stretch. An agent
     whose rows fail is left out (and stays dirty); everyone else is still written."""
     rows: list[AgentRows] = []
-    longest = 0.0
-    started = time.perf_counter()
+    stretch = TimeSlice(GATHER_BUDGET_SECONDS)
     for agent_id in ids:
         try:
             rows.append(agent_rows(state, agent_id))
@@ -337,12 +312,10 @@ async def _gather(state, ids: list[str]) -> tuple[list[AgentRows], float]:
             state.dirty_agents.add(agent_id)
             state.metrics.checkpoint_failures.inc()
             log.error("checkpoint_agent_failed", agent_id=agent_id, error=repr(exc))
-        elapsed = time.perf_counter() - started
-        if elapsed >= GATHER_BUDGET_SECONDS:
-            longest = max(longest, elapsed)
-            await asyncio.sleep(0)
-            started = time.perf_counter()
-    return rows, max(longest, time.perf_counter() - started)
+        if stretch.due():
+            await stretch.pause()
+    stretch.restart()
+    return rows, stretch.longest
 
 
 def agent_rows(state, agent_id: str) -> AgentRows:

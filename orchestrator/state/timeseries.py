@@ -60,11 +60,11 @@ from typing import TypedDict
 import numpy as np
 
 from orchestrator.contract.durations import format_duration
+from orchestrator.contract.times import format_rfc3339
 
 __all__ = [
     "POINT_METRICS",
     "REPORT_METRICS",
-    "TimeSeriesData",
     "TimeSeriesPoint",
     "TimeSeriesStore",
 ]
@@ -128,15 +128,6 @@ class TimeSeriesPoint(TypedDict):
     process_count: int | None
     container_count: int | None
     connection_count: int | None
-
-
-class TimeSeriesData(TypedDict):
-    """A query result: the points of one agent, ``resolution`` apart, oldest first."""
-
-    agent_id: str
-    resolution: str  # Go-style duration of the spacing between points (the step)
-    points: list[TimeSeriesPoint]
-    count: int
 
 
 class TimeSeriesStore:
@@ -249,32 +240,6 @@ class TimeSeriesStore:
         if group_size > 1 and buckets.size:
             buckets, values = _average_groups(buckets, values, group_size)
         return _format_points(buckets * self.resolution, values)
-
-    def query(
-        self,
-        agent_id: str,
-        duration: float | None = None,
-        step: float = 15.0,
-        now: float | None = None,
-    ) -> TimeSeriesData:
-        """:meth:`get_recent_points` wrapped as a :class:`TimeSeriesData`."""
-        points = self.get_recent_points(agent_id, duration=duration, step=step, now=now)
-        return {
-            "agent_id": agent_id,
-            "resolution": format_duration(self.resolution if step is None else step),
-            "points": points,
-            "count": len(points),
-        }
-
-    def get_latest_point(self, agent_id: str) -> TimeSeriesPoint | None:
-        """The point of the agent's newest bucket (with its rate), or ``None`` if it has none."""
-        if agent_id not in self._buffers:
-            return None
-        rows = self._sorted_rows(agent_id)
-        if not rows.shape[0]:
-            return None
-        values = _point_values(rows)[-1:]
-        return _format_points(rows[-1:, _COL_BUCKET] * self.resolution, values)[0]
 
     def get_all_agents(self) -> list[str]:
         return sorted(self._buffers)
@@ -442,15 +407,8 @@ def _format_points(starts: np.ndarray, values: np.ndarray) -> list[TimeSeriesPoi
             process_count,
             container_count,
             connection_count,
-        ) in zip(_rfc3339(starts), *columns)
+        ) in zip(map(format_rfc3339, starts.tolist()), *columns)
     ]
-
-
-def _rfc3339(epoch_seconds: np.ndarray) -> list[str]:
-    millis = np.rint(epoch_seconds * 1000).astype(np.int64)
-    unit = "s" if not np.any(millis % 1000) else "ms"
-    stamps = millis.astype("datetime64[ms]")
-    return np.datetime_as_string(stamps, unit=unit, timezone="UTC").tolist()
 
 
 def _decode_blob(blob: bytes, resolution: float) -> np.ndarray:

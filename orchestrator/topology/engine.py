@@ -23,16 +23,16 @@ address owner or process node (``resolve.py``), so its cost follows the contribu
 
 from __future__ import annotations
 
-import gc
-import time
 from collections import Counter
 from dataclasses import replace
 
-from .model import ConnectionIn, Contribution, NodeIn, rfc3339, type_from_id
-from .resolve import WILDCARD, Conn, Record, Resolver, classify
-from .views import Publication, Published, multi_add, multi_discard
+from orchestrator.contract.models import BUILTIN_SECTIONS
+from orchestrator.runtime.collector import paused as paused_gc
+from orchestrator.runtime.slicing import TimeSlice
 
-BUILTIN_SECTIONS = ("host_info", "docker_info", "processes_info", "network_info")
+from .model import ConnectionIn, Contribution, NodeIn, rfc3339, type_from_id
+from .resolve import WILDCARD, Conn, Record, Resolver, classify, conn_key
+from .views import Publication, Published, multi_add, multi_discard
 
 
 class _NodeBody:
@@ -257,7 +257,7 @@ class Topology:
         for key in self._host_held.get(host, ()):
             for record in self._held[key].records:
                 if record.protocol == protocol:
-                    dirty.add(_conn_key(record))
+                    dirty.add(conn_key(record.protocol, record.local_end, record.remote_end))
 
     def agents(self) -> list[str]:
         return sorted(self._agent_sections)
@@ -337,12 +337,10 @@ class Topology:
         conns, dirty = self._conns, self._dirty_conns
         for record in new.records if new is not None else ():
             _rank, _owner, host, protocol, pid, local_end, remote_end, _seen = record
-            conn_key = (
-                (protocol, local_end, remote_end) if local_end <= remote_end else (protocol, remote_end, local_end)
-            )
+            socket_key = conn_key(protocol, local_end, remote_end)
             previous = gone.pop((protocol, local_end, remote_end), None)
             if previous is not None:
-                conn = conns[conn_key]
+                conn = conns[socket_key]
                 records = conn.records
                 if len(records) == 1:
                     records[0] = record
@@ -366,18 +364,18 @@ class Topology:
                     self._refresh(conn)
                     continue
             else:
-                conn = conns.get(conn_key)
+                conn = conns.get(socket_key)
                 if conn is None:
-                    conn = conns[conn_key] = Conn(conn_key)
+                    conn = conns[socket_key] = Conn(socket_key)
                     conn.records = [record]  # sized 1: append() would reserve 4 slots (200k conns)
                 else:
                     conn.records.append(record)
-            dirty.add(conn_key)
+            dirty.add(socket_key)
         for record in gone.values():
-            conn_key = _conn_key(record)
-            conn = conns[conn_key]
+            socket_key = conn_key(record.protocol, record.local_end, record.remote_end)
+            conn = conns[socket_key]
             conn.records = [r for r in conn.records if r is not record]
-            dirty.add(conn_key)
+            dirty.add(socket_key)
 
     def _refresh(self, conn: Conn) -> None:
         edge = conn.resolved
@@ -439,15 +437,15 @@ class Topology:
         self._triggers = set()
         self._dirty_conns = set()
         touched_externals: set[str] = set()
-        for conn_key in dirty:
-            conn = self._conns.get(conn_key)
+        for key in dirty:
+            conn = self._conns.get(key)
             if conn is None:
                 continue
             if conn.records:
                 resolved, deps = self._resolver.resolve(conn)
             else:
                 resolved, deps = None, ()
-                del self._conns[conn_key]
+                del self._conns[key]
             self._move_conn(conn, resolved, touched_externals)
             self._set_deps(conn, deps)
         for node_id in touched_externals:
@@ -651,9 +649,7 @@ class Topology:
         next publish."""
         # Publishing (and resolving imported contributions) allocates many small acyclic objects;
         # collector passes over a heap of millions of them would double its cost for nothing.
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
+        with paused_gc() as collector:
             self._settle_imported()
             if not self._dirty_nodes and not self._dirty_edges:
                 return None
@@ -662,27 +658,19 @@ class Topology:
             stamp = self._newest if self._newest != float("-inf") else now
             try:
                 nodes, edges = {}, {}
-                deadline = time.perf_counter() + slice_seconds
+                stretch = TimeSlice(slice_seconds)
                 for bodies, ids, body in ((nodes, dirty_nodes, self.node_body), (edges, dirty_edges, self.edge_body)):
                     for count, item_id in enumerate(ids, 1):
                         bodies[item_id] = body(item_id)
-                        if not count % 256 and time.perf_counter() > deadline:
-                            # The collector is off only while this runs: requests served between slices
-                            # allocate as usual, and left uncollected they became one 150-400 ms young
-                            # collection at the end of a 1,000-host publish.
-                            if collecting:
-                                gc.enable()
-                            yield
-                            gc.disable()
-                            deadline = time.perf_counter() + slice_seconds
+                        if not count % 256 and stretch.due():
+                            with collector.lifted():  # off only while this runs, not while requests are served
+                                yield
+                            stretch.restart()
             except GeneratorExit:
                 self._dirty_nodes |= dirty_nodes
                 self._dirty_edges |= dirty_edges
                 raise
             publication = self._published.publish(nodes, edges, rfc3339(stamp))
-        finally:
-            if collecting:
-                gc.enable()
         if publication is not None:
             self._snapshots.clear()
             self._snapshot_json.clear()
@@ -747,7 +735,7 @@ class Topology:
             for node in held.contribution.nodes:
                 first_seen[node.id] = self._nodes[node.id].first_seen
             for record in held.records:
-                edge = self._conns[_conn_key(record)].resolved
+                edge = self._conns[conn_key(record.protocol, record.local_end, record.remote_end)].resolved
                 if edge is None:
                     continue
                 for end in (edge.source, edge.target):
@@ -757,15 +745,10 @@ class Topology:
 
     def import_agents(self, agents) -> None:
         """Restore many agents, ``(agent_id, data)`` pairs, resolving connections once at the end."""
-        collecting = gc.isenabled()
-        gc.disable()  # millions of small acyclic objects: collector passes would cost more than the import
-        try:
+        with paused_gc():  # millions of small acyclic objects: collector passes would cost more than the import
             for agent_id, data in agents:
                 self.import_agent(agent_id, data)
             self._settle_imported()
-        finally:
-            if collecting:
-                gc.enable()
 
     def import_agent(self, agent_id: str, data: dict) -> None:
         """Restore an agent exported by :meth:`export_agent` (first_seen and receipt times included; data
@@ -824,11 +807,6 @@ def _classify(key: tuple, rank: tuple, seen: float, host: str, connections) -> t
                 Record, (rank, key, host, protocol, pid, local_end, remote_end, seen)
             )
     return listens, list(records.values())
-
-
-def _conn_key(record: Record) -> tuple:
-    local_end, remote_end, protocol = record.local_end, record.remote_end, record.protocol
-    return (protocol, local_end, remote_end) if local_end <= remote_end else (protocol, remote_end, local_end)
 
 
 def _exported_sockets(held: _Held) -> list[list]:

@@ -48,10 +48,6 @@ def normalise_ip(ip: str) -> str:
     return ip
 
 
-def is_loopback(ip: str) -> bool:
-    return ip.startswith("127.") or ip == "::1"
-
-
 def normalise_protocol(protocol: str) -> str:
     return protocol[:-1] if protocol.endswith("6") else protocol
 
@@ -86,11 +82,9 @@ class Conn:
         self.stable = False
 
 
-def scoped(ip: str, host: str) -> str:
-    return f"{ip}@{host}" if is_loopback(ip) else ip
-
-
 def conn_key(protocol: str, local_end: tuple, remote_end: tuple) -> tuple:
+    """The connection a socket belongs to, the same from both of its ends: protocol and the two ends in
+    order."""
     return (protocol, local_end, remote_end) if local_end <= remote_end else (protocol, remote_end, local_end)
 
 

@@ -21,12 +21,14 @@ an older version keeps seeing exactly that version.
 
 from __future__ import annotations
 
-import gc
 import ipaddress
 from collections import Counter
+from collections.abc import Callable
 from functools import lru_cache
 
 import orjson
+
+from orchestrator.runtime.collector import paused as paused_gc
 
 from .model import host_id, rfc3339
 from .resolve import edge_id as make_edge_id
@@ -389,25 +391,15 @@ class Published:
                 edges[eid] = old
         view = self.build_view(name, nodes, edges)
         del nodes, edges
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
+        with paused_gc():
             publication._changes[name] = self._view_changes(view, node_changes, edge_changes)
-        finally:
-            if collecting:
-                gc.enable()
         self.views[name] = view
         self.read_seq[name] = self.seq
 
     def build_view(self, name: str, nodes: dict, edges: dict) -> _View:
         # Many small acyclic objects: collector passes over a heap of millions would double the cost.
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
+        with paused_gc():
             return self._build_view(name, nodes, edges)
-        finally:
-            if collecting:
-                gc.enable()
 
     def _build_view(self, name: str, nodes: dict, edges: dict) -> _View:
         """A collapsed view of the base ``nodes``/``edges`` in one pass over each: every node mapped to
@@ -447,76 +439,8 @@ class Published:
                     ids.add(node_id)
         if internet is not None and internet.members:
             view_nodes[INTERNET] = internet.body()
-        groups: dict[tuple, str | list] = {}
         get = mapped.get
-        for eid, edge in edges.items():
-            source, target = edge["source"], edge["target"]
-            source, target = get(source, source), get(target, target)
-            if source == target:
-                continue  # a self-loop created by the collapse
-            key = (source, target, edge["protocol"])
-            group = groups.get(key)
-            if group is None:
-                groups[key] = eid
-            elif type(group) is str:
-                groups[key] = [group, eid]
-            else:
-                group.append(eid)
-        view_edges, members, base_to_view = view.edges, view.members, view.base_to_view
-        edge_hosts, by_host = view.edge_hosts, view.edges_by_host
-        for (source, target, protocol), group in groups.items():
-            veid = make_edge_id(source, target, protocol)
-            if type(group) is str:
-                edge = edges[group]
-                base_to_view[group] = veid
-                members[veid] = group
-                view_edges[veid] = {
-                    "id": veid,
-                    "source": source,
-                    "target": target,
-                    "protocol": protocol,
-                    "ports": edge["ports"],
-                    "connections": edge["connections"],
-                    "last_seen": edge["last_seen"],
-                }
-            else:
-                grouped = [edges[eid] for eid in group]
-                for eid in group:
-                    base_to_view[eid] = veid
-                members[veid] = group if len(group) <= _SMALL else set(group)
-                view_edges[veid] = {
-                    "id": veid,
-                    "source": source,
-                    "target": target,
-                    "protocol": protocol,
-                    "ports": self._ports(grouped),
-                    "connections": sum(edge["connections"] for edge in grouped),
-                    "last_seen": max(edge["last_seen"] for edge in grouped),
-                }
-            node = view_nodes.get(source)
-            source_host = node["host"] if node is not None else None
-            node = view_nodes.get(target)
-            target_host = node["host"] if node is not None else None
-            if source_host is None:
-                if target_host is None:
-                    continue
-                hosts = target_host
-            elif target_host is None or target_host == source_host:
-                hosts = source_host
-            else:
-                hosts = (source_host, target_host)
-                ids = by_host.get(target_host)
-                if ids is None:
-                    by_host[target_host] = {veid}
-                else:
-                    ids.add(veid)
-            edge_hosts[veid] = hosts
-            first = hosts if type(hosts) is str else source_host
-            ids = by_host.get(first)
-            if ids is None:
-                by_host[first] = {veid}
-            else:
-                ids.add(veid)
+        self._build_edges(view, edges, lambda node_id: get(node_id, node_id), record=False)
         return view
 
     def _apply_nodes(self, bodies: dict) -> list:
@@ -602,7 +526,7 @@ class Published:
         if folded:
             self._fold_internet(view, nodes, touched)
         if not view.edges and not view.base_to_view and 2 * len(edge_changes) >= len(self.edges):
-            return nodes, self._build_edges(view)  # a first publish (a restore): all edges at once
+            return nodes, self._build_edges(view, self.edges, view.maps_to)  # a first publish (a restore)
         dirty: set[str] = set()
         deltas: dict[str, list] = {}
         base_to_view = view.base_to_view
@@ -643,13 +567,14 @@ class Published:
             touched.add(INTERNET)
         nodes.append((INTERNET, old, new))
 
-    def _build_edges(self, view: _View) -> list:
-        """Every edge of an empty collapsed view from the base edges in one pass: the same edges as
-        remapping and rolling up each base edge, at a fraction of the cost per edge."""
+    def _build_edges(self, view: _View, edges: dict, maps_to: Callable[[str], str], record: bool = True) -> list:
+        """Every edge of an empty collapsed view from the base ``edges`` in one pass, each end mapped to its
+        view node by ``maps_to``: the same edges as remapping and rolling up each base edge, at a fraction
+        of the cost per edge. Returns the changes in edge id order (none unless ``record``)."""
         groups: dict[str, list] = {}
         mapped: dict[str, str] = {}
-        maps_to, base_to_view = view.maps_to, view.base_to_view
-        for eid, edge in self.edges.items():
+        base_to_view = view.base_to_view
+        for eid, edge in edges.items():
             source, target = edge["source"], edge["target"]
             source = mapped.get(source) or mapped.setdefault(source, maps_to(source))
             target = mapped.get(target) or mapped.setdefault(target, maps_to(target))
@@ -663,10 +588,10 @@ class Published:
             else:
                 group.append(eid)
         changes = []
-        base_edges, nodes, edge_hosts, by_host = self.edges, view.nodes, view.edge_hosts, view.edges_by_host
-        for veid in sorted(groups):
+        nodes, edge_hosts, by_host = view.nodes, view.edge_hosts, view.edges_by_host
+        for veid in sorted(groups) if record else groups:
             source, target, *eids = groups[veid]
-            members = [base_edges[eid] for eid in eids]
+            members = [edges[eid] for eid in eids]
             first = members[0]
             view.members[veid] = eids[0] if len(eids) == 1 else eids if len(eids) <= _SMALL else set(eids)
             new = view.edges[veid] = {
@@ -693,7 +618,8 @@ class Published:
                         by_host[host] = {veid}
                     else:
                         ids.add(veid)
-            changes.append((veid, None, new, (), hosts))
+            if record:
+                changes.append((veid, None, new, (), hosts))
         return changes
 
     @staticmethod

@@ -175,7 +175,7 @@ def test_view_rejects_unknown_level(level):
 async def test_new_client_gets_topology_update_at_current_seq_first():
     hub = make_hub()
     hub.state.topology.set("host:a", "a")
-    hub.tick(1.0)
+    await hub.tick_in_slices(1.0)
     conn = FakeConnection()
     hub.connect(conn, View())
     await settle()
@@ -200,7 +200,7 @@ async def test_diffs_applied_in_order_equal_the_published_snapshot_including_rem
     ]
     for step in steps:
         step()
-        hub.tick(1.0)
+        await hub.tick_in_slices(1.0)
         await settle()
     first, *diffs = conn.messages
     nodes = dict(first["payload"]["nodes"])
@@ -221,7 +221,7 @@ async def test_diff_is_computed_and_serialized_once_per_view_for_all_its_clients
     hub.connect(FakeConnection(), View("host"))
     await settle()
     hub.state.topology.set("host:a", "a")
-    hub.tick(1.0)
+    await hub.tick_in_slices(1.0)
     await settle()
     assert hub.state.topology.publications[-1].diff_calls == 2  # one per view
     diffs = [conn.raw[-1] for conn in conns]
@@ -234,7 +234,7 @@ async def test_empty_diff_still_sent_so_seq_chain_has_no_gaps():
     hub.connect(conn, View("process", "b"))
     await settle()
     hub.state.topology.set("host:a", "a")  # another host: nothing in this view changes
-    hub.tick(1.0)
+    await hub.tick_in_slices(1.0)
     await settle()
     diff = conn.messages[-1]
     assert diff["type"] == "topology_diff" and diff["seq"] == 1 and diff["payload"]["from_seq"] == 0
@@ -245,7 +245,7 @@ async def test_publishing_goes_on_without_clients_and_updates_gauges():
     hub = make_hub()
     hub.state.topology.set("host:a", "a")
     hub.state.topology.set("process:a:1", "a")
-    hub.tick(1.0)
+    await hub.tick_in_slices(1.0)
     assert hub.state.topology.seq == 1
     assert metric(hub, "app_topology_nodes", type="process") == 1
     assert metric(hub, "app_topology_nodes", type="host") == 1
@@ -293,7 +293,7 @@ async def test_host_level_client_sees_only_host_nodes_and_host_filter_only_that_
     topo = hub.state.topology
     for node_id, host in (("host:a", "a"), ("process:a:1", "a"), ("host:b", "b"), ("process:b:1", "b")):
         topo.set(node_id, host)
-    hub.tick(1.0)
+    await hub.tick_in_slices(1.0)
     await settle()
     assert set(host_level.messages[-1]["payload"]["nodes"]["added"]) == {"host:a", "host:b"}
     assert set(only_b.messages[-1]["payload"]["nodes"]["added"]) == {"host:b", "process:b:1"}
@@ -304,7 +304,7 @@ async def test_subscribe_switches_view_and_sends_its_snapshot():
     topo = hub.state.topology
     topo.set("host:a", "a")
     topo.set("process:a:1", "a")
-    hub.tick(1.0)
+    await hub.tick_in_slices(1.0)
     conn = FakeConnection()
     client = hub.connect(conn, View())
     await settle()
@@ -314,7 +314,7 @@ async def test_subscribe_switches_view_and_sends_its_snapshot():
     assert set(conn.messages[-1]["payload"]["nodes"]) == {"host:a"}
     topo.set("process:a:2", "a")
     topo.set("host:b", "b")
-    hub.tick(1.0)
+    await hub.tick_in_slices(1.0)
     await settle()
     assert set(conn.messages[-1]["payload"]["nodes"]["added"]) == {"host:b"}
     assert hub.stats()["views"] == {"host:*": 1}
@@ -326,7 +326,7 @@ async def test_resync_sends_fresh_snapshot():
     client = hub.connect(conn, View())
     await settle()
     hub.state.topology.set("host:a", "a")
-    hub.tick(1.0)
+    await hub.tick_in_slices(1.0)
     hub.resync(client)
     await settle()
     # The queued diff is superseded by the snapshot at the same seq.
@@ -367,14 +367,14 @@ async def test_report_updates_are_coalesced_to_the_latest_summary_per_agent_per_
     for i in range(5):
         hub.note_report("agent-1", {"hostname": "a", "processes": i})
     hub.note_report("agent-2", {"hostname": "b", "processes": 9})
-    hub.tick(1.0)
+    await hub.tick_in_slices(1.0)
     await settle()
     updates = [m for m in conn.messages if m["type"] == "report_update"]
     assert [(u["payload"]["agent_id"], u["payload"]["report"]["processes"]) for u in updates] == [
         ("agent-1", 4),
         ("agent-2", 9),
     ]
-    hub.tick(2.0)
+    await hub.tick_in_slices(2.0)
     await settle()
     assert len([m for m in conn.messages if m["type"] == "report_update"]) == 2  # nothing new, nothing sent
 
@@ -386,7 +386,7 @@ async def test_report_update_follows_the_diff_that_contains_the_report():
     await settle()
     hub.state.topology.set("host:a", "a")
     hub.note_report("agent-1", {"hostname": "a"})
-    hub.tick(1.0)
+    await hub.tick_in_slices(1.0)
     await settle()
     assert conn.types() == ["topology_update", "topology_diff", "report_update"]
     assert conn.messages[-1]["seq"] == conn.messages[-2]["seq"] == 1
@@ -399,15 +399,19 @@ async def test_host_filtered_client_gets_only_its_hosts_report_updates():
     await settle()
     hub.note_report("agent-1", {"hostname": "a"})
     hub.note_report("agent-2", {"hostname": "b"})
-    hub.tick(1.0)
+    await hub.tick_in_slices(1.0)
     await settle()
     assert [m["payload"]["agent_id"] for m in conn.messages if m["type"] == "report_update"] == ["agent-2"]
 
 
-def test_report_summaries_are_not_kept_without_clients():
+async def test_report_summaries_are_not_kept_without_clients():
     hub = make_hub()
-    hub.note_report("agent-1", {"hostname": "a"})
-    assert hub._pending_reports == {}
+    hub.note_report("agent-1", {"hostname": "a"})  # nobody is watching: dropped
+    conn = FakeConnection()
+    hub.connect(conn, View())
+    await hub.tick_in_slices(1.0)
+    await settle()
+    assert "report_update" not in conn.types()
 
 
 # -- resume -------------------------------------------------------------------------------------------
@@ -418,7 +422,7 @@ async def publish_steps(hub: Hub, count: int) -> None:
     for _ in range(count):
         name = f"h{topology.seq}"  # a new host per step: every step publishes
         topology.set(f"host:{name}", name)
-        hub.tick(float(topology.seq))
+        await hub.tick_in_slices(float(topology.seq))
         await settle()
 
 
@@ -475,10 +479,16 @@ async def test_idle_views_are_forgotten_after_history_size_publications_and_boun
     client = hub.connect(FakeConnection(), View("host"))
     hub.disconnect(client)
     await publish_steps(hub, 3)
-    assert View("host") not in hub._views
+    assert hub.stats()["tracked_views"] == 0
+    # Forgotten: a client resuming that view within the history gets a snapshot, not the missed diffs.
+    resumed = FakeConnection()
+    resuming = hub.connect(resumed, View("host"), since=hub.state.topology.seq - 1)
+    await settle()
+    assert resumed.types() == ["topology_update"]
+    hub.disconnect(resuming)
     for i in range(MAX_IDLE_VIEWS + 10):
         hub.disconnect(hub.connect(FakeConnection(), View("process", f"h{i}")))
-    assert len(hub._views) <= MAX_IDLE_VIEWS
+    assert hub.stats()["tracked_views"] <= MAX_IDLE_VIEWS
 
 
 # -- slow clients -------------------------------------------------------------------------------------
@@ -514,7 +524,7 @@ async def test_client_still_behind_after_slow_timeout_is_closed_with_1013():
     await publish_steps(hub, 5)
     assert slow.closed is None
     await asyncio.sleep(0.15)
-    hub.tick(9.0)
+    await hub.tick_in_slices(9.0)
     assert slow.closed is not None and slow.closed[0] == 1013
     assert metric(hub, "app_websocket_closed_total", reason="slow") == 1
     assert hub.client_count == 1 and metric(hub, "app_websocket_clients") == 1
@@ -546,12 +556,11 @@ async def test_thousand_connect_disconnect_cycles_leak_no_tasks_or_queues():
         hub.disconnect(client)
         if i % 100 == 0:
             hub.state.topology.set(f"host:h{i}", f"h{i}")
-            hub.tick(float(i))
+            await hub.tick_in_slices(float(i))
     await settle()
     assert len(asyncio.all_tasks()) == baseline
     assert hub.client_count == 0 and metric(hub, "app_websocket_clients") == 0
-    assert all(not vs.clients for vs in hub._views.values())
-    assert len(hub._views) <= 2
+    assert hub.stats()["views"] == {} and hub.stats()["tracked_views"] <= 2
 
 
 async def test_failed_send_disconnects_the_client():

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import gzip
+import ipaddress
+import re
+import time
+from types import SimpleNamespace
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from orchestrator.contract.errors import ApiError
+from orchestrator.contract.models import IP_PATTERN
+from orchestrator.contract.times import parse_rfc3339
 from orchestrator.pipeline.decode import decode_body, parse_report
+from orchestrator.pipeline.ingest import superseded
+from tests.support import post_report, report, wait_for
 
 LIMIT = 1024 * 1024
 GOOD = {"agent_id": "agent-1", "hostname": "host-1", "timestamp": "2025-10-13T00:00:00Z"}
@@ -133,13 +143,6 @@ def test_plugin_sections_are_validated_with_their_model():
 
 # -- the IP address pattern agrees with the standard library ---------------------------------------------
 
-import ipaddress  # noqa: E402
-import re  # noqa: E402
-
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from orchestrator.contract.models import IP_PATTERN  # noqa: E402
 
 IP = re.compile(IP_PATTERN)
 
@@ -161,10 +164,6 @@ def test_the_pattern_accepts_exactly_what_ipaddress_accepts(text):
 
 
 # -- coalescing: merges a later report makes moot are skipped ------------------------------------------------
-
-from types import SimpleNamespace  # noqa: E402
-
-from orchestrator.pipeline.ingest import superseded  # noqa: E402
 
 
 def queued(order, agent, epoch_offset, **sections):
@@ -202,11 +201,6 @@ def test_sections_covered_by_two_later_reports_together_supersede():
 
 
 # -- clocks: the topology's liveness is the server's receipt time ------------------------------------------------
-
-import time  # noqa: E402
-
-from orchestrator.contract.times import parse_rfc3339  # noqa: E402
-from tests.support import post_report, report, wait_for  # noqa: E402
 
 
 def test_a_probe_a_year_behind_is_last_seen_now(http):

@@ -137,3 +137,10 @@ def test_redacted_settings_hide_tokens(tmp_path):
     assert shown["auth"]["agent_tokens"] == ["***", "***"]
     assert "secret1" not in json.dumps(shown)
     assert shown["storage"]["max_data_age"] == "1h"
+
+
+def test_heartbeat_timeout_is_accepted_as_a_deprecated_setting_that_changes_nothing(tmp_path):
+    example = load(tmp_path, file={"agents": {"heartbeat_timeout": "2m"}})  # the contract's example
+    tuned = load(tmp_path, file={"agents": {"heartbeat_timeout": "10m"}})
+    assert example.deprecated() == [] and tuned.deprecated() == ["agents.heartbeat_timeout"]
+    assert tuned.agents.stale_threshold == example.agents.stale_threshold == 300

@@ -131,7 +131,7 @@ async def test_archived_agents_are_listed_as_stale_in_the_agent_shape(tmp_path):
 async def test_agent_that_comes_back_is_restored_with_its_history(tmp_path):
     state = make_state(tmp_path)
     apply_report(state, "agent-1", seen_at=T0 - 5, ts=T0 - 20)
-    points = state.timeseries.query("agent-1")["points"]
+    points = state.timeseries.get_recent_points("agent-1")
     await sweep(state, now=T0)
     state.dirty_agents.clear()
 
@@ -140,7 +140,7 @@ async def test_agent_that_comes_back_is_restored_with_its_history(tmp_path):
 
     assert fully_live(state, "agent-1") and not [a for a in state.agents_json(T0 + 1) if a["status"] == "stale"]
     assert state.registry.get("agent-1").reports_received == 2  # counting continues
-    history = state.timeseries.query("agent-1")["points"]
+    history = state.timeseries.get_recent_points("agent-1")
     assert history[0] == points[0] and len(history) == 2
     assert "agent-1" in state.dirty_agents
     assert state.restore_archived("agent-1") is False  # nothing archived any more
@@ -207,7 +207,7 @@ async def test_expired_time_series_slots_are_purged(tmp_path):
     stats = await sweep(state, now=later)
 
     assert stats["purged_points"] == 2 and stats["stale"] == 0
-    assert state.timeseries.query("agent-1", now=later)["points"] == []
+    assert state.timeseries.get_recent_points("agent-1", now=later) == []
     assert sample(state, "app_cleanup_purged_points_total") == 2
 
 

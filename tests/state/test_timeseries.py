@@ -62,7 +62,6 @@ def test_purge_expired_clears_old_slots_and_keeps_the_agent():
     assert store.purge_expired(now=NOW + 3600) == 1
     assert store.has_agent("a")
     assert store.get_recent_points("a", now=NOW + 3600) == []
-    assert store.get_latest_point("a") is None
 
 
 def test_wrap_around_clears_the_old_buckets_whole_row():
@@ -81,7 +80,7 @@ def test_report_whose_slot_holds_a_newer_bucket_is_refused():
     # A future-dated report takes the slot of bucket T0+120 one ring later.
     assert store.add_report("a", T0 + 120 + 3600, {"cpu_percent": 9.0}, now=NOW) is True
     assert store.add_report("a", T0 + 120, {"cpu_percent": 1.0}, now=NOW) is False
-    assert store.get_latest_point("a")["cpu_percent"] == 9.0
+    assert store.get_recent_points("a", now=T0 + 120 + 3600)[-1]["cpu_percent"] == 9.0
 
 
 def test_report_without_any_metric_adds_no_point():
@@ -123,7 +122,7 @@ def test_out_of_order_report_lands_in_its_own_bucket():
     points = points_by_offset(store)
     assert [p["cpu_percent"] for p in points.values()] == [1.0, 3.0]
     assert list(points) == [60, 90]
-    assert store.get_latest_point("a")["cpu_percent"] == 3.0
+    assert store.get_recent_points("a", now=NOW)[-1]["cpu_percent"] == 3.0
 
 
 # -- rates --------------------------------------------------------------------------------------------
@@ -281,7 +280,7 @@ def test_points_carry_exactly_the_contract_metrics_and_utc_timestamps():
     store.add_report("a", T0 + 60, all_metrics(1.0), now=NOW)
     (point,) = store.get_recent_points("a", now=NOW)
     assert list(point) == ["timestamp", *POINT_METRICS]
-    assert point["timestamp"] == "2025-10-13T00:01:00Z"
+    assert point["timestamp"] == "2025-10-13T00:01:00.000Z"
     assert point["cpu_percent"] == 1.0 and point["net_rx_rate"] is None
     assert isinstance(point["memory_used"], int) and isinstance(point["connection_count"], int)
 
@@ -292,16 +291,15 @@ def test_unknown_agent_raises_key_error():
         store.get_recent_points("nobody", now=NOW)
     with pytest.raises(KeyError):
         store.export_agent("nobody")
-    assert store.get_latest_point("nobody") is None
     assert store.delete_agent("nobody") is None
 
 
-def test_latest_point_is_the_newest_bucket_with_its_rate():
+def test_the_newest_point_carries_its_rate_and_a_contract_timestamp():
     store = TimeSeriesStore()
     store.add_report("a", T0 + 90, {**net(3_000), "cpu_percent": 2.0}, now=NOW)
     store.add_report("a", T0 + 60, {**net(0), "cpu_percent": 1.0}, now=NOW)
-    latest = store.get_latest_point("a")
-    assert latest["timestamp"] == "2025-10-13T00:01:30Z"
+    latest = store.get_recent_points("a", now=NOW)[-1]
+    assert latest["timestamp"] == "2025-10-13T00:01:30.000Z"  # the one RFC 3339 form of every endpoint
     assert latest["cpu_percent"] == 2.0
     assert latest["net_rx_rate"] == pytest.approx(100.0)
 
@@ -329,12 +327,11 @@ def test_stats_report_agents_points_and_memory():
     }
 
 
-def test_query_wraps_points_with_resolution_and_count():
+def test_a_step_of_one_minute_averages_four_buckets_into_one_point():
     store = TimeSeriesStore()
     fill_minute(store, [1.0, 2.0, 3.0, 4.0])
-    data = store.query("a", step=60, now=NOW)
-    assert data["agent_id"] == "a" and data["resolution"] == "1m" and data["count"] == 1
-    assert data["points"][0]["cpu_percent"] == pytest.approx(2.5)
+    points = store.get_recent_points("a", step=60, now=NOW)
+    assert len(points) == 1 and points[0]["cpu_percent"] == pytest.approx(2.5)
 
 
 # -- export / import ----------------------------------------------------------------------------------
@@ -452,7 +449,7 @@ def test_reader_thread_never_sees_a_torn_row_while_reports_are_written():
     def read() -> None:
         try:
             while not stop.is_set():
-                for point in [*store.get_recent_points("a", now=now), store.get_latest_point("a")]:
+                for point in store.get_recent_points("a", now=now):
                     values = {point[name] for name in plain}
                     if len(values) != 1:
                         failures.append(f"torn point {point}")

@@ -1,0 +1,38 @@
+"""Time slicing: long work on the event loop done in stretches, with the loop handed to requests between.
+
+Every loop-bound job that can grow with the fleet (applying a burst of reports, publishing a big change,
+a cleanup sweep, gathering a checkpoint) runs through one :class:`TimeSlice`: work while :meth:`due` is
+false, then :meth:`pause` (async code) or ``yield`` and :meth:`restart` (a generator driven by the loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+
+class TimeSlice:
+    """A stretch of at most ``seconds`` of work; :attr:`longest` is the longest stretch so far."""
+
+    __slots__ = ("longest", "seconds", "started")
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.longest = 0.0
+        self.started = time.perf_counter()
+
+    def due(self) -> bool:
+        """The stretch has used its time: yield the loop now."""
+        return time.perf_counter() - self.started >= self.seconds
+
+    def restart(self) -> None:
+        """Start a new stretch (after yielding), remembering how long the last one took."""
+        now = time.perf_counter()
+        self.longest = max(self.longest, now - self.started)
+        self.started = now
+
+    async def pause(self) -> None:
+        """Yield the loop to whatever is waiting (requests, other tasks), then start a new stretch."""
+        self.restart()
+        await asyncio.sleep(0)
+        self.started = time.perf_counter()
