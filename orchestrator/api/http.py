@@ -120,7 +120,9 @@ async def _finish(request: Request, response: HTTPResponse) -> None:
         duration
     )
     response.headers["X-Request-Id"] = request.ctx.request_id
-    level = log.warning if status >= 500 else log.debug if route in QUIET_ROUTES and status < 400 else log.info
+    # A 429 is flow control under overload (counted in app_reports_throttled_total): one line each would flood.
+    quiet = route in QUIET_ROUTES and (status < 400 or status == 429)
+    level = log.warning if status >= 500 else log.debug if quiet else log.info
     level("request", route=route, status=status, duration_ms=round(duration * 1000, 2))
     structlog.contextvars.clear_contextvars()
 
@@ -154,3 +156,20 @@ def json_body(request: Request):
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, f"malformed JSON: {exc}", code="malformed_json") from None
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """A streaming handler's whole body, 413 as soon as it is known to exceed ``limit`` (from its
+    Content-Length before reading, or while reading a chunked one). Sanic lifts its own limit for
+    streaming handlers; after a refusal it discards the rest under that limit or closes the connection."""
+    declared = int(request.headers.get("content-length") or 0)
+    if declared > limit:
+        raise ApiError(413, f"body is {declared} bytes; the limit is {limit}")
+    chunks = []
+    size = 0
+    while (chunk := await request.stream.read()) is not None:
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -117,6 +117,7 @@ async def stats(request: Request) -> HTTPResponse:
         "websocket_clients": state.hub.client_count if state.hub else 0,
         "reports_received": state.reports_received,
         "ingest_queue": state.ingest.backlog,
+        "ingest_queue_bytes": state.ingest.queued_bytes,
         "seq": state.topology.seq,
         "storage": storage,
         "topology": state.topology.counts(),

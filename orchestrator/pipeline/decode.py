@@ -17,14 +17,24 @@ from orchestrator.contract.models import (
 
 def decode_body(body: bytes, content_type: str | None, content_encoding: str | None, limit: int) -> bytes:
     """The JSON bytes of a request body: content type checked, gzip inflated at most up to ``limit``."""
+    return inflate(body, check_media(content_type, content_encoding), limit)
+
+
+def check_media(content_type: str | None, content_encoding: str | None) -> str:
+    """The body's encoding (``gzip`` or ``identity``), from the headers alone; 415 for anything else."""
     media = (content_type or "").split(";", 1)[0].strip().lower()
     if media != "application/json":
         raise ApiError(415, f"Content-Type must be application/json, got {media or 'none'!r}")
     encoding = (content_encoding or "identity").strip().lower()
+    if encoding not in ("gzip", "identity"):
+        raise ApiError(415, f"Content-Encoding {encoding!r} is not supported; use gzip or none")
+    return encoding
+
+
+def inflate(body: bytes, encoding: str, limit: int) -> bytes:
+    """``body`` as JSON bytes: gzip inflated at most up to ``limit`` (413 beyond it)."""
     if encoding == "gzip":
         return _gunzip(body, limit)
-    if encoding != "identity":
-        raise ApiError(415, f"Content-Encoding {encoding!r} is not supported; use gzip or none")
     if len(body) > limit:
         raise ApiError(413, f"body is {len(body)} bytes; the limit is {limit}")
     return body

@@ -1,7 +1,9 @@
 """From accepted report to applied report: the bounded ingest queue and its worker.
 
-The request side decodes and validates (``pipeline/decode.py``, so every rejection reaches the probe), then either queues the
-report and answers 202, or answers 429/503 with Retry-After *before* accepting. The worker applies queued
+The request side first asks :meth:`Ingest.admission` whether there is room (503 while shutting down, 429 when
+the backlog is full by count or by bytes, both with Retry-After and before the body is even read), then
+decodes and validates (``pipeline/decode.py``, so every rejection reaches the probe), then queues the report
+and answers 202. The worker applies queued
 reports in arrival order: ``merge_report`` hooks, then ``receive_report`` sinks. A 202 is never dropped:
 graceful shutdown drains the queue before the final checkpoint.
 """
@@ -12,7 +14,8 @@ import asyncio
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import structlog
@@ -111,33 +114,64 @@ class Ingest:
 
     def __post_init__(self) -> None:
         settings = self.state.settings
-        # The bound is on the whole backlog (queued + the batch the worker holds), enforced by submit().
+        # The bounds are on the whole backlog (queued + the batch the worker holds + requests admitted at
+        # the door whose body is still being read or validated), enforced by admission() and submit().
         self.capacity = settings.server.ingest_queue_size
+        self.max_bytes = settings.server.ingest_queue_bytes
         self.state.metrics.ingest_queue_capacity.set(self.capacity)
-        self.queued_bytes = 0  # decoded JSON of the backlog, shown as app_ingest_queue_bytes
         self.queue = asyncio.Queue()
         self.extract = ContainerIdCache(self.state.hooks)
         self._batch: deque[Accepted] = deque()  # taken off the queue, not applied yet
+        self.queued_bytes = 0  # decoded JSON of the backlog
+        self._admitted = 0  # past the door, not submitted yet
+        self._reserved_bytes = 0  # their bodies' wire sizes: a lower bound of what they will add
+
+    def refusal(self) -> ApiError | None:
+        """Why a report cannot be taken now (503 shutting down, 429 backlog full by count or by bytes), from
+        the server's state alone: decided before the request's body is read, inflated or validated, so that
+        under overload a refused report costs next to nothing."""
+        if self.closing:
+            return self._refused(503, "server is shutting down; retry against the restarted server", "shutting_down")
+        if self.backlog + self._admitted >= self.capacity or self.queued_bytes + self._reserved_bytes >= self.max_bytes:
+            return self._refused(429, "ingest queue is full; retry later", "overloaded")
+        return None
+
+    @contextmanager
+    def admission(self, wire_bytes: int) -> Iterator[None]:
+        """Hold a report's place in the backlog from the door until :meth:`submit` queues it (or it fails),
+        so that the bodies being read and validated meanwhile cannot overfill the queue."""
+        if (refused := self.refusal()) is not None:
+            raise refused
+        self._admitted += 1
+        self._reserved_bytes += wire_bytes
+        try:
+            yield
+        finally:
+            self._admitted -= 1
+            self._reserved_bytes -= wire_bytes
 
     def submit(self, report: Report, raw: bytes, now: float, gzipped: bytes | None = None) -> str:
-        """Queue a validated report or refuse it *before* accepting (429/503 + Retry-After)."""
-        retry = str(max(1, round(self.state.settings.server.retry_after)))
-        if self.closing:
-            raise ApiError(
-                503,
-                "server is shutting down; retry against the restarted server",
-                code="shutting_down",
-                headers={"Retry-After": retry},
-            )
-        if self.backlog >= self.capacity:
-            self.state.metrics.reports_throttled.inc()
-            raise ApiError(429, "ingest queue is full; retry later", code="overloaded", headers={"Retry-After": retry})
+        """Queue a validated report or refuse it *before* accepting (429/503 + Retry-After). A report larger
+        than the room left is refused unless the backlog is empty (so any report within the body limits can
+        get in)."""
+        if self.closing:  # the shutdown began while the body was read
+            raise self._refused(503, "server is shutting down; retry against the restarted server", "shutting_down")
+        if self.backlog >= self.capacity or (self.backlog and self.queued_bytes + len(raw) > self.max_bytes):
+            raise self._refused(429, "ingest queue is full; retry later", "overloaded")
         order = self.state.next_order()
         self.queue.put_nowait(Accepted(report, raw, gzipped, now, order))
         self.queued_bytes += len(raw)
+        self._show_backlog()
+        return f"{self.instance}-{order}"
+
+    def _refused(self, status: int, message: str, code: str) -> ApiError:
+        self.state.metrics.reports_throttled.inc()
+        retry = str(max(1, round(self.state.settings.server.retry_after)))
+        return ApiError(status, message, code=code, headers={"Retry-After": retry})
+
+    def _show_backlog(self) -> None:
         self.state.metrics.ingest_queue.set(self.queue.qsize())
         self.state.metrics.ingest_queue_bytes.set(self.queued_bytes)
-        return f"{self.instance}-{order}"
 
     async def run(self) -> None:
         """Apply queued reports until cancelled, yielding the loop to requests every few milliseconds.
@@ -151,7 +185,7 @@ class Ingest:
             self._batch.append(await self.queue.get())
             while not self.queue.empty() and len(self._batch) < MAX_BATCH:
                 self._batch.append(self.queue.get_nowait())
-            self.state.metrics.ingest_queue.set(self.queue.qsize())
+            self._show_backlog()
             skip = superseded(self._batch)
             stretch = TimeSlice(BATCH_SECONDS)
             while self._batch:
@@ -161,6 +195,7 @@ class Ingest:
                         item = self._batch.popleft()
                         self.apply(item, merge=item.order not in skip)
                 await stretch.pause()
+            self._show_backlog()
 
     def apply(self, item: Accepted, merge: bool = True) -> None:
         state = self.state
@@ -180,7 +215,6 @@ class Ingest:
         )
         state.dirty_agents.add(item.report.agent_id)
         self.queued_bytes -= len(item.raw)
-        state.metrics.ingest_queue_bytes.set(self.queued_bytes)
         state.metrics.ingest_seconds.observe(time.perf_counter() - start)
 
     async def drain(self) -> None:
@@ -193,7 +227,7 @@ class Ingest:
         while self._batch:
             item = self._batch.popleft()
             self.apply(item, merge=item.order not in skip)
-        self.state.metrics.ingest_queue.set(0)
+        self._show_backlog()
 
     @property
     def backlog(self) -> int:

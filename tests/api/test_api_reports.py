@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
+import socket
 import time
 
 import httpx
+import orjson
 import pytest
 from structlog.testing import capture_logs
 
@@ -102,6 +105,92 @@ def test_full_queue_answers_429_with_retry_after_and_loses_nothing_accepted(star
         )
         assert {n.removeprefix("host:").replace("host", "agent") for n in nodes} == accepted
         assert post_report(client, report("agent-9")).status_code == 202
+
+
+def stop_ingest_worker(server) -> None:
+    """The worker stops applying: what is accepted stays queued, so the queue can be filled."""
+    worker = next(t for t in server.app.ctx.tasks if t.get_name() == "ingest" and not t.done())
+    server.call(worker.cancel)
+
+
+def restart_ingest_worker(server) -> None:
+    tasks = server.app.ctx.tasks
+    server.call(lambda: tasks.append(asyncio.get_running_loop().create_task(server.state.ingest.run(), name="ingest")))
+
+
+def metric(client, name: str) -> float:
+    line = next(l for l in client.get("/metrics").text.splitlines() if l.startswith(name + " "))
+    return float(line.split()[1])
+
+
+def post_raw(client, content: bytes, **headers) -> httpx.Response:
+    return client.post("/api/v1/reports", content=content, headers={"Content-Type": "application/json", **headers})
+
+
+def test_full_queue_refuses_before_reading_the_body_so_even_malformed_json_gets_429(start_server):
+    server = start_server(make_settings(server={"ingest_queue_size": 2}))
+    stop_ingest_worker(server)
+    with httpx.Client(base_url=server.url) as client:
+        assert [post_report(client, report(f"agent-{i}")).status_code for i in range(2)] == [202, 202]
+        assert_error(post_raw(client, b"{this is not json"), 429, "overloaded")
+        assert_error(post_raw(client, b"\x1f\x8b not gzip either", **{"Content-Encoding": "gzip"}), 429)
+        restart_ingest_worker(server)
+        wait_for(lambda: client.get("/health").json()["ingest_queue"] == 0)
+        # With room again, the same bodies get what they deserve.
+        assert_error(post_raw(client, b"{this is not json"), 400, "malformed_json")
+
+
+def test_queue_is_bounded_by_decoded_bytes_as_well_as_by_count(start_server):
+    server = start_server(make_settings(server={"ingest_queue_size": 100, "ingest_queue_bytes": 4096}))
+    stop_ingest_worker(server)
+
+    def sized(agent_id: str, size: int) -> bytes:
+        body = orjson.dumps(report(agent_id, host_info={"os": ""}))
+        return orjson.dumps(report(agent_id, host_info={"os": "x" * (size - len(body))}))
+
+    with httpx.Client(base_url=server.url) as client:
+        first, second = sized("agent-1", 3000), sized("agent-2", 1500)
+        assert post_raw(client, first).status_code == 202
+        assert metric(client, "app_ingest_queue_bytes") == len(first)
+        # 3000 + 1500 bytes would exceed 4096: refused, though the queue holds one report of a hundred.
+        assert_error(post_raw(client, second), 429, "overloaded")
+        small = sized("agent-3", 1000)
+        assert post_raw(client, gzip.compress(small), **{"Content-Encoding": "gzip"}).status_code == 202
+        assert metric(client, "app_ingest_queue_bytes") == len(first) + len(small)  # counted decoded, not gzipped
+        assert client.get("/api/v1/query/stats").json()["ingest_queue_bytes"] == len(first) + len(small)
+        restart_ingest_worker(server)
+        wait_for(lambda: metric(client, "app_ingest_queue_bytes") == 0)
+        # An empty queue takes any report within the body limits, even one larger than the byte bound;
+        # while it waits the queue is full, and the next report is refused at the door.
+        stop_ingest_worker(server)
+        assert post_raw(client, sized("agent-4", 6000)).status_code == 202
+        assert_error(post_raw(client, b"not json"), 429, "overloaded")
+        restart_ingest_worker(server)
+        hosts = wait_for(lambda: len(topology(client, level="host")["nodes"]) == 3 and topology(client, level="host"))
+        assert set(hosts["nodes"]) == {"host:host-1", "host:host-3", "host:host-4"}
+
+
+def test_shutting_down_refuses_with_503_before_reading_the_body(start_server):
+    server = start_server()
+    asyncio.run_coroutine_threadsafe(server.state.ingest.drain(), server.loop).result(10)  # as a shutdown does
+    with httpx.Client(base_url=server.url) as client:
+        refused = post_raw(client, b"{this is not json")
+        assert_error(refused, 503, "shutting_down")
+        assert refused.headers["retry-after"] == "1"
+
+
+def test_chunked_body_over_the_limit_is_413(start_server):
+    server = start_server(make_settings(server={"max_body_size": 2048}))
+    chunk = b"400\r\n" + b" " * 1024 + b"\r\n"
+    head = b"POST /api/v1/reports HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(head + chunk * 4 + b"0\r\n\r\n")
+        answer = b""
+        while b"\r\n\r\n" not in answer and (data := sock.recv(65536)):
+            answer += data
+    assert answer.startswith(b"HTTP/1.1 413"), answer
+    with httpx.Client(base_url=server.url) as client:
+        assert post_report(client, report()).status_code == 202  # the server is fine
 
 
 def test_plugin_validator_rejects_with_field_paths(start_server):
