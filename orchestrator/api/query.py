@@ -9,12 +9,14 @@ from sanic import Blueprint, HTTPResponse, Request
 from sanic.response import json
 
 from orchestrator.api.agents import list_agents
+from orchestrator.api.snapshots import SLICE_ITEMS
 from orchestrator.contract.durations import format_duration, parse_duration
 from orchestrator.contract.errors import ApiError
 from orchestrator.contract.times import format_rfc3339
 from orchestrator.topology import EXTERNALS, LEVELS
 
 bp = Blueprint("query", url_prefix="/api/v1/query")
+SMALL_VIEW = SLICE_ITEMS  # nodes + edges a plain (not chunked) response is built for
 
 
 def _raw_json(body: bytes, status: int = 200) -> HTTPResponse:
@@ -30,9 +32,20 @@ async def topology(request: Request) -> HTTPResponse:
     if external not in EXTERNALS:
         raise ApiError(400, f"external must be one of {', '.join(EXTERNALS)}; got {external!r}", code="bad_parameter")
     host = request.args.get("host") or None
-    snapshot = request.app.ctx.state.topology.snapshot_json(level, host, external)
-    # The snapshot is serialized once per (seq, level, host); wrapping it costs a copy, not a re-encode.
-    return _raw_json(b'{"topology":' + snapshot + b"}")
+    topology = request.app.ctx.state.topology
+    if host is not None:
+        # One host's part is small: serialized once per (seq, level, host, external), wrapped with a copy.
+        return _raw_json(b'{"topology":' + topology.snapshot_json(level, host, external) + b"}")
+    # A whole view can be ~100 MB: encoded in slices and sent in chunks, so other requests are served meanwhile.
+    snapshot = topology.snapshot(level, None, external)
+    chunks = request.app.ctx.snapshots.chunks((level, external), snapshot)
+    if len(snapshot["nodes"]) + len(snapshot["edges"]) <= SMALL_VIEW:
+        return _raw_json(b"".join([chunk async for chunk in chunks]))  # one slice: a plain response
+    response = await request.respond(content_type="application/json")
+    async for chunk in chunks:
+        await response.send(chunk)
+    await response.eof()
+    return response
 
 
 @bp.get("/agents")

@@ -232,3 +232,77 @@ def test_external_group_combines_with_level_and_host(http):
 @pytest.mark.parametrize("value", ["all", "GROUP", "none"])
 def test_unknown_external_value_is_400(http, value):
     assert_error(http.get(f"/api/v1/query/topology?external={value}"), 400, "bad_parameter")
+
+
+def _post_fleet(client, fleet, now: float, hosts) -> None:
+    for index in hosts:
+        response = client.post(
+            "/api/v1/reports", content=fleet.report_bytes(index, now), headers={"Content-Type": "application/json"}
+        )
+        assert response.status_code == 202, response.text
+
+
+def _check_consistent(view: dict) -> None:
+    """One published seq: every edge's ends and every node's parent are nodes of the same body."""
+    nodes, edges = view["nodes"], view["edges"]
+    assert isinstance(view["seq"], int) and view["timestamp"]
+    for edge_id, edge in edges.items():
+        assert edge["id"] == edge_id and edge["source"] in nodes and edge["target"] in nodes, edge_id
+    for node_id, node in nodes.items():
+        assert node["id"] == node_id and (node["parent"] is None or node["parent"] in nodes), node_id
+
+
+def test_a_large_full_view_is_streamed_with_the_same_bytes_as_one_host_at_a_time(http):
+    from orchestrator.probe.fleet import Fleet
+
+    fleet = Fleet(12, seed=3)
+    _post_fleet(http, fleet, time.time(), range(12))
+    wait_for(lambda: topo(http, level="host")["nodes"].get("host:" + fleet.report(11, time.time())["hostname"]))
+    view = http.get("/api/v1/query/topology")
+    assert view.status_code == 200 and view.headers["content-type"] == "application/json"
+    assert "content-length" not in view.headers  # chunked: sent as it is encoded
+    body = view.json()["topology"]
+    assert len(body["nodes"]) + len(body["edges"]) > 2_000
+    _check_consistent(body)
+    # The streamed body is the view itself: each host's part, asked separately, is in it as it is.
+    hostname = fleet.report(0, time.time())["hostname"]
+    part = http.get("/api/v1/query/topology", params={"host": hostname}).json()["topology"]
+    if part["seq"] == body["seq"]:
+        assert part["nodes"].items() <= body["nodes"].items() and part["edges"].items() <= body["edges"].items()
+    assert list(body["nodes"]) == sorted(body["nodes"]) and list(body["edges"]) == sorted(body["edges"])
+
+
+def test_a_full_view_read_while_reports_keep_arriving_is_one_consistent_topology(start_server):
+    import threading
+
+    import httpx
+
+    from orchestrator.probe.fleet import Fleet
+
+    server = start_server()
+    fleet = Fleet(12, seed=5)
+    stop = threading.Event()
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        _post_fleet(client, fleet, time.time(), range(12))
+        wait_for(lambda: len(topo(client, level="host")["nodes"]) >= 12)
+
+        def keep_reporting() -> None:
+            with httpx.Client(base_url=server.url, timeout=30) as writer:
+                rounds = 0
+                while not stop.is_set():
+                    rounds += 1
+                    _post_fleet(writer, fleet, time.time() + rounds, range(rounds % 12, rounds % 12 + 1))
+
+        writer = threading.Thread(target=keep_reporting)
+        writer.start()
+        try:
+            seqs = set()
+            for _ in range(6):
+                view = client.get("/api/v1/query/topology").json()["topology"]
+                _check_consistent(view)
+                seqs.add(view["seq"])
+                wait_for(lambda seq=view["seq"]: client.get("/api/v1/query/stats").json()["seq"] > seq, timeout=10)
+        finally:
+            stop.set()
+            writer.join(30)
+    assert len(seqs) == 6  # every read saw a later publication than the one before, whole
