@@ -215,6 +215,7 @@ class Ingest:
         )
         state.dirty_agents.add(item.report.agent_id)
         self.queued_bytes -= len(item.raw)
+        state.metrics.ingest_queue_bytes.set(self.queued_bytes)
         state.metrics.ingest_seconds.observe(time.perf_counter() - start)
 
     async def drain(self) -> None:
