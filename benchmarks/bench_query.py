@@ -68,8 +68,9 @@ def timed_get(client: httpx.Client, path: str) -> tuple[float, int]:
 _clock = itertools.count(1)
 
 
-def fresh_view(client: httpx.Client, fleet: Fleet, level: str, now: float) -> tuple[float, int]:
-    """Make the topology change (host 0 re-reports, newer), wait for the new seq, then time the first request."""
+def fresh_view(client: httpx.Client, fleet: Fleet, level: str, now: float, extra: str = "") -> tuple[float, int]:
+    """Make the topology change (host 0 re-reports, newer), wait for the new seq, then time the first request
+    (``extra``: more query parameters, e.g. ``&external=group``)."""
     seq = client.get("/api/v1/query/stats").json()["seq"]
     client.post(
         "/api/v1/reports",
@@ -81,7 +82,7 @@ def fresh_view(client: httpx.Client, fleet: Fleet, level: str, now: float) -> tu
         if time.monotonic() > deadline:
             raise RuntimeError("the topology did not change")
         time.sleep(0.02)
-    return timed_get(client, f"/api/v1/query/topology?level={level}")
+    return timed_get(client, f"/api/v1/query/topology?level={level}{extra}")
 
 
 def run(hosts: int, samples: int) -> dict:

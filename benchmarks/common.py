@@ -26,10 +26,15 @@ def free_port() -> int:
 class Server:
     """``python -m orchestrator serve`` on 127.0.0.1 with its own data dir; stopped (SIGTERM) on exit."""
 
-    def __init__(self, env: dict | None = None, persist: bool = True) -> None:
+    def __init__(
+        self, env: dict | None = None, persist: bool = True, data_dir: str | None = None, start_timeout: float = 30
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self._dir = tempfile.TemporaryDirectory(prefix="orch-bench-")
+        # A given data dir outlives the server (a restart restores from it); otherwise a temporary one.
+        self._dir = tempfile.TemporaryDirectory(prefix="orch-bench-") if data_dir is None else None
+        self.data_dir = data_dir or self._dir.name
+        self.started = time.monotonic()
         full_env = {
             **os.environ,
             "ORCHESTRATOR_LOG_LEVEL": "warning",
@@ -47,14 +52,14 @@ class Server:
                 "--port",
                 str(self.port),
                 "--data-dir",
-                self._dir.name,
+                self.data_dir,
             ],
             env=full_env,
             cwd=REPO,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + start_timeout
         while True:
             try:
                 if httpx.get(self.url + "/health", timeout=1).status_code == 200:
@@ -64,6 +69,7 @@ class Server:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("server did not start")
             time.sleep(0.1)
+        self.ready_s = time.monotonic() - self.started  # process start to the first healthy answer
 
     def cpu_seconds(self) -> float:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -103,7 +109,8 @@ class Server:
                 self.proc.wait(60)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-        self._dir.cleanup()
+        if self._dir is not None:
+            self._dir.cleanup()
 
     def __enter__(self) -> Server:
         return self

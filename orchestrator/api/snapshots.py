@@ -45,9 +45,23 @@ class SnapshotEncoder:
 
     def __init__(self) -> None:
         self._sections: dict[tuple, _Section] = {}
+        self._last: dict[tuple, tuple[int, list[bytes]]] = {}  # per view: the last seq encoded whole, its chunks
 
     async def chunks(self, view: tuple, snapshot: dict) -> AsyncIterator[bytes]:
-        """The body of ``GET /api/v1/query/topology`` for ``snapshot``, in chunks; awaits between slices."""
+        """The body of ``GET /api/v1/query/topology`` for ``snapshot``, in chunks; awaits between slices.
+        Readers of the same seq share one encoding: the last one's chunks are kept per view."""
+        last = self._last.get(view)
+        if last is not None and last[0] == snapshot["seq"]:
+            for chunk in last[1]:
+                yield chunk
+            return
+        made = []
+        async for chunk in self._encode(view, snapshot):
+            made.append(chunk)
+            yield chunk
+        self._last[view] = (snapshot["seq"], made)
+
+    async def _encode(self, view: tuple, snapshot: dict) -> AsyncIterator[bytes]:
         yield b'{"topology":{"edges":{'
         async for chunk in self._items((*view, "edges"), snapshot["edges"]):
             yield chunk
