@@ -148,6 +148,7 @@ class Stats(_Body):
     websocket_clients: int
     reports_received: int
     ingest_queue: int
+    ingest_queue_bytes: int = Field(description="Decoded JSON bytes of the reports not applied yet.")
     seq: int
     storage: dict[str, Any]
     topology: dict[str, int]
