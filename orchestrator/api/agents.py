@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Iterator
 
+import orjson
 from pydantic import ValidationError
 from sanic import Blueprint, HTTPResponse, Request
 from sanic.response import json
@@ -15,6 +18,7 @@ from orchestrator.contract.models import AgentRegistration, error_details
 from orchestrator.contract.times import format_rfc3339
 
 bp = Blueprint("agents", url_prefix="/api/v1/agents")
+LIST_SLICE = 2_000  # agents encoded per slice of GET /list
 
 
 @bp.post("/register")
@@ -78,10 +82,29 @@ async def list_agents(request: Request) -> HTTPResponse:
     wanted = request.args.get("status")
     if wanted not in (None, "online", "stale"):
         raise ApiError(400, f"status must be online or stale, got {wanted!r}", code="bad_parameter")
-    agents = state.agents_json(time.time())
-    if wanted:
-        agents = [agent for agent in agents if agent["status"] == wanted]
-    return json({"agents": agents, "count": len(agents)})
+    listed = state.listed_agents()
+    slices = _agent_slices(listed, time.time(), state.settings.agents.stale_threshold, wanted)
+    if len(listed) <= LIST_SLICE:
+        agents = next(slices, [])
+        return json({"agents": agents, "count": len(agents)})
+    # 100k agents are ~40 MB of JSON: encoded a slice at a time, sent as it goes, other requests served between.
+    response = await request.respond(content_type="application/json")
+    await response.send(b'{"agents":[')
+    count = 0
+    for agents in slices:
+        if agents:
+            await response.send((b"," if count else b"") + orjson.dumps(agents)[1:-1])
+            count += len(agents)
+        await asyncio.sleep(0)
+    await response.send(b'],"count":' + str(count).encode() + b"}")
+    await response.eof()
+    return response
+
+
+def _agent_slices(listed: list, now: float, threshold: float, wanted: str | None) -> Iterator[list[dict]]:
+    for start in range(0, len(listed), LIST_SLICE):
+        agents = [agent.to_json(now, threshold) for agent in listed[start : start + LIST_SLICE]]
+        yield [agent for agent in agents if agent["status"] == wanted] if wanted else agents
 
 
 def _has_label(metadata: dict, label: str) -> bool:

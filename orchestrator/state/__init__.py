@@ -120,12 +120,13 @@ class State:
     def agents_json(self, now: float) -> list[dict[str, Any]]:
         """Every known agent in the contract's ``<agent>`` shape: the live ones, then the archived (stale)."""
         threshold = self.settings.agents.stale_threshold
-        agents = [agent.to_json(now, threshold) for agent in self.registry.all()]
-        agents += [
-            self.archive[agent_id].to_json(now, threshold)
-            for agent_id in sorted(self.archive)
-            if agent_id not in self.registry
-        ]
+        return [agent.to_json(now, threshold) for agent in self.listed_agents()]
+
+    def listed_agents(self) -> list[Agent | ArchivedAgent]:
+        """What :meth:`agents_json` lists, in its order, each with ``to_json(now, stale_threshold)``: a list
+        of its own, so a reader may encode it a slice at a time while agents come and go."""
+        agents: list[Agent | ArchivedAgent] = list(self.registry.all())
+        agents += [self.archive[agent_id] for agent_id in sorted(self.archive) if agent_id not in self.registry]
         return agents
 
     def agent_counts(self, now: float) -> dict[str, int]:

@@ -140,3 +140,23 @@ def test_agent_endpoints_need_the_agent_token_when_configured(start_server):
         assert client.get("/api/v1/query/topology", headers={"Authorization": "Bearer r34d"}).status_code == 200
         # ?token= is for browsers' WebSockets only: on REST it would leave the token in logged URLs.
         assert_error(client.get("/api/v1/query/stats?token=r34d"), 401)
+
+
+def test_a_long_agent_list_is_streamed_whole_and_filtered(start_server):
+    server = start_server()
+    now = time.time()
+
+    def register_many() -> None:
+        for i in range(4_500):
+            server.state.register_agent(f"agent-{i:05}", f"host-{i:05}", {"rack": str(i % 7)}, now)
+
+    server.call(register_many)
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        response = client.get("/api/v1/agents/list")
+        assert response.status_code == 200 and "content-length" not in response.headers  # chunked
+        body = response.json()
+        assert body["count"] == 4_500 == len(body["agents"])
+        assert {a["agent_id"] for a in body["agents"]} == {f"agent-{i:05}" for i in range(4_500)}
+        assert body["agents"][7] == client.get("/api/v1/agents/list").json()["agents"][7]
+        assert client.get("/api/v1/agents/list", params={"status": "online"}).json()["count"] == 4_500
+        assert client.get("/api/v1/agents/list", params={"status": "stale"}).json() == {"agents": [], "count": 0}
