@@ -75,6 +75,8 @@ class ServerSettings(_Section):
     max_body_size: int = Field(10 * MIB, ge=1024, le=1024 * MIB)
     max_decoded_size: int = Field(10 * MIB, ge=1024, le=1024 * MIB)
     max_json_depth: int = Field(32, ge=4, le=256)
+    # A registration is an agent id, a hostname and metadata: 64 KiB is generous, and 8 MiB held the loop 0.4 s.
+    max_registration_size: int = Field(64 * 1024, ge=1024, le=1024 * MIB)
     max_processes: int = Field(10_000, ge=1)
     max_connections: int = Field(50_000, ge=1)
     max_containers: int = Field(5_000, ge=1)

@@ -25,7 +25,7 @@ LIST_SLICE = 2_000  # agents encoded per slice of GET /list
 async def register(request: Request) -> HTTPResponse:
     state = request.app.ctx.state
     try:
-        registration = AgentRegistration.model_validate(json_body(request))
+        registration = AgentRegistration.model_validate(json_body(request, state.settings.server.max_registration_size))
     except ValidationError as exc:
         raise ApiError(422, "registration failed validation", details=error_details(exc)) from None
     now = time.time()

@@ -143,14 +143,14 @@ QUIET_ROUTES = frozenset(
 )
 
 
-def json_body(request: Request):
-    """The request's JSON body, gzip or not, or a contract error (415 wrong type or encoding, 413 inflates
-    past the body limit, 400 malformed)."""
+def json_body(request: Request, limit: int):
+    """The request's JSON body, gzip or not, or a contract error (415 wrong type or encoding, 413 larger
+    than ``limit`` once inflated — checked before parsing —, 400 malformed)."""
     body = decode_body(
         request.body or b"",
         request.headers.get("content-type"),
         request.headers.get("content-encoding"),
-        request.app.ctx.settings.server.max_body_size,
+        limit,
     )
     try:
         return orjson.loads(body)

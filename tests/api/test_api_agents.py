@@ -160,3 +160,15 @@ def test_a_long_agent_list_is_streamed_whole_and_filtered(start_server):
         assert body["agents"][7] == client.get("/api/v1/agents/list").json()["agents"][7]
         assert client.get("/api/v1/agents/list", params={"status": "online"}).json()["count"] == 4_500
         assert client.get("/api/v1/agents/list", params={"status": "stale"}).json() == {"agents": [], "count": 0}
+
+
+def test_registration_larger_than_its_limit_is_413_before_it_is_parsed(start_server):
+    server = start_server(make_settings(server={"max_registration_size": 4096}))
+    with httpx.Client(base_url=server.url) as client:
+        big = {"agent_id": "agent-1", "hostname": "host-1", "metadata": {f"k{i}": "v" * 40 for i in range(200)}}
+        assert_error(client.post("/api/v1/agents/register", json=big), 413, "payload_too_large")
+        # Not parsed: a body past the limit is 413 even when it is not JSON.
+        junk = b"{" * 5000
+        response = client.post("/api/v1/agents/register", content=junk, headers={"Content-Type": "application/json"})
+        assert_error(response, 413)
+        assert register(client, "agent-1", "host-1", rack="r1").status_code == 201
