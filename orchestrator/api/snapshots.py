@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import time
 from bisect import bisect_left
 from collections.abc import AsyncIterator, Mapping
 from itertools import islice
 
 import orjson
+
+from orchestrator.runtime.slicing import TimeSlice
 
 SLICE_SECONDS = 0.005  # loop time one slice of encoding may take
 SLICE_ITEMS = 2_000  # and at most this many items, so that even a fast slice lets others in
@@ -80,7 +81,7 @@ class SnapshotEncoder:
         parts: list[bytes] = []
         size = 0
         first = True
-        deadline = time.perf_counter() + SLICE_SECONDS
+        stretch = TimeSlice(SLICE_SECONDS)
         for count, item_id in enumerate(order, 1):
             body = mapping[item_id]
             if encoded_from.get(item_id) is body:
@@ -91,12 +92,11 @@ class SnapshotEncoder:
                 encoded_from[item_id] = body
             parts.append(fragment)
             size += len(fragment)
-            if size >= CHUNK_BYTES or count % SLICE_ITEMS == 0 or time.perf_counter() >= deadline:
+            if size >= CHUNK_BYTES or count % SLICE_ITEMS == 0 or stretch.due():
                 yield (b"" if first else b",") + b",".join(parts)
                 first = False
                 parts, size = [], 0
-                await asyncio.sleep(0)
-                deadline = time.perf_counter() + SLICE_SECONDS
+                await stretch.pause()
         if parts:
             yield (b"" if first else b",") + b",".join(parts)
 
