@@ -139,12 +139,63 @@ class _Edge:
 
 
 class _External:
-    __slots__ = ("first_seen", "ip", "refs")
+    """An address outside every reporting host and the connections that reach it. Its agents and latest
+    receipt time are kept as the connections come and go, so building its body costs the same whether ten
+    hosts talk to it or every host of the fleet (the cloud's resolver: one connection per host)."""
+
+    __slots__ = ("agent_list", "agents", "first_seen", "ip", "latest", "refs")
 
     def __init__(self, ip: str) -> None:
         self.ip = ip
-        self.refs: dict[tuple, float] = {}  # conn key -> latest receipt time of its reports
+        # conn key -> (latest receipt time of its reports, its reporting agent: a str, or a sorted tuple)
+        self.refs: dict[tuple, tuple] = {}
+        self.agents: Counter = Counter()  # agent -> how many of the refs it reported
+        self.agent_list: list | None = None  # the published agent_ids; None when the agents changed
+        self.latest: float | None = float("-inf")  # max receipt time of the refs; None when unknown
         self.first_seen = float("inf")
+
+    def set_ref(self, key: tuple, seen: float, owners) -> None:
+        old = self.refs.get(key)
+        if old is None:
+            self._count(owners, 1)
+        else:
+            if old[1] != owners:
+                self._count(old[1], -1)
+                self._count(owners, 1)
+            if seen < old[0] and old[0] == self.latest:
+                self.latest = None
+        self.refs[key] = (seen, owners)
+        if self.latest is not None and seen > self.latest:
+            self.latest = seen
+
+    def refresh(self, key: tuple, seen: float) -> None:
+        """The same reporters saw the connection again."""
+        self.set_ref(key, seen, self.refs[key][1])
+
+    def drop_ref(self, key: tuple) -> None:
+        old = self.refs.pop(key, None)
+        if old is None:
+            return
+        self._count(old[1], -1)
+        if old[0] == self.latest:
+            self.latest = None
+
+    def last_seen(self) -> float:
+        if self.latest is None:
+            self.latest = max(seen for seen, _owners in self.refs.values())
+        return self.latest
+
+    def _count(self, owners, delta: int) -> None:
+        agents = self.agents
+        for agent in (owners,) if type(owners) is str else owners:
+            count = agents[agent] + delta
+            if count <= 0:
+                del agents[agent]
+                self.agent_list = None
+            else:
+                if count == delta:
+                    self.agent_list = None  # a new agent
+                agents[agent] = count
 
 
 class Topology:
@@ -386,7 +437,7 @@ class Topology:
             seen = max(record.seen for record in conn.records)
             for end in (source, target):
                 if end.startswith("external:"):
-                    self._externals[end].refs[key] = seen
+                    self._externals[end].refresh(key, seen)
                     self._dirty_nodes.add(end)
 
     def _update_listeners(self, old: Counter, new: Counter) -> None:
@@ -475,14 +526,14 @@ class Topology:
         old_ext = {n for n in (old.source, old.target) if n.startswith("external:")} if old else set()
         new_ext = {n for n in (edge.source, edge.target) if n.startswith("external:")} if edge else set()
         for node_id in old_ext - new_ext:
-            self._externals[node_id].refs.pop(key, None)
+            self._externals[node_id].drop_ref(key)
             touched.add(node_id)
         for node_id in new_ext:
             external = self._externals.get(node_id)
             if external is None:
                 external = self._externals[node_id] = _External(node_id[9:])
                 external.first_seen = self._first_seen(node_id, external.first_seen)
-            external.refs[key] = resolved[5]
+            external.set_ref(key, resolved[5], _owners(conn.records))
             if node_id not in old_ext:
                 external.first_seen = min(external.first_seen, resolved[5])
             touched.add(node_id)
@@ -577,18 +628,20 @@ class Topology:
         return shared
 
     def _external_body(self, node_id: str, external: _External) -> dict:
-        agents = {record.owner[0] for key in external.refs for record in self._conns[key].records}
+        agents = external.agent_list
+        if agents is None:
+            agents = external.agent_list = self._agent_list(external.agents)
         return _NodeBody(
             node_id,
             "external",
             external.ip,
             None,
             None,
-            self._agent_list(agents),
+            agents,
             {},
             {},
             rfc3339(external.first_seen),
-            rfc3339(max(external.refs.values())),
+            rfc3339(external.last_seen()),
         ).__dict__
 
     def edge_body(self, edge_id: str) -> dict | None:
@@ -807,6 +860,14 @@ def _classify(key: tuple, rank: tuple, seen: float, host: str, connections) -> t
                 Record, (rank, key, host, protocol, pid, local_end, remote_end, seen)
             )
     return listens, list(records.values())
+
+
+def _owners(records: list):
+    """The agents that reported a connection: the agent id itself for one (most connections), else a tuple."""
+    if len(records) == 1:
+        return records[0].owner[0]
+    agents = tuple(sorted({record.owner[0] for record in records}))
+    return agents[0] if len(agents) == 1 else agents
 
 
 def _exported_sockets(held: _Held) -> list[list]:
