@@ -191,15 +191,15 @@ class Hub:
         self._counts["publications"] += 1
         self._published_at = publication.timestamp
         self._update_gauges()
+        empty = None  # the one serialized empty diff of this publication, shared by every view it is
         for view, view_state in list(self._views.items()):
-            message = orjson.dumps(
-                {
-                    "type": "topology_diff",
-                    "seq": publication.seq,
-                    "timestamp": publication.timestamp,
-                    "payload": publication.diff(level=view.level, host=view.host, external=view.external),
-                }
-            )
+            payload = publication.diff(level=view.level, host=view.host, external=view.external)
+            if _is_empty(payload):
+                if empty is None:
+                    empty = self._diff_message(publication, payload)
+                message = empty
+            else:
+                message = self._diff_message(publication, payload)
             self._remember(view_state, publication.seq, message)
             if view_state.clients:
                 self._fan_out(view_state.clients, message, "topology_diff")
@@ -207,6 +207,12 @@ class Hub:
                 view_state.idle_publications += 1
                 if view_state.idle_publications > self.history_size:
                     del self._views[view]
+
+    @staticmethod
+    def _diff_message(publication, payload: dict) -> bytes:
+        return orjson.dumps(
+            {"type": "topology_diff", "seq": publication.seq, "timestamp": publication.timestamp, "payload": payload}
+        )
 
     def _remember(self, view_state: ViewState, seq: int, message: bytes) -> None:
         if self.history_size == 0:
@@ -491,3 +497,7 @@ class Hub:
             "broadcast_interval": format_duration(self.interval),
             **self._counts,
         }
+
+
+def _is_empty(diff: dict) -> bool:
+    return not any(diff[part][kind] for part in ("nodes", "edges") for kind in ("added", "updated", "removed"))

@@ -34,6 +34,10 @@ from .model import ConnectionIn, Contribution, NodeIn, rfc3339, type_from_id
 from .resolve import WILDCARD, Conn, Record, Resolver, classify, conn_key
 from .views import Publication, Published, multi_add, multi_discard
 
+# Snapshots kept per seq (each level and host= asked since the last publish); beyond, the oldest goes.
+MAX_CACHED_SNAPSHOTS = 64
+_PRUNE_SLACK = 16  # shared lists beyond twice the published bodies (plus this) trigger a prune
+
 
 class _NodeBody:
     """Builds a published node body: ``_NodeBody(...).__dict__`` is a plain ``dict`` (same keys, order,
@@ -727,7 +731,27 @@ class Topology:
         if publication is not None:
             self._snapshots.clear()
             self._snapshot_json.clear()
+            self._prune_shared_lists()
         return publication
+
+    def _prune_shared_lists(self) -> None:
+        """Drop the shared agent and port lists no published body uses any more (issue 16 #10: reports with
+        ever-changing port sets left 57 MiB of them behind). Rebuilt from the published bodies when the
+        caches outgrow them, so the cost is amortised over the insertions that made them grow."""
+        published = self._published
+        if len(self._port_lists) > 2 * len(published.edges) + _PRUNE_SLACK:
+            self._port_lists = {tuple(edge["ports"]): edge["ports"] for edge in published.edges.values()}
+        if len(self._agent_lists) > 2 * len(published.nodes) + _PRUNE_SLACK:
+            self._agent_lists = {tuple(node["agent_ids"]): node["agent_ids"] for node in published.nodes.values()}
+        published.prune_ports(_PRUNE_SLACK)
+
+    def _cache(self, cache: dict, key: tuple, build):
+        value = cache.get(key)
+        if value is None:
+            if len(cache) >= MAX_CACHED_SNAPSHOTS:
+                del cache[next(iter(cache))]  # the oldest: one client per distinct host= cannot grow it
+            value = cache[key] = build()
+        return value
 
     def snapshot(self, level: str = "process", host: str | None = None, external: str = "each") -> dict:
         """The published topology for a view: ``{"nodes", "edges", "timestamp", "seq"}``.
@@ -735,18 +759,14 @@ class Topology:
         ``external="group"`` folds the public external addresses into one ``external:internet`` node.
         The returned dicts are never mutated afterwards; treat them as read-only.
         """
-        key = (level, host, external)
-        snapshot = self._snapshots.get(key)
-        if snapshot is None:
-            snapshot = self._snapshots[key] = self._published.snapshot(level, host, external)
-        return snapshot
+        return self._cache(
+            self._snapshots, (level, host, external), lambda: self._published.snapshot(level, host, external)
+        )
 
     def snapshot_json(self, level: str = "process", host: str | None = None, external: str = "each") -> bytes:
-        key = (level, host, external)
-        body = self._snapshot_json.get(key)
-        if body is None:
-            body = self._snapshot_json[key] = self._published.snapshot_json(level, host, external)
-        return body
+        return self._cache(
+            self._snapshot_json, (level, host, external), lambda: self._published.snapshot_json(level, host, external)
+        )
 
     def counts(self) -> dict:
         return self._published.counts()

@@ -132,7 +132,7 @@ class _Internet:
 class Publication:
     """One published version: its seq, timestamp and the changes from the previous one, per view."""
 
-    __slots__ = ("_changes", "_diffs", "_published", "_raw", "seq", "timestamp")
+    __slots__ = ("_by_host", "_changes", "_diffs", "_published", "_raw", "seq", "timestamp")
 
     def __init__(self, seq: int, timestamp: str, changes: dict, raw: tuple, published: Published) -> None:
         self.seq = seq
@@ -141,6 +141,7 @@ class Publication:
         # a collapsed level only when its view was in use at publish time (else added by diff on demand)
         self._changes = changes
         self._diffs: dict[tuple, dict] = {}
+        self._by_host: dict[str, tuple] = {}  # view name -> its changes grouped by host (_changes_by_host)
         self._raw = raw  # the base changes as applied: (node changes, edge changes [(id, old, new)])
         self._published = published
 
@@ -163,7 +164,15 @@ class Publication:
         return diff
 
     def _build_diff(self, name: str, host: str | None) -> dict:
+        """A host's diff reads only the changes that touch that host (grouped once per view and
+        publication), so a view of a host with nothing in it costs an empty diff, and 2,000 distinct
+        ``host=`` views cost the changes once plus 2,000 small dicts, not 2,000 passes over them."""
         node_changes, edge_changes = self._changes[name]
+        if host is not None:
+            by_host = self._by_host.get(name)
+            if by_host is None:
+                by_host = self._by_host[name] = _changes_by_host(node_changes, edge_changes)
+            node_changes, edge_changes = by_host[0].get(host, ()), by_host[1].get(host, ())
         nodes = _section()
         for node_id, old, new in node_changes:
             if host is not None:
@@ -179,6 +188,24 @@ class Publication:
         nodes["removed"].sort()
         edges["removed"].sort()
         return {"from_seq": self.seq - 1, "nodes": nodes, "edges": edges}
+
+
+def _changes_by_host(node_changes: list, edge_changes: list) -> tuple[dict, dict]:
+    """Change records by the hosts they touch (before or after), each host's in publication order."""
+    nodes: dict[str, list] = {}
+    for change in node_changes:
+        _node_id, old, new = change
+        old_host = old["host"] if old is not None else None
+        new_host = new["host"] if new is not None else None
+        for host in (old_host, new_host) if old_host != new_host else (old_host,):
+            if host is not None:
+                nodes.setdefault(host, []).append(change)
+    edges: dict[str, list] = {}
+    for change in edge_changes:
+        old_hosts, new_hosts = change[3], change[4]
+        for host in old_hosts if old_hosts == new_hosts else dict.fromkeys((*old_hosts, *new_hosts)):
+            edges.setdefault(host, []).append(change)
+    return nodes, edges
 
 
 _SMALL = 8  # members kept in a list up to this many, in a set beyond
@@ -691,6 +718,12 @@ class Published:
         else:
             view.edges[veid] = new
         return _indexed_change(view, veid, old, new)
+
+    def prune_ports(self, slack: int) -> None:
+        """Drop the shared rolled-up port lists no view edge uses any more, once they outgrow the views."""
+        live = [view.edges for name, view in self.views.items() if name != "process"]
+        if len(self.ports) > 2 * sum(map(len, live)) + slack:
+            self.ports = {tuple(edge["ports"]): edge["ports"] for edges in live for edge in edges.values()}
 
     def _ports(self, base_edges: list) -> list:
         ports = tuple(sorted({port for edge in base_edges for port in edge["ports"]}))

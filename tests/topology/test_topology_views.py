@@ -207,3 +207,34 @@ def test_an_edge_follows_its_end_to_another_host_in_the_host_filter(level):
         assert (edge in expected["edges"]) == (host == "host-z")
         replayed = apply_diff(before[host], publication.diff(level, host))
         assert replayed["edges"] == expected["edges"] and replayed["nodes"] == expected["nodes"]
+
+
+def test_a_host_filtered_diff_reads_only_the_changes_of_that_host(monkeypatch):
+    # Issue 16 #2: every distinct ``host=`` view used to walk every change of the publication, so 2,000 views
+    # of hosts that don't exist multiplied the publish cost by 2,000. Counted here (not timed): the change
+    # records a diff looks at.
+    from orchestrator.topology import views
+
+    topology = scenario(Topology())
+    topology.publish(0)
+    scenario(topology, second=5, order=50)
+    topology.remove_agent("agent-c")
+    publication = topology.publish(0)
+    looked_at = []
+    record = views._record
+    monkeypatch.setattr(views, "_record", lambda *args: looked_at.append(args[1]) or record(*args))
+    empty = {"added": {}, "updated": {}, "removed": []}
+    for k in range(2000):
+        assert publication.diff("process", f"nohost-{k}") == {
+            "from_seq": publication.seq - 1,
+            "nodes": empty,
+            "edges": empty,
+        }
+    assert looked_at == []
+    whole = publication.diff("process")
+    looked_at.clear()
+    only_b = publication.diff("process", "host-b")
+    assert 0 < len(looked_at) < len(whole["nodes"]["updated"]) + len(whole["edges"]["updated"])
+    assert set(only_b["nodes"]["updated"]) == {
+        n for n, body in whole["nodes"]["updated"].items() if body["host"] == "host-b"
+    }
