@@ -1,19 +1,20 @@
-// The graph: SVG, one group per node (shape by type, its name as text), one line per edge from client to
-// server with its ports. Redraws only what a change touched; positions come from the stable layout.
+// The graph: SVG. One group per node (shape by type, its name as text); every edge an arrow from client to
+// server. All edges are one path element (its geometry cached per edge, so a change costs a string join, not
+// DOM work), and the selected node's edges are drawn on top one by one, with their ports. Past EDGE_LIMIT
+// edges (the host view of 1,000 hosts has 100,000) the whole set is an unreadable mesh that costs seconds to
+// draw: only the selected node's edges are drawn then. Positions come from the stable layout; a
+// metrics-only change touches no geometry at all.
 
 import { Layout } from "./layout.js";
 
-const NS = "http://www.w3.org/2000/svg";
 const KNOWN_TYPES = new Set(["host", "container", "process", "external", "pod"]);
 const NODE_W = 170;
 const NODE_H = 24;
+const ARROW = 7;
+export const EDGE_LIMIT = 5000;
 
-function el(name, attrs = {}, parent = null) {
-  const node = document.createElementNS(NS, name);
-  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, value);
-  if (parent) parent.appendChild(node);
-  return node;
-}
+const ESCAPES = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" };
+const escape = (text) => String(text).replace(/[&<>"']/g, (c) => ESCAPES[c]);
 
 function shortName(text, max = 24) {
   return text.length > max ? text.slice(0, max - 1) + "…" : text;
@@ -29,34 +30,57 @@ export class Graph {
     this.layouts = new Map(); // view key -> Layout, so switching back to a view restores its positions
     this.layout = null;
     this.nodeEls = new Map();
-    this.edgeEls = new Map();
+    this.segments = new Map(); // edge id -> its part of the all-edges path
+    this.edges = new Map();
+    this.nodes = new Map();
     this.selected = null;
     this.transform = { x: 40, y: 40, k: 1 };
     this.marks = new Map();
+    this.pendingEdges = false;
+    this.edgeLayer.innerHTML = '<path class="all-edges"></path><g class="selected-edges"></g>';
+    this.allEdges = this.edgeLayer.firstChild;
+    this.selectedEdges = this.edgeLayer.lastChild;
+    this.nodeLayer.addEventListener("click", (event) => {
+      const g = event.target.closest(".node");
+      if (!g) return;
+      event.stopPropagation();
+      this.onSelect(g.dataset.id);
+    });
     this.enablePanZoom();
   }
 
   useView(key, level) {
     if (!this.layouts.has(key)) this.layouts.set(key, new Layout(level));
     this.layout = this.layouts.get(key);
-    this.fitted = this.layout.fitted;
     this.clear();
   }
 
   clear() {
     this.nodeLayer.replaceChildren();
-    this.edgeLayer.replaceChildren();
     this.nodeEls.clear();
-    this.edgeEls.clear();
+    this.segments.clear();
+    this.allEdges.setAttribute("d", "");
+    this.selectedEdges.replaceChildren();
   }
 
-  // Everything anew (a snapshot). Nodes are placed in id order within each kind, so a reload lays a view out
-  // the same way.
+  // Everything anew (a snapshot). Nodes are placed in type-then-id order, so a reload lays a view out the
+  // same way; nodes already placed in this view keep their positions.
   render(nodes, edges) {
     this.clear();
+    this.nodes = nodes;
+    this.edges = edges;
     const ids = [...nodes.keys()].sort(byTypeThenId(nodes));
-    for (const id of ids) this.drawNode(id, nodes.get(id));
-    for (const [id, edge] of edges) this.drawEdge(id, edge, nodes);
+    const parts = ids.map((id) => this.nodeMarkup(id, nodes.get(id)));
+    for (const edge of edges.values()) {
+      for (const end of [edge.source, edge.target]) {
+        if (!nodes.has(end)) parts.push(this.nodeMarkup(end, placeholder(end)));
+      }
+    }
+    this.nodeLayer.innerHTML = parts.join("");
+    for (const g of this.nodeLayer.children) this.nodeEls.set(g.dataset.id, g);
+    this.allDrawn = edges.size <= EDGE_LIMIT;
+    if (this.allDrawn) for (const [id, edge] of edges) this.segments.set(id, this.segment(edge));
+    this.drawEdges();
     this.applyMarks();
     if (!this.layout.fitted && nodes.size) {
       this.layout.fitted = true; // once per view: later updates never move the camera
@@ -64,106 +88,148 @@ export class Graph {
     }
   }
 
-  // Only what changed: a node or edge added, removed or updated.
+  // Only what changed: nodes added, removed or renamed; edges added or removed. Counts, times and metrics
+  // change no geometry.
   update(change, nodes, edges) {
+    if (edges.size <= EDGE_LIMIT !== this.allDrawn) {
+      this.render(nodes, edges); // crossed the limit: all edges drawn, or only the selected node's
+      return;
+    }
+    this.nodes = nodes;
+    this.edges = edges;
     for (const id of change.nodes) {
       const node = nodes.get(id);
-      if (!node) this.removeNode(id);
-      else if (this.nodeEls.has(id)) this.refreshNode(id, node);
-      else this.drawNode(id, node);
+      const g = this.nodeEls.get(id);
+      if (!node) {
+        if (g) g.remove();
+        this.nodeEls.delete(id);
+      } else if (g) {
+        g.querySelector("text").textContent = shortName(node.name || id);
+        g.querySelector("title").textContent = tooltip(id, node);
+      } else {
+        this.addNode(id, node);
+      }
     }
-    for (const id of change.edges) {
+    let geometry = false;
+    for (const id of this.allDrawn ? change.edges : []) {
       const edge = edges.get(id);
-      this.removeEdge(id);
-      if (edge) this.drawEdge(id, edge, nodes);
+      if (!edge) {
+        geometry = this.segments.delete(id) || geometry;
+        continue;
+      }
+      const segment = this.segment(edge);
+      if (this.segments.get(id) !== segment) {
+        this.segments.set(id, segment);
+        geometry = true;
+      }
     }
+    if (geometry) this.scheduleEdges();
+    if (this.selected && (change.edges.size || change.nodes.has(this.selected))) this.drawSelectedEdges();
   }
 
-  drawNode(id, node) {
+  addNode(id, node) {
+    this.nodeLayer.insertAdjacentHTML("beforeend", this.nodeMarkup(id, node));
+    const g = this.nodeLayer.lastElementChild;
+    this.nodeEls.set(id, g);
+    if (this.marks.has(id)) g.classList.add(`changed-${this.marks.get(id)}`);
+  }
+
+  nodeMarkup(id, node) {
+    if (this.nodeEls.has(id)) return "";
+    this.nodeEls.set(id, null); // placed once, even when an edge names it again
     const { x, y } = this.layout.position(id, node);
     const kind = KNOWN_TYPES.has(node.type) ? node.type : "other";
-    const g = el("g", { class: `node ${kind}`, transform: `translate(${x},${y})`, "data-id": id }, this.nodeLayer);
-    el("rect", { class: "hit", width: NODE_W, height: NODE_H }, g); // the whole label is clickable
-    if (kind === "process") el("circle", { class: "shape", cx: 8, cy: NODE_H / 2, r: 7 }, g);
-    else if (kind === "external") el("polygon", { class: "shape", points: `8,2 16,${NODE_H / 2} 8,${NODE_H - 2} 0,${NODE_H / 2}` }, g);
-    else el("rect", { class: "shape", width: 16, height: NODE_H - 4, y: 2, rx: kind === "container" ? 2 : 5 }, g);
-    const label = el("text", { x: 22, y: NODE_H / 2 + 4 }, g);
-    label.textContent = shortName(node.name || id);
-    el("title", {}, g).textContent = tooltip(id, node);
-    g.addEventListener("click", (event) => {
-      event.stopPropagation();
-      this.onSelect(id);
-    });
-    if (id === this.selected) g.classList.add("selected");
-    this.nodeEls.set(id, g);
-    return g;
+    let shape;
+    if (kind === "process") shape = `<circle class="shape" cx="8" cy="${NODE_H / 2}" r="7"></circle>`;
+    else if (kind === "external") {
+      shape = `<polygon class="shape" points="8,2 16,${NODE_H / 2} 8,${NODE_H - 2} 0,${NODE_H / 2}"></polygon>`;
+    } else shape = `<rect class="shape" width="16" height="${NODE_H - 4}" y="2" rx="${kind === "container" ? 2 : 5}"></rect>`;
+    const selected = id === this.selected ? " selected" : "";
+    return (
+      `<g class="node ${kind}${selected}" transform="translate(${x},${y})" data-id="${escape(id)}">` +
+      `<rect class="hit" width="${NODE_W}" height="${NODE_H}"></rect>${shape}` +
+      `<text x="22" y="${NODE_H / 2 + 4}">${escape(shortName(node.name || id))}</text>` +
+      `<title>${escape(tooltip(id, node))}</title></g>`
+    );
   }
 
-  refreshNode(id, node) {
-    const g = this.nodeEls.get(id);
-    g.querySelector("text").textContent = shortName(node.name || id);
-    g.querySelector("title").textContent = tooltip(id, node);
+  ensurePlaced(id) {
+    if (!this.nodeEls.has(id)) this.addNode(id, this.nodes.get(id) || placeholder(id));
   }
 
-  removeNode(id) {
-    const g = this.nodeEls.get(id);
-    if (g) g.remove();
-    this.nodeEls.delete(id);
-  }
-
-  ensureEndpoint(id, nodes) {
-    // The far end of an edge may lie outside a host-filtered view: draw a placeholder for it.
-    if (this.nodeEls.has(id)) return;
-    const node = nodes.get(id) || { id, type: "other", name: id, host: null };
-    this.drawNode(id, node);
-  }
-
-  drawEdge(id, edge, nodes) {
-    this.ensureEndpoint(edge.source, nodes);
-    this.ensureEndpoint(edge.target, nodes);
-    const a = this.layout.position(edge.source, nodes.get(edge.source));
-    const b = this.layout.position(edge.target, nodes.get(edge.target));
-    // From shape centre to shape centre, bent a little so that edges along one row or column stay apart.
+  // An edge's geometry: a curve from the client's shape to the server's, bent a little so that edges along
+  // one row or column stay apart, ending in an open arrowhead short of the server's shape.
+  segment(edge) {
+    this.ensurePlaced(edge.source);
+    this.ensurePlaced(edge.target);
+    const a = this.layout.positions.get(edge.source);
+    const b = this.layout.positions.get(edge.target);
     const x1 = a.x + 8;
     const y1 = a.y + NODE_H / 2;
     const x2 = b.x + 8;
     const y2 = b.y + NODE_H / 2;
-    const dx = x2 - x1;
-    const dy = y2 - y1;
-    const cx = (x1 + x2) / 2 - dy * 0.2;
-    const cy = (y1 + y2) / 2 + dx * 0.2;
-    // Stop short of the target's shape so the arrowhead shows.
+    const cx = (x1 + x2) / 2 - (y2 - y1) * 0.2;
+    const cy = (y1 + y2) / 2 + (x2 - x1) * 0.2;
     const tx = x2 - cx;
     const ty = y2 - cy;
     const length = Math.hypot(tx, ty) || 1;
-    const ex = x2 - (tx / length) * 10;
-    const ey = y2 - (ty / length) * 10;
-    const g = el("g", { class: "edge", "data-id": id, "data-source": edge.source, "data-target": edge.target }, this.edgeLayer);
-    el("path", { d: `M${x1},${y1} Q${cx},${cy} ${ex},${ey}` }, g);
-    el("title", {}, g).textContent = `${edge.source} → ${edge.target} ${edge.protocol} ${(edge.ports || []).join(",")}`;
-    const text = el("text", { x: (x1 + 2 * cx + x2) / 4, y: (y1 + 2 * cy + y2) / 4 - 3 }, g);
-    text.textContent = (edge.ports || []).slice(0, 3).join(",") + ((edge.ports || []).length > 3 ? ",…" : "");
-    if (edge.source === this.selected || edge.target === this.selected) g.classList.add("selected");
-    this.edgeEls.set(id, g);
+    const ux = tx / length;
+    const uy = ty / length;
+    const ex = x2 - ux * 10;
+    const ey = y2 - uy * 10;
+    const h1x = ex - ux * ARROW - uy * ARROW * 0.6;
+    const h1y = ey - uy * ARROW + ux * ARROW * 0.6;
+    const h2x = ex - ux * ARROW + uy * ARROW * 0.6;
+    const h2y = ey - uy * ARROW - ux * ARROW * 0.6;
+    const r = (v) => Math.round(v);
+    return (
+      `M${r(x1)} ${r(y1)}Q${r(cx)} ${r(cy)} ${r(ex)} ${r(ey)}` +
+      `M${r(h1x)} ${r(h1y)}L${r(ex)} ${r(ey)}L${r(h2x)} ${r(h2y)}`
+    );
   }
 
-  removeEdge(id) {
-    const g = this.edgeEls.get(id);
-    if (g) g.remove();
-    this.edgeEls.delete(id);
+  scheduleEdges() {
+    if (this.pendingEdges) return;
+    this.pendingEdges = true;
+    requestAnimationFrame(() => {
+      this.pendingEdges = false;
+      this.drawEdges();
+    });
+  }
+
+  drawEdges() {
+    this.allEdges.setAttribute("d", [...this.segments.values()].join(""));
+    this.drawSelectedEdges();
+  }
+
+  // The selected node's edges, one element each, highlighted, with their ports.
+  drawSelectedEdges() {
+    const parts = [];
+    if (this.selected) {
+      for (const [id, edge] of this.edges) {
+        if (edge.source !== this.selected && edge.target !== this.selected) continue;
+        const segment = this.segments.get(id) || this.segment(edge);
+        const a = this.layout.positions.get(edge.source);
+        const b = this.layout.positions.get(edge.target);
+        const ports = edge.ports || [];
+        const label = ports.slice(0, 3).join(",") + (ports.length > 3 ? ",…" : "");
+        parts.push(
+          `<g class="edge selected" data-id="${escape(id)}"><path d="${segment}"></path>` +
+            `<text x="${(a.x + b.x) / 2 + 8}" y="${(a.y + b.y) / 2 + NODE_H / 2 - 3}">${escape(label)}</text>` +
+            `<title>${escape(`${edge.source} → ${edge.target} ${edge.protocol} ${ports.join(",")}`)}</title></g>`,
+        );
+      }
+    }
+    this.selectedEdges.innerHTML = parts.join("");
   }
 
   select(id) {
-    if (this.selected && this.nodeEls.has(this.selected)) this.nodeEls.get(this.selected).classList.remove("selected");
+    const before = this.selected && this.nodeEls.get(this.selected);
+    if (before) before.classList.remove("selected");
     this.selected = id;
-    if (id && this.nodeEls.has(id)) this.nodeEls.get(id).classList.add("selected");
-    // Ports are shown on the selected node's edges only: on every edge they are unreadable.
-    for (const g of this.edgeLayer.querySelectorAll(".edge.selected")) g.classList.remove("selected");
-    if (id) {
-      for (const g of this.edgeLayer.children) {
-        if (g.dataset.source === id || g.dataset.target === id) g.classList.add("selected");
-      }
-    }
+    const after = id && this.nodeEls.get(id);
+    if (after) after.classList.add("selected");
+    this.drawSelectedEdges();
   }
 
   // History: outline what changed since the shown time (added / updated / removed).
@@ -210,7 +276,7 @@ export class Graph {
   }
 
   zoom(factor, cx = this.svg.clientWidth / 2, cy = this.svg.clientHeight / 2) {
-    const k = Math.min(4, Math.max(0.05, this.transform.k * factor));
+    const k = Math.min(4, Math.max(0.02, this.transform.k * factor));
     const ratio = k / this.transform.k;
     this.transform.x = cx - (cx - this.transform.x) * ratio;
     this.transform.y = cy - (cy - this.transform.y) * ratio;
@@ -218,11 +284,25 @@ export class Graph {
     this.applyTransform();
   }
 
+  // The whole drawing in view, from the layout's own extent (no layout query to the browser).
   fit() {
-    const box = this.viewport.getBBox();
-    if (!box.width || !box.height) return;
-    const k = Math.min(2, 0.95 * Math.min(this.svg.clientWidth / box.width, this.svg.clientHeight / box.height));
-    this.transform = { k, x: -box.x * k + 20, y: -box.y * k + 20 };
+    let minX = Infinity;
+    let minY = Infinity;
+    let maxX = -Infinity;
+    let maxY = -Infinity;
+    for (const id of this.nodeEls.keys()) {
+      const p = this.layout.positions.get(id);
+      if (!p) continue;
+      minX = Math.min(minX, p.x);
+      minY = Math.min(minY, p.y);
+      maxX = Math.max(maxX, p.x + NODE_W);
+      maxY = Math.max(maxY, p.y + NODE_H);
+    }
+    if (minX === Infinity) return;
+    const width = this.svg.clientWidth || 800;
+    const height = this.svg.clientHeight || 600;
+    const k = Math.min(2, 0.95 * Math.min(width / (maxX - minX), height / (maxY - minY)));
+    this.transform = { k, x: -minX * k + 20, y: -minY * k + 20 };
     this.applyTransform();
   }
 
@@ -230,6 +310,11 @@ export class Graph {
     const { x, y, k } = this.transform;
     this.viewport.setAttribute("transform", `translate(${x},${y}) scale(${k})`);
   }
+}
+
+function placeholder(id) {
+  // The far end of an edge outside a host-filtered view.
+  return { id, type: "other", name: id, host: null };
 }
 
 function byTypeThenId(nodes) {
