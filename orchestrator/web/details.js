@@ -36,6 +36,12 @@ export class Details {
     }
     if (node.parent) addPair(fields, "parent", this.link(node.parent, nodes));
     this.root.appendChild(fields);
+    if (node.type === "host" && node.agent_ids && node.agent_ids.length) {
+      const charts = document.createElement("div");
+      charts.id = "charts";
+      this.root.append(heading("h3", "Last hour"), charts);
+      this.loadCharts(node.agent_ids[0], charts);
+    }
     this.section("Metrics", pairs(node.metrics));
     this.section("Metadata", pairs(node.metadata));
     const children = [...nodes.values()].filter((n) => n.parent === id).map((n) => this.link(n.id, nodes));
@@ -48,12 +54,6 @@ export class Details {
     }
     this.section("Edges out (client of)", list(out));
     this.section("Edges in (server to)", list(into));
-    if (node.type === "host" && node.agent_ids && node.agent_ids.length) {
-      const charts = document.createElement("div");
-      charts.id = "charts";
-      this.root.append(heading("h3", "Last hour"), charts);
-      this.loadCharts(node.agent_ids[0], charts);
-    }
   }
 
   // Fresh charts for the shown host, at most every 5 s (a report_update arrives per report).
