@@ -174,6 +174,7 @@ function changeView() {
   if (page.view.host) params.set("host", page.view.host);
   history.replaceState(null, "", `/?${params}`);
   graph.useView(viewKey(page.view), page.view.level);
+  $("seq").textContent = "seq –"; // until the new view's snapshot arrives
   feed.subscribe(page.view);
   if (page.past) showPast(Number($("time").value));
 }
