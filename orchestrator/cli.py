@@ -1,8 +1,9 @@
-"""``orchestrator serve | probe | simulate``. Invalid settings exit with status 2 and one line, never a traceback."""
+"""``orchestrator serve | config check/print | probe | simulate``. Invalid settings exit with status 2 and one line, never a traceback."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 
@@ -25,24 +26,17 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-format", dest="log_format", help="json or console (default console)")
 
 
+def _flags(args: argparse.Namespace) -> dict:
+    from orchestrator.settings import FLAG_PATHS
+
+    return {name: getattr(args, name, None) for name in (*FLAG_PATHS, "config")}
+
+
 def serve(args: argparse.Namespace) -> int:
     from orchestrator.runtime.logs import configure_logging
     from orchestrator.settings import SettingsError, check_port, load_settings
 
-    flags = {
-        k: getattr(args, k)
-        for k in (
-            "host",
-            "port",
-            "config",
-            "data_dir",
-            "max_data_age",
-            "cleanup_interval",
-            "stale_node_threshold",
-            "log_level",
-            "log_format",
-        )
-    }
+    flags = _flags(args)
     try:
         settings = load_settings(flags)
         check_port(settings)
@@ -75,6 +69,44 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def config(args: argparse.Namespace) -> int:
+    """``config check [FILE]``: validate, exit 0 or 2 with the one line; ``config print``: the effective
+    settings, each with its source, secrets redacted. Neither creates anything (the data dir included)."""
+    from orchestrator.settings import SettingsError, resolve_settings
+
+    flags = _flags(args)
+    if getattr(args, "file", None):
+        flags["config"] = args.file
+    try:
+        loaded = resolve_settings(flags, create_dirs=False)
+    except SettingsError as exc:
+        print(f"orchestrator: {exc}", file=sys.stderr)
+        return 2
+    if args.action == "check":
+        print(f"ok: {loaded.config_file or 'no config file'}, settings valid")
+        return 0
+    for path, value in _flatten(loaded.settings.redacted()):
+        print(f"{path}: {json.dumps(value)}  # {loaded.source_of(path)}")
+    return 0
+
+
+def _flatten(tree: dict, prefix: str = "") -> list[tuple[str, object]]:
+    out: list[tuple[str, object]] = []
+    for key, value in tree.items():
+        path = f"{prefix}.{key}" if prefix else key
+        out += _flatten(value, path) if isinstance(value, dict) and value else [(path, value)]
+    return out
+
+
+def _config_arguments(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="action", required=True)
+    check = actions.add_parser("check", help="validate a config file (and the environment); exit 0 or 2")
+    check.add_argument("file", nargs="?", help="the file to check (default: --config or $ORCHESTRATOR_CONFIG)")
+    _serve_arguments(check)
+    shown = actions.add_parser("print", help="print the effective settings and where each comes from")
+    _serve_arguments(shown)
+
+
 def _remember_early_stop(app) -> None:
     """SIGINT/SIGTERM before Sanic installs its handler (while the state is restored): stop once started,
     after a normal start, rather than die with the restored state half-served."""
@@ -94,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"orchestrator {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     _serve_arguments(commands.add_parser("serve", help="run the server"))
+    _config_arguments(commands.add_parser("config", help="check or print the settings without starting"))
 
     from orchestrator.probe import host_probe as probe
     from orchestrator.probe import simulate
@@ -103,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve":
         return serve(args)
+    if args.command == "config":
+        return config(args)
     return (probe.run if args.command == "probe" else simulate.run)(args)
 
 

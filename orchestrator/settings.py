@@ -7,11 +7,13 @@ allowed; the CLI turns it into exit status 2.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
 import socket
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -232,11 +234,20 @@ def read_file(path: str | os.PathLike) -> dict:
     return loaded
 
 
-def read_environment(environ: Mapping[str, str]) -> dict:
-    """``ORCHESTRATOR_SECTION__KEY`` and the flags' plain names (``ORCHESTRATOR_PORT``) as a nested mapping."""
+# ORCHESTRATOR_* variables that are not server settings: the probe's, and the config file's path.
+CLIENT_VARIABLES = frozenset({"ORCHESTRATOR_AGENT_TOKEN", "ORCHESTRATOR_ENVIRONMENT", ENV_PREFIX + "CONFIG"})
+
+
+def read_environment(environ: Mapping[str, str], sources: dict[str, str] | None = None) -> dict:
+    """``ORCHESTRATOR_SECTION__KEY`` and the flags' plain names (``ORCHESTRATOR_PORT``) as a nested mapping.
+
+    Any other ``ORCHESTRATOR_*`` variable (but the probe's) is an invalid setting, as an unknown key in the
+    file is: a mistyped ``ORCHESTRATOR_STORAGE_MAX_DATA_AGE`` must not be ignored silently. ``sources``, when
+    given, is filled with each setting's dotted path → the variable that set it.
+    """
     nested: dict = {}
-    for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+    for name, value in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or name in CLIENT_VARIABLES:
             continue
         key = name[len(ENV_PREFIX) :].lower()
         if "__" in key:
@@ -244,9 +255,21 @@ def read_environment(environ: Mapping[str, str]) -> dict:
         elif key in FLAG_PATHS:
             path = FLAG_PATHS[key]
         else:
-            continue  # ORCHESTRATOR_AGENT_TOKEN and the like belong to the probe, not the server
+            raise SettingsError(f"invalid setting {name}={value!r}: {_unknown_variable(name)}")
         _set(nested, path, value)
+        if sources is not None:
+            sources[".".join(path)] = f"env {name}"
     return nested
+
+
+def _unknown_variable(name: str) -> str:
+    known = [ENV_PREFIX + flag.upper() for flag in FLAG_PATHS]
+    for section, field_info in Settings.model_fields.items():
+        model = field_info.annotation
+        known += [f"{ENV_PREFIX}{section.upper()}__{key.upper()}" for key in getattr(model, "model_fields", {})]
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    return f"unknown environment variable (nested settings are {ENV_PREFIX}<SECTION>__<KEY>){hint}"
 
 
 def _set(tree: dict, path: tuple, value: Any) -> None:
@@ -265,27 +288,70 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def load_settings(
+@dataclass(frozen=True)
+class LoadedSettings:
+    """Validated settings and where each came from: dotted path → ``file PATH``, ``env NAME`` or
+    ``flag --name`` (a setting absent from ``sources`` is at its default)."""
+
+    settings: Settings
+    sources: dict[str, str]
+    config_file: str | None
+
+    def source_of(self, path: str) -> str:
+        """The source of the setting at ``path`` (a key inside a mapping takes its mapping's source)."""
+        while path:
+            if path in self.sources:
+                return self.sources[path]
+            path = path.rpartition(".")[0]
+        return "default"
+
+
+def resolve_settings(
     flags: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
     config_file: str | None = None,
-) -> Settings:
-    """Build and validate the settings: flags beat the environment, which beats the file, then defaults."""
+    *,
+    create_dirs: bool = True,
+) -> LoadedSettings:
+    """Build and validate the settings: flags beat the environment, which beats the file, then defaults.
+
+    ``create_dirs=False`` checks the data dir could be created without creating it (``config check``).
+    """
     environ = os.environ if environ is None else environ
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
     config_file = flags.pop("config", None) or config_file or environ.get(ENV_PREFIX + "CONFIG")
+    sources: dict[str, str] = {}
     tree = read_file(config_file) if config_file else {}
-    tree = _merge(tree, read_environment(environ))
+    for path in _leaves(tree):
+        sources[path] = f"file {config_file}"
+    tree = _merge(tree, read_environment(environ, sources))
     from_flags: dict = {}
     for name, value in flags.items():
         _set(from_flags, FLAG_PATHS[name], value)
+        sources[".".join(FLAG_PATHS[name])] = "flag --" + name.replace("_", "-")
     tree = _merge(tree, from_flags)
     try:
         settings = Settings.model_validate(tree)
     except ValidationError as exc:
         raise SettingsError(_one_line(exc, tree)) from None
-    check_paths(settings)
-    return settings
+    check_paths(settings, create=create_dirs)
+    return LoadedSettings(settings, sources, config_file)
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_file: str | None = None,
+) -> Settings:
+    """The validated settings (see :func:`resolve_settings`); creates the data dir if needed."""
+    return resolve_settings(flags, environ, config_file).settings
+
+
+def _leaves(tree: Any, prefix: str = "") -> list[str]:
+    """The dotted paths of a nested mapping's leaves (an empty mapping is a leaf)."""
+    if not isinstance(tree, dict) or not tree:
+        return [prefix] if prefix else []
+    return [leaf for key, value in tree.items() for leaf in _leaves(value, f"{prefix}.{key}" if prefix else str(key))]
 
 
 def _one_line(exc: ValidationError, tree: dict) -> str:
@@ -345,11 +411,14 @@ def _known_keys(loc: tuple) -> list[str]:
     return sorted(model.model_fields)
 
 
-def check_paths(settings: Settings) -> None:
-    """The data dir must exist or be creatable, and writable."""
+def check_paths(settings: Settings, create: bool = True) -> None:
+    """The data dir must exist or be creatable, and writable. ``create=False`` checks without creating."""
     if not settings.storage.persist:
         return
     data_dir = Path(settings.storage.data_dir)
+    if not create:
+        _check_creatable(data_dir)
+        return
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         probe = data_dir / ".write-test"
@@ -360,6 +429,23 @@ def check_paths(settings: Settings) -> None:
             f"invalid setting storage.data_dir={str(data_dir)!r}: must be a directory the server can create "
             f"and write ({exc.strerror})"
         ) from None
+
+
+def _check_creatable(data_dir: Path) -> None:
+    """What :func:`check_paths` would find, judged from permissions, touching nothing."""
+    existing = data_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    problem = None
+    if not existing.is_dir():
+        problem = "Not a directory"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = "Permission denied"
+    if problem:
+        raise SettingsError(
+            f"invalid setting storage.data_dir={str(data_dir)!r}: must be a directory the server can create "
+            f"and write ({problem})"
+        )
 
 
 def check_port(settings: Settings) -> None:

@@ -134,3 +134,66 @@ def test_version_and_help():
         "--log-format",
     ):
         assert flag in helptext
+
+
+def test_config_check_accepts_a_valid_file_and_creates_nothing(tmp_path):
+    data_dir = tmp_path / "not" / "yet"
+    config = tmp_path / "orchestrator.yaml"
+    config.write_text(f"storage:\n  data_dir: {data_dir}\n  max_data_age: 2h\n")
+    result = run_cli("config", "check", str(config))
+    assert result.returncode == 0, result.stderr
+    assert str(config) in result.stdout
+    assert not (tmp_path / "not").exists()
+
+
+@pytest.mark.parametrize(
+    "text, env, expected",
+    [
+        ("storage:\n  max_data_age: abc\n", {}, "invalid setting storage.max_data_age='abc'"),
+        ("storage:\n  max_dat_age: 2h\n", {}, "invalid setting storage.max_dat_age='2h': unknown setting"),
+        (
+            "",
+            {"ORCHESTRATOR_STORAGE_MAX_DATA_AGE": "2h"},
+            "invalid setting ORCHESTRATOR_STORAGE_MAX_DATA_AGE='2h': unknown environment variable",
+        ),
+    ],
+)
+def test_config_check_exits_2_with_the_one_line(tmp_path, text, env, expected):
+    config = tmp_path / "orchestrator.yaml"
+    config.write_text(text + "\nlogging:\n  level: info\n")
+    result = run_cli("config", "check", str(config), "--data-dir", str(tmp_path / "data"), env=env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], result.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_an_unknown_orchestrator_variable_stops_serve_too(tmp_path):
+    result = run_cli("serve", "--data-dir", str(tmp_path), env={"ORCHESTRATOR_STORAGE_MAX_DATA_AGE": "2h"})
+    assert result.returncode == 2
+    assert "did you mean ORCHESTRATOR_STORAGE__MAX_DATA_AGE?" in result.stderr
+
+
+def test_config_print_shows_each_setting_with_its_source_and_hides_secrets(tmp_path):
+    config = tmp_path / "orchestrator.yaml"
+    config.write_text("storage:\n  max_data_age: 2h\nauth:\n  read_tokens: [s3cret]\n")
+    result = run_cli(
+        "config",
+        "print",
+        "--config",
+        str(config),
+        "--log-level",
+        "debug",
+        "--data-dir",
+        str(tmp_path / "data"),
+        env={"ORCHESTRATOR_PORT": "9001", "ORCHESTRATOR_WEBSOCKET__BUFFER_SIZE": "64"},
+    )
+    assert result.returncode == 0, result.stderr
+    lines = dict(line.split(": ", 1) for line in result.stdout.splitlines())
+    assert lines["storage.max_data_age"] == f'"2h"  # file {config}'
+    assert lines["server.port"] == "9001  # env ORCHESTRATOR_PORT"
+    assert lines["websocket.buffer_size"] == "64  # env ORCHESTRATOR_WEBSOCKET__BUFFER_SIZE"
+    assert lines["logging.level"] == '"debug"  # flag --log-level'
+    assert lines["server.host"] == '"0.0.0.0"  # default'
+    assert lines["auth.read_tokens"].startswith('["***"]') and "s3cret" not in result.stdout
+    assert not (tmp_path / "data").exists()

@@ -144,3 +144,14 @@ def test_heartbeat_timeout_is_accepted_as_a_deprecated_setting_that_changes_noth
     tuned = load(tmp_path, file={"agents": {"heartbeat_timeout": "10m"}})
     assert example.deprecated() == [] and tuned.deprecated() == ["agents.heartbeat_timeout"]
     assert tuned.agents.stale_threshold == example.agents.stale_threshold == 300
+
+
+@pytest.mark.parametrize("name", ["ORCHESTRATOR_STORAGE_MAX_DATA_AGE", "ORCHESTRATOR_PROT", "ORCHESTRATOR_NOPE__X"])
+def test_unknown_orchestrator_variables_are_invalid_settings(tmp_path, name):
+    with pytest.raises(SettingsError, match=f"invalid setting {name}='1'|invalid setting nope"):
+        load(tmp_path, env={name: "1"})
+
+
+def test_the_probes_variables_are_not_server_settings(tmp_path):
+    env = {"ORCHESTRATOR_AGENT_TOKEN": "t", "ORCHESTRATOR_ENVIRONMENT": "prod"}
+    assert load(tmp_path, env=env).server.port == 8080
