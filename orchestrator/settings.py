@@ -90,6 +90,8 @@ class ServerSettings(_Section):
     response_timeout: Duration(0.1) = 60.0
     keep_alive_timeout: Duration(0.1) = 75.0
     graceful_timeout: Duration(0.1, 600.0) = 15.0
+    gzip: bool = True  # gzip answers for clients that accept it (Accept-Encoding), from gzip_min_size bytes
+    gzip_min_size: int = Field(4096, ge=0)
     tune_gc: bool = True  # freeze start-up state out of the cyclic GC, collect the young generation less often
 
 

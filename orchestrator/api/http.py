@@ -11,6 +11,7 @@ import orjson
 import structlog
 from sanic import HTTPResponse, Request, Sanic
 
+from orchestrator.api.compression import setup_compression
 from orchestrator.api.errors import error_response
 from orchestrator.contract.errors import ApiError
 from orchestrator.pipeline.decode import decode_body
@@ -31,6 +32,7 @@ _REQUEST_ID = re.compile(r"[!-~]{1,128}")
 def setup_http(app: Sanic) -> None:
     app.register_middleware(_start, "request")
     app.register_middleware(_finish, "response")
+    setup_compression(app)
 
 
 def _cors_origin(request: Request) -> str | None:
