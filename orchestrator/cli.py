@@ -138,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         return serve(args)
     if args.command == "config":
         return config(args)
+    from orchestrator.runtime.logs import configure_logging
+
+    configure_logging(args.log_level, "console")  # the probe's and the simulator's logs: stderr
     return (probe.run if args.command == "probe" else simulate.run)(args)
 
 

@@ -44,6 +44,24 @@ class ClientError(Exception):
         super().__init__(f"{action}: HTTP {response.status_code}: {error_message(response)}")
 
 
+class ServerURLError(ValueError):
+    """The server's URL cannot work (no http/https scheme, no host): retrying would never help."""
+
+
+def check_server_url(url: str) -> str:
+    """``url`` if a client can use it as the server's base URL, else :class:`ServerURLError` saying why."""
+    example = "e.g. http://localhost:8080"
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise ServerURLError(f"--server {url!r}: not a URL ({exc}); {example}") from None
+    if parsed.scheme not in ("http", "https"):
+        raise ServerURLError(f"--server {url!r}: must start with http:// or https://; {example}")
+    if not parsed.host:
+        raise ServerURLError(f"--server {url!r}: has no host; {example}")
+    return url
+
+
 class ServerUnavailable(Exception):
     """The server could not be reached (or stayed overloaded) for the allowed number of attempts."""
 
@@ -335,11 +353,14 @@ async def run_agent(
     rng: random.Random | None = None,
     sleep: Sleep = asyncio.sleep,
     config: AgentConfig | None = None,
+    stop_on_refusal: bool = False,
 ) -> None:
     """Register, fetch the config, then report every interval (±``jitter``) and heartbeat, until cancelled.
 
     ``report_interval`` overrides the server's; ``config`` skips the fetch when the caller already has it.
-    Only a refused registration (ClientError, e.g. a bad token) ends the loop by itself.
+    A refused registration (ClientError, e.g. a bad token) ends the loop; with ``stop_on_refusal`` so does a
+    refused report (any 4xx but 429: retrying the same probe would be refused again). The simulator keeps
+    going instead, as one bad synthetic report should not stop a fleet.
     """
     rng = rng or random.Random()
     await client.register()
@@ -352,7 +373,9 @@ async def run_agent(
         loop = asyncio.get_running_loop()
         while True:
             started = loop.time()
-            await client.post_report(await next_report())
+            response = await client.post_report(await next_report())
+            if stop_on_refusal and 400 <= response.status_code < 500:
+                raise ClientError("post report", response)
             if client.lost_server:  # back after an outage: maybe a restarted server, re-announce
                 client.lost_server = False
                 await client.register()

@@ -6,7 +6,14 @@ containers. What the probe may not read (another user's process, a process that 
 missing Docker daemon) is left out item by item; it never stops a report.
 
 ``orchestrator probe --server URL`` registers, fetches its configuration and then reports and heartbeats
-at the server's intervals until SIGINT/SIGTERM (``client.run_agent``); ``--once`` posts one report.
+at the server's intervals until SIGINT/SIGTERM (``client.run_agent``); ``--once`` posts one report and
+prints what it sent. An answer retrying cannot fix (a bad URL, a 4xx other than 429) stops the probe with
+one line on stderr and exit status 1 (2 for bad usage); logs go to stderr at ``--log-level``.
+
+CPU figures are real from the first report: psutil measures CPU use between two calls, so before the
+first report the probe takes a first sample of the host and of every process and waits ``CPU_SAMPLE``
+seconds; later reports measure since the previous one. A process first seen after that reports its
+average since it started.
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ from orchestrator.probe.client import (
     AgentClient,
     ClientError,
     ServerUnavailable,
+    ServerURLError,
+    check_server_url,
     make_http,
     run_agent,
 )
@@ -43,6 +52,7 @@ log = structlog.get_logger()
 
 DOCKER_SOCKET = "/var/run/docker.sock"
 CMDLINE_MAX = 1024
+CPU_SAMPLE = 0.5  # seconds between the priming sample and the first report's
 _AGENT_ID_CHARS = re.compile(r"[^A-Za-z0-9._:-]")
 # What can go wrong reading one process: it exited, it is a zombie, or it belongs to someone else.
 _PROCESS_GONE = (psutil.NoSuchProcess, psutil.AccessDenied)
@@ -61,6 +71,21 @@ class ProbeState:
     ``Process`` object, so reusing them makes ``cpu_percent`` the usage since the previous report."""
 
     processes: dict[int, psutil.Process] = field(default_factory=dict)
+    primed: bool = False  # host and process CPU counters have a first sample
+    docker: str = "not asked yet"  # what the last look for Docker found, for people (``--once``)
+
+    def prime(self, sample: float = CPU_SAMPLE) -> None:
+        """Take psutil's first CPU sample of the host and every process, then wait ``sample`` seconds, so
+        the next reading is the usage over that interval rather than psutil's meaningless first 0.0."""
+        psutil.cpu_percent(interval=None)
+        for proc in psutil.process_iter():
+            try:
+                proc.cpu_percent(interval=None)
+            except _PROCESS_GONE:
+                continue
+            self.processes[proc.pid] = proc
+        time.sleep(sample)
+        self.primed = True
 
 
 def default_agent_id(hostname: str) -> str:
@@ -74,13 +99,16 @@ def collect_report(
     previous: ProbeState | None = None,
     *,
     docker_socket: str = DOCKER_SOCKET,
+    cpu_sample: float = CPU_SAMPLE,
 ) -> dict[str, Any]:
     """A v1 report of this machine, as a JSON-able dict.
 
-    ``previous`` is the state of the last call (it is updated in place); without it process CPU
-    percentages read 0.0, as psutil has nothing to compare with yet.
+    ``previous`` is the state of the last call (it is updated in place). Without one, or on its first use,
+    the CPU counters are primed first (:meth:`ProbeState.prime`: ``cpu_sample`` seconds).
     """
     state = previous if previous is not None else ProbeState()
+    if not state.primed:
+        state.prime(cpu_sample)
     report: dict[str, Any] = {
         "agent_id": agent_id,
         "hostname": hostname,
@@ -89,7 +117,7 @@ def collect_report(
         "processes_info": {"processes": collect_processes(state)},
         "network_info": {"connections": collect_connections(), "interfaces": collect_interfaces()},
     }
-    containers = collect_containers(docker_socket)
+    containers, state.docker = read_docker(docker_socket)
     if containers is not None:
         report["docker_info"] = {"containers": containers}
     return report
@@ -159,9 +187,10 @@ def collect_processes(state: ProbeState) -> list[dict[str, Any]]:
     for pid in psutil.pids():
         proc = state.processes.get(pid)
         try:
-            if proc is None or not proc.is_running():  # is_running also catches a reused pid
+            known = proc is not None and proc.is_running()  # is_running also catches a reused pid
+            if not known:
                 proc = psutil.Process(pid)
-            entry = process_entry(proc)
+            entry = process_entry(proc, known)
         except _PROCESS_GONE:
             continue
         seen[pid] = proc
@@ -170,8 +199,12 @@ def collect_processes(state: ProbeState) -> list[dict[str, Any]]:
     return processes
 
 
-def process_entry(proc: psutil.Process) -> dict[str, Any]:
-    """One process as the contract writes it. Fields this probe may not read are left out."""
+def process_entry(proc: psutil.Process, sampled: bool = True) -> dict[str, Any]:
+    """One process as the contract writes it. Fields this probe may not read are left out.
+
+    ``sampled``: ``proc`` has a previous CPU sample (its usage since then is reported); a process seen for
+    the first time reports its average since it started instead of psutil's first 0.0.
+    """
     entry: dict[str, Any] = {"pid": proc.pid}
     with proc.oneshot():
         entry["ppid"] = proc.ppid()
@@ -179,7 +212,7 @@ def process_entry(proc: psutil.Process) -> dict[str, Any]:
         for key, read in (
             ("cmdline", lambda: " ".join(proc.cmdline())[:CMDLINE_MAX]),
             ("user", proc.username),
-            ("cpu_percent", lambda: max(0.0, proc.cpu_percent(interval=None))),
+            ("cpu_percent", lambda: cpu_percent(proc, sampled)),
             ("memory_rss", lambda: proc.memory_info().rss),
             ("threads", proc.num_threads),
         ):
@@ -191,6 +224,15 @@ def process_entry(proc: psutil.Process) -> dict[str, Any]:
     if cgroup is not None:
         entry["cgroup"] = cgroup
     return entry
+
+
+def cpu_percent(proc: psutil.Process, sampled: bool) -> float:
+    if sampled:
+        return max(0.0, proc.cpu_percent(interval=None))
+    proc.cpu_percent(interval=None)  # the first sample, for the next report
+    times = proc.cpu_times()
+    lifetime = time.time() - proc.create_time()
+    return round(max(0.0, 100.0 * (times.user + times.system) / lifetime), 1) if lifetime > 0 else 0.0
 
 
 def read_cgroup(pid: int) -> str | None:
@@ -246,17 +288,27 @@ def collect_containers(
     socket_path: str = DOCKER_SOCKET, *, transport: httpx.BaseTransport | None = None
 ) -> list[dict[str, Any]] | None:
     """Running containers from the Docker Engine API; None when there is no Docker to ask."""
+    return read_docker(socket_path, transport=transport)[0]
+
+
+def read_docker(
+    socket_path: str = DOCKER_SOCKET, *, transport: httpx.BaseTransport | None = None
+) -> tuple[list[dict[str, Any]] | None, str]:
+    """Running containers (None when there is no Docker to ask) and, for people, what was found."""
     if transport is None:
+        if not os.path.exists(socket_path):
+            return None, f"not found: no Docker socket at {socket_path}"
         if not os.access(socket_path, os.R_OK | os.W_OK):
-            return None
+            return None, f"not readable: no permission on {socket_path} (run as root or in the docker group)"
         transport = httpx.HTTPTransport(uds=socket_path)
     try:
         with httpx.Client(transport=transport, base_url="http://docker", timeout=5.0) as docker:
             listed = docker.get("/containers/json").raise_for_status().json()
-            return [container_entry(docker, item) for item in listed if item.get("Id")]
+            containers = [container_entry(docker, item) for item in listed if item.get("Id")]
     except (httpx.HTTPError, ValueError, OSError) as exc:
         log.debug("probe.docker_unavailable", error=str(exc))
-        return None
+        return None, f"unavailable: the Docker Engine at {socket_path} did not answer ({exc})"
+    return containers, f"found at {socket_path}: {len(containers)} running containers"
 
 
 def container_entry(docker: httpx.Client, item: dict[str, Any]) -> dict[str, Any]:
@@ -291,20 +343,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--agent-id", help="agent id (default: this host's name, sanitised)")
     parser.add_argument("--hostname", help="hostname to report (default: this host's name)")
     parser.add_argument("--token", help="agent token (default: $ORCHESTRATOR_AGENT_TOKEN)")
-    parser.add_argument("--once", action="store_true", help="post a single report and exit")
+    parser.add_argument("--once", action="store_true", help="post a single report, print what was sent, exit")
     parser.add_argument("--interval", help="report interval, e.g. 15s (default: the server's)")
     parser.add_argument("--docker-socket", default=DOCKER_SOCKET, help="Docker Engine API socket")
+    add_log_level(parser)
+
+
+def add_log_level(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-level", default="info", choices=("debug", "info", "warning", "error"), help="logs go to stderr"
+    )
 
 
 def run(args: argparse.Namespace, *, transport: httpx.AsyncBaseTransport | None = None) -> int:
     """Entry point of ``orchestrator probe``. Exit status 0 on success, 1 on a failure, 2 on bad usage."""
     try:
+        check_server_url(args.server)
         interval = parse_duration(args.interval) if getattr(args, "interval", None) else None
+        if interval is not None and interval <= 0:
+            raise ValueError("must be positive")
+    except ServerURLError as exc:
+        print(f"orchestrator probe: {exc}", file=sys.stderr)
+        return 2
     except ValueError as exc:
         print(f"orchestrator probe: --interval {args.interval!r}: {exc}", file=sys.stderr)
-        return 2
-    if interval is not None and interval <= 0:
-        print(f"orchestrator probe: --interval {args.interval!r}: must be positive", file=sys.stderr)
         return 2
     try:
         return asyncio.run(_main(args, interval, transport))
@@ -328,7 +390,10 @@ async def _main(args: argparse.Namespace, interval: float | None, transport) -> 
 
 
 async def _post_once(client: AgentClient, docker_socket: str) -> int:
-    report = await asyncio.to_thread(collect_report, client.agent_id, client.hostname, docker_socket=docker_socket)
+    state = ProbeState()
+    report = await asyncio.to_thread(
+        collect_report, client.agent_id, client.hostname, state, docker_socket=docker_socket
+    )
     try:
         response = await client.post_report(report, max_attempts=3)
     except ServerUnavailable as exc:
@@ -337,8 +402,36 @@ async def _post_once(client: AgentClient, docker_socket: str) -> int:
     if response.status_code != 202:
         print(f"orchestrator probe: error: {ClientError('post report', response)}", file=sys.stderr)
         return 1
-    log.info("probe.report_accepted", agent_id=client.agent_id, report_id=response.json().get("report_id"))
+    report_id = response.json().get("report_id")
+    print(sent_summary(report, state, f"{client.http.base_url} accepted it (report_id {report_id})"))
     return 0
+
+
+def sent_summary(report: dict[str, Any], state: ProbeState, outcome: str) -> str:
+    """What ``--once`` sent, per section, for the person who ran it."""
+    lines = [f"report of {report['hostname']} as agent {report['agent_id']}: {outcome}"]
+    host = report.get("host_info")
+    if host:
+        load = " ".join(str(v) for v in host.get("load_avg", []))
+        lines.append(
+            f"  host_info       cpu {host.get('cpu_percent')}% of {host.get('cpu_count')} cores, "
+            f"load average {load}, memory {host.get('memory_percent')}%"
+        )
+    processes = report.get("processes_info", {}).get("processes")
+    if processes is not None:
+        busiest = max(processes, key=lambda p: p.get("cpu_percent", 0.0), default=None)
+        top = f" (busiest: {busiest['name']} {busiest.get('cpu_percent', 0.0)}%)" if busiest else ""
+        lines.append(f"  processes_info  {len(processes)} processes{top}")
+    network = report.get("network_info")
+    if network:
+        connections, interfaces = network.get("connections", []), network.get("interfaces", [])
+        lines.append(f"  network_info    {len(connections)} connections, {len(interfaces)} interfaces")
+    docker = report.get("docker_info")
+    lines.append(
+        f"  docker_info     {len(docker['containers'])} containers" if docker else "  docker_info     not sent"
+    )
+    lines.append(f"  docker          {state.docker}")
+    return "\n".join(lines)
 
 
 async def _run_forever(client: AgentClient, docker_socket: str, interval: float | None) -> int:
@@ -350,7 +443,7 @@ async def _run_forever(client: AgentClient, docker_socket: str, interval: float 
             collect_report, client.agent_id, client.hostname, state, docker_socket=docker_socket
         )
 
-    task = asyncio.create_task(run_agent(client, next_report, report_interval=interval))
+    task = asyncio.create_task(run_agent(client, next_report, report_interval=interval, stop_on_refusal=True))
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, task.cancel)

@@ -26,10 +26,12 @@ from orchestrator.probe.client import (
     AgentConfig,
     ClientError,
     ClientStats,
+    check_server_url,
     make_http,
     run_agent,
 )
 from orchestrator.probe.fleet import Fleet
+from orchestrator.probe.host_probe import add_log_level
 
 log = structlog.get_logger()
 
@@ -48,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--containers", type=int, default=10, help="containers per host (default 10)")
     parser.add_argument("--processes", type=int, default=100, help="processes per host (default 100)")
     parser.add_argument("--connections", type=int, default=200, help="connections per host (default 200)")
+    add_log_level(parser)
 
 
 def _seconds(name: str, text: str | None) -> float | None:
@@ -62,6 +65,7 @@ def _seconds(name: str, text: str | None) -> float | None:
 def run(args: argparse.Namespace, *, transport: httpx.AsyncBaseTransport | None = None) -> int:
     """Entry point of ``orchestrator simulate``: 0 when it ran, 1 when the server refused it, 2 on bad usage."""
     try:
+        check_server_url(args.server)
         interval, duration = _seconds("interval", args.interval), _seconds("duration", args.duration)
         if args.hosts < 1 or min(args.containers, args.processes, args.connections) < 0:
             raise ValueError("--hosts must be at least 1; --containers/--processes/--connections not negative")

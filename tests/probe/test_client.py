@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import gzip
 import random
+import re
 
 import httpx
 import orjson
@@ -345,3 +346,58 @@ def test_simulate_exits_1_when_the_server_refuses_the_token(capsys):
     refuse = httpx.MockTransport(lambda request: httpx.Response(401, json={"error": {"message": "bad token"}}))
     assert simulate.run(args, transport=refuse) == 1
     assert "bad token" in capsys.readouterr().err
+
+
+def test_once_prints_what_it_sent_per_section(capsys):
+    def handler(request):
+        return httpx.Response(202, json={"status": "accepted", "report_id": "r-9"})
+
+    assert probe.run(once_args(docker_socket="/nonexistent/docker.sock"), transport=httpx.MockTransport(handler)) == 0
+    out = capsys.readouterr().out
+    assert "as agent probe-test: http://server accepted it (report_id r-9)" in out
+    assert "docker_info     not sent" in out
+    assert "no Docker socket at /nonexistent/docker.sock" in out
+    assert re.search(r"host_info +cpu [0-9.]+% of \d+ cores, load average [0-9. ]+", out)
+    assert re.search(r"processes_info +[1-9]\d* processes", out)
+    assert re.search(r"network_info +\d+ connections, [1-9]\d* interfaces", out)
+
+
+@pytest.mark.parametrize("url", ["localhost:8080", "ftp://server", "http://", "not a url at all"])
+def test_a_server_url_that_cannot_work_stops_at_once_with_one_line(url, capsys):
+    assert probe.run(once_args(server=url)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--server" in err and "http://" in err
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 413, 422])
+def test_a_refused_report_stops_the_running_probe_with_one_line(small_report, capsys, status):
+    def handler(request):
+        if request.url.path == "/api/v1/agents/register":
+            return httpx.Response(201, json={"status": "registered"})
+        if request.url.path.startswith("/api/v1/agents/config/"):
+            return httpx.Response(200, json={"report_interval": "1s", "heartbeat_interval": "1h"})
+        return httpx.Response(status, json={"error": {"code": "nope", "message": "refused for good"}})
+
+    args = once_args(once=False)
+    assert probe.run(args, transport=httpx.MockTransport(handler)) == 1
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("orchestrator probe:")]
+    assert lines == [f"orchestrator probe: error: post report: HTTP {status}: refused for good"]
+
+
+async def test_the_simulator_keeps_going_after_a_refused_report():
+    answers = iter([201, 200, 422, 202])
+    transport, seen = scripted(*answers)
+    client = agent(transport)
+    reports = 0
+
+    async def next_report():
+        nonlocal reports
+        reports += 1
+        if reports == 3:
+            raise asyncio.CancelledError
+        return REPORT
+
+    with pytest.raises(asyncio.CancelledError):
+        await run_agent(client, next_report, report_interval=1, sleep=FakeSleep())
+    assert [r.url.path for r in seen].count("/api/v1/reports") == 2

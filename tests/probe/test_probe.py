@@ -261,3 +261,60 @@ def test_sockets_on_their_way_out_are_not_reported(monkeypatch):
     monkeypatch.setattr(psutil, "net_connections", lambda kind="inet": table)
     states = [c["state"] for c in probe.collect_connections()]
     assert states == ["LISTEN", "ESTABLISHED"]
+
+
+def test_the_first_report_has_real_cpu_figures(tmp_path):
+    import threading
+
+    stop = threading.Event()
+
+    def burn():
+        while not stop.is_set():
+            sum(range(1000))
+
+    busy = threading.Thread(target=burn)
+    busy.start()
+    try:
+        report = probe.collect_report("agent-1", "host-1", docker_socket=str(tmp_path / "none"))
+    finally:
+        stop.set()
+        busy.join()
+    assert report["host_info"]["cpu_percent"] > 0
+    assert own_process(report)["cpu_percent"] > 0
+
+
+def test_a_process_first_seen_later_reports_its_average_since_it_started(tmp_path):
+    import subprocess
+    import sys
+
+    state = probe.ProbeState()
+    probe.collect_report("agent-1", "host-1", state, docker_socket=str(tmp_path / "none"))
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time\nend = time.time() + 30\nwhile time.time() < end: pass"]
+    )
+    try:
+        psutil.Process(child.pid).cpu_times()  # it runs
+        import time
+
+        deadline = time.monotonic() + 10
+        while psutil.Process(child.pid).cpu_times().user < 0.05 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        report = probe.collect_report("agent-1", "host-1", state, docker_socket=str(tmp_path / "none"))
+    finally:
+        child.kill()
+        child.wait()
+    entry = next(p for p in report["processes_info"]["processes"] if p["pid"] == child.pid)
+    assert entry["cpu_percent"] > 0
+
+
+def test_docker_that_is_missing_or_unreadable_is_explained(tmp_path):
+    assert probe.read_docker(str(tmp_path / "none.sock")) == (
+        None,
+        f"not found: no Docker socket at {tmp_path / 'none.sock'}",
+    )
+    unreadable = tmp_path / "docker.sock"
+    unreadable.write_text("")
+    unreadable.chmod(0)
+    containers, why = probe.read_docker(str(unreadable))
+    if os.geteuid() != 0:  # root reads anything
+        assert containers is None and why.startswith("not readable: no permission")
