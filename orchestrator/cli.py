@@ -1,4 +1,4 @@
-"""``orchestrator serve | config check/print | probe | simulate``. Invalid settings exit with status 2 and one line, never a traceback."""
+"""``orchestrator serve | config check/print | healthcheck | probe | simulate``. Invalid settings exit with status 2 and one line, never a traceback."""
 
 from __future__ import annotations
 
@@ -32,7 +32,37 @@ def _flags(args: argparse.Namespace) -> dict:
     return {name: getattr(args, name, None) for name in (*FLAG_PATHS, "config")}
 
 
+# What the server needs beyond a probe-only install (`pip install orchestrator-server`).
+SERVER_MODULES = ("sanic", "pluggy", "pydantic", "numpy", "prometheus_client", "yaml")
+
+
+def missing_server_dependency() -> str | None:
+    """The first server dependency that cannot be imported, or None when the ``server`` extra is installed."""
+    import importlib.util
+
+    for name in SERVER_MODULES:
+        try:
+            if importlib.util.find_spec(name) is None:
+                return name
+        except ImportError:
+            return name
+    return None
+
+
+def _server_installed(command: str) -> bool:
+    missing = missing_server_dependency()
+    if missing:
+        print(
+            f"orchestrator: `{command}` needs the server's dependencies, which this install lacks (no module "
+            f"{missing!r}): pip install 'orchestrator-server[server]'",
+            file=sys.stderr,
+        )
+    return missing is None
+
+
 def serve(args: argparse.Namespace) -> int:
+    if not _server_installed("serve"):
+        return 2
     from orchestrator.runtime.logs import configure_logging
     from orchestrator.settings import SettingsError, check_port, load_settings
 
@@ -72,6 +102,8 @@ def serve(args: argparse.Namespace) -> int:
 def config(args: argparse.Namespace) -> int:
     """``config check [FILE]``: validate, exit 0 or 2 with the one line; ``config print``: the effective
     settings, each with its source, secrets redacted. Neither creates anything (the data dir included)."""
+    if not _server_installed("config"):
+        return 2
     from orchestrator.settings import SettingsError, resolve_settings
 
     flags = _flags(args)
@@ -107,6 +139,41 @@ def _config_arguments(parser: argparse.ArgumentParser) -> None:
     _serve_arguments(shown)
 
 
+def healthcheck(args: argparse.Namespace) -> int:
+    """``orchestrator healthcheck``: GET the local server's ``--path`` (``/readyz``) at the address its
+    settings give (flags, environment, file: as ``serve`` would read them); exit 0 on 200, else 1. For
+    container health checks, which cannot expand variables in their exec form."""
+    import httpx
+
+    url = args.url
+    if url is None:
+        if not _server_installed("healthcheck"):
+            return 2
+        from orchestrator.settings import SettingsError, resolve_settings
+
+        try:
+            server = resolve_settings(_flags(args), create_dirs=False).settings.server
+        except SettingsError as exc:
+            print(f"orchestrator: {exc}", file=sys.stderr)
+            return 2
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(server.host, server.host)
+        url = f"http://{f'[{host}]' if ':' in host else host}:{server.port}"
+    try:
+        response = httpx.get(url.rstrip("/") + args.path, timeout=args.timeout)
+    except httpx.HTTPError as exc:
+        print(f"orchestrator healthcheck: {url}{args.path}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    print(f"orchestrator healthcheck: {url}{args.path}: HTTP {response.status_code} {response.text[:200]}")
+    return 0 if response.status_code == 200 else 1
+
+
+def _healthcheck_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--path", default="/readyz", help="what to ask: /readyz (default), /livez or /health")
+    parser.add_argument("--url", help="the server's base URL (default: from the settings, on loopback)")
+    parser.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer (default 3)")
+    _serve_arguments(parser)
+
+
 def _remember_early_stop(app) -> None:
     """SIGINT/SIGTERM before Sanic installs its handler (while the state is restored): stop once started,
     after a normal start, rather than die with the restored state half-served."""
@@ -127,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     _serve_arguments(commands.add_parser("serve", help="run the server"))
     _config_arguments(commands.add_parser("config", help="check or print the settings without starting"))
+    _healthcheck_arguments(commands.add_parser("healthcheck", help="exit 0 when the local server is ready"))
 
     from orchestrator.probe import host_probe as probe
     from orchestrator.probe import simulate
@@ -138,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve(args)
     if args.command == "config":
         return config(args)
+    if args.command == "healthcheck":
+        return healthcheck(args)
     from orchestrator.runtime.logs import configure_logging
 
     configure_logging(args.log_level, "console")  # the probe's and the simulator's logs: stderr

@@ -237,7 +237,7 @@ def cpu_percent(proc: psutil.Process, sampled: bool) -> float:
 
 def read_cgroup(pid: int) -> str | None:
     try:
-        with open(f"/proc/{pid}/cgroup", encoding="utf-8", errors="replace") as text:
+        with open(f"{psutil.PROCFS_PATH}/{pid}/cgroup", encoding="utf-8", errors="replace") as text:
             return text.read().strip()
     except OSError:  # no /proc (not Linux), process gone, or not ours to read
         return None
@@ -346,6 +346,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--once", action="store_true", help="post a single report, print what was sent, exit")
     parser.add_argument("--interval", help="report interval, e.g. 15s (default: the server's)")
     parser.add_argument("--docker-socket", default=DOCKER_SOCKET, help="Docker Engine API socket")
+    parser.add_argument(
+        "--procfs", default="/proc", help="where the host's /proc is mounted (in a container: e.g. /host/proc)"
+    )
     add_log_level(parser)
 
 
@@ -368,6 +371,11 @@ def run(args: argparse.Namespace, *, transport: httpx.AsyncBaseTransport | None 
     except ValueError as exc:
         print(f"orchestrator probe: --interval {args.interval!r}: {exc}", file=sys.stderr)
         return 2
+    procfs = getattr(args, "procfs", "/proc")
+    if not os.path.isdir(f"{procfs}/self") and not os.path.isdir(f"{procfs}/1"):
+        print(f"orchestrator probe: --procfs {procfs!r}: not a mounted /proc", file=sys.stderr)
+        return 2
+    psutil.PROCFS_PATH = procfs
     try:
         return asyncio.run(_main(args, interval, transport))
     except KeyboardInterrupt:

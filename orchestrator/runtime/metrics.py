@@ -62,6 +62,7 @@ class Metrics:
     checkpoint_failures: Counter
     loop_lag: Histogram
     build_info: Gauge
+    replica_lag: Gauge
 
 
 def create_metrics() -> Metrics:
@@ -146,6 +147,11 @@ def create_metrics() -> Metrics:
         ),
         build_info=Gauge(
             "app_build_info", "Always 1; the labels say which build runs", ["version", "python"], registry=r
+        ),
+        replica_lag=Gauge(
+            "app_replica_lag_messages",
+            "Messages of the cluster's stream this replica has not applied yet (0 in single-server mode)",
+            registry=r,
         ),
     )
     metrics.build_info.labels(__version__, platform.python_version()).set(1)

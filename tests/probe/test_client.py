@@ -401,3 +401,8 @@ async def test_the_simulator_keeps_going_after_a_refused_report():
     with pytest.raises(asyncio.CancelledError):
         await run_agent(client, next_report, report_interval=1, sleep=FakeSleep())
     assert [r.url.path for r in seen].count("/api/v1/reports") == 2
+
+
+def test_a_procfs_that_is_not_a_proc_is_a_usage_error(tmp_path, capsys):
+    assert probe.run(once_args(procfs=str(tmp_path))) == 2
+    assert "--procfs" in capsys.readouterr().err

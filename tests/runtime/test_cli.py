@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -108,6 +109,15 @@ def test_docker_entrypoint_command_starts_the_server(tmp_path):
 
         wait_for(healthy, 20, 0.1)
         assert (tmp_path / "orchestrator.db").exists()
+        # The image's health check, as Docker runs it (exec form), finds the server by its settings.
+        check = json.loads(dockerfile.split("HEALTHCHECK", 1)[1].split("CMD", 1)[1].splitlines()[0])
+        assert check[:2] == ["orchestrator", "healthcheck"] and "/readyz" in check
+        env = {**os.environ, "ORCHESTRATOR_PORT": str(port), "ORCHESTRATOR_HOST": "127.0.0.1"}
+        done = subprocess.run([str(script), *check[1:]], capture_output=True, text=True, timeout=30, env=env)
+        assert done.returncode == 0 and "HTTP 200" in done.stdout, done.stdout + done.stderr
+        env["ORCHESTRATOR_PORT"] = str(free_port())  # nobody there: unhealthy
+        done = subprocess.run([str(script), *check[1:]], capture_output=True, text=True, timeout=30, env=env)
+        assert done.returncode == 1
     finally:
         proc.terminate()
         try:
@@ -197,3 +207,18 @@ def test_config_print_shows_each_setting_with_its_source_and_hides_secrets(tmp_p
     assert lines["server.host"] == '"0.0.0.0"  # default'
     assert lines["auth.read_tokens"].startswith('["***"]') and "s3cret" not in result.stdout
     assert not (tmp_path / "data").exists()
+
+
+def test_the_dockerfile_follows_the_conventions_orchestrators_check():
+    lines = [line.strip() for line in (REPO / "Dockerfile").read_text().splitlines()]
+    user = next(line for line in lines if line.startswith("USER "))
+    assert user.split()[1].split(":")[0].isdigit()  # runAsNonRoot can verify a numeric user
+    healthcheck = next(i for i, line in enumerate(lines) if line.startswith("HEALTHCHECK"))
+    command = " ".join(lines[healthcheck : healthcheck + 2])
+    assert 'CMD ["' in command and "8080" not in command  # exec form, port from the settings
+    base = next(line for line in lines if line.startswith("ARG PYTHON_IMAGE="))
+    tag = base.split(":", 1)[1]
+    assert tag.split("-")[0].count(".") == 2 and "latest" not in tag  # a full version, not a floating tag
+    copies = [i for i, line in enumerate(lines) if line.startswith("COPY orchestrator ")]
+    dependencies = [i for i, line in enumerate(lines) if "pip wheel" in line and "-r " in line]
+    assert dependencies and copies and dependencies[0] < copies[0]  # dependencies cached apart from sources
