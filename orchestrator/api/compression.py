@@ -17,7 +17,8 @@ import hashlib
 import zlib
 from collections import OrderedDict
 
-from sanic import HTTPResponse, Request, Sanic
+from sanic import Request, Sanic
+from sanic.response import BaseHTTPResponse
 
 LEVEL = 6  # ~12x on topology JSON; level 1 gives ~9x at a third of the CPU (see benchmarks/RESULTS.md)
 THREAD_SIZE = 64 * 1024
@@ -43,7 +44,7 @@ def accepts_gzip(request: Request) -> bool:
     return False
 
 
-async def compress_response(request: Request, response: HTTPResponse) -> None:
+async def compress_response(request: Request, response: BaseHTTPResponse) -> None:
     server = request.app.ctx.settings.server
     if response is None or not server.gzip:
         return
@@ -59,7 +60,7 @@ async def compress_response(request: Request, response: HTTPResponse) -> None:
     response.headers["Vary"] = _vary(response)
 
 
-def _worth_compressing(request: Request, response: HTTPResponse, body: bytes, min_size: int) -> bool:
+def _worth_compressing(request: Request, response: BaseHTTPResponse, body: bytes, min_size: int) -> bool:
     return (
         len(body) >= min_size
         and request.method != "HEAD"
@@ -70,11 +71,11 @@ def _worth_compressing(request: Request, response: HTTPResponse, body: bytes, mi
     )
 
 
-def _compressible(response: HTTPResponse) -> bool:
+def _compressible(response: BaseHTTPResponse) -> bool:
     return (response.content_type or "").startswith(COMPRESSIBLE)
 
 
-def _vary(response: HTTPResponse) -> str:
+def _vary(response: BaseHTTPResponse) -> str:
     current = response.headers.get("vary", "")
     if "accept-encoding" in current.lower():
         return current

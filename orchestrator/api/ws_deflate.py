@@ -53,7 +53,7 @@ class DeflateWebSocketProtocol(WebSocketProtocol):
         except Exception:
             raise SanicException("Failed to open a WebSocket connection.", status_code=500) from None
         if not 100 <= resp.status_code <= 299:
-            raise SanicException(resp.body, resp.status_code)
+            raise SanicException(bytes(resp.body or b""), resp.status_code)
         head = f"HTTP/1.1 {resp.status_code} {resp.reason_phrase}\r\n"
         head += "".join(f"{k}: {v}\r\n" for k, v in resp.headers.items()) + "\r\n"
         await self.send(head.encode())
