@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from sanic import Blueprint, HTTPResponse, Request
 from sanic.response import json
 
+from orchestrator.api.compression import StreamedAnswer
 from orchestrator.api.http import json_body
 from orchestrator.contract.durations import format_duration
 from orchestrator.contract.errors import ApiError
@@ -88,17 +89,16 @@ async def list_agents(request: Request) -> HTTPResponse:
         agents = next(slices, [])
         return json({"agents": agents, "count": len(agents)})
     # 100k agents are ~40 MB of JSON: encoded a slice at a time, sent as it goes, other requests served between.
-    response = await request.respond(content_type="application/json")
-    await response.send(b'{"agents":[')
+    answer = await StreamedAnswer.open(request, "application/json")  # gzipped when the client accepts it
+    await answer.send(b'{"agents":[')
     count = 0
     for agents in slices:
         if agents:
-            await response.send((b"," if count else b"") + orjson.dumps(agents)[1:-1])
+            await answer.send((b"," if count else b"") + orjson.dumps(agents)[1:-1])
             count += len(agents)
         await asyncio.sleep(0)
-    await response.send(b'],"count":' + str(count).encode() + b"}")
-    await response.eof()
-    return response
+    await answer.send(b'],"count":' + str(count).encode() + b"}")
+    return await answer.finish()
 
 
 def _agent_slices(listed: list, now: float, threshold: float, wanted: str | None) -> Iterator[list[dict]]:

@@ -6,8 +6,9 @@ costs more than it saves. Bodies of 64 KB or more are compressed in a worker thr
 GIL), so the event loop keeps serving meanwhile, and the last few are kept compressed: many readers of the
 same view at the same seq compress it once.
 
-Streamed answers (``request.respond()`` then ``send``) are not touched by the middleware; a handler that
-streams compresses its own chunks with :class:`GzipChunks`.
+Streamed answers (``request.respond()`` then ``send``) are not touched by the middleware: their headers are
+out before the body exists. A handler that streams opens a :class:`StreamedAnswer` instead, which gzips the
+chunks as one stream when the client accepts it.
 """
 
 from __future__ import annotations
@@ -134,3 +135,33 @@ class GzipChunks:
 
     def finish(self) -> bytes:
         return self._compressor.flush() if self._compressor is not None else b""
+
+
+class StreamedAnswer:
+    """A chunked answer, gzipped as one stream for clients that accept it::
+
+    answer = await StreamedAnswer.open(request, "application/json")
+    await answer.send(chunk)  # as many as needed
+    return await answer.finish()
+    """
+
+    def __init__(self, response, gzip: GzipChunks) -> None:
+        self.response = response
+        self._gzip = gzip
+
+    @classmethod
+    async def open(cls, request: Request, content_type: str) -> StreamedAnswer:
+        gzip = GzipChunks.for_request(request)
+        return cls(await request.respond(content_type=content_type, headers=gzip.headers()), gzip)
+
+    async def send(self, chunk: bytes) -> None:
+        data = await self._gzip.compress(chunk)
+        if data:  # zlib keeps small inputs until it has a block's worth
+            await self.response.send(data)
+
+    async def finish(self):
+        tail = self._gzip.finish()
+        if tail:
+            await self.response.send(tail)
+        await self.response.eof()
+        return self.response

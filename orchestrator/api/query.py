@@ -9,6 +9,7 @@ from sanic import Blueprint, HTTPResponse, Request
 from sanic.response import json
 
 from orchestrator.api.agents import list_agents
+from orchestrator.api.compression import StreamedAnswer
 from orchestrator.api.snapshots import SLICE_ITEMS
 from orchestrator.contract.durations import format_duration, parse_duration
 from orchestrator.contract.errors import ApiError
@@ -41,11 +42,10 @@ async def topology(request: Request) -> HTTPResponse:
     chunks = request.app.ctx.snapshots.chunks((level, external), snapshot)
     if len(snapshot["nodes"]) + len(snapshot["edges"]) <= SMALL_VIEW:
         return _raw_json(b"".join([chunk async for chunk in chunks]))  # one slice: a plain response
-    response = await request.respond(content_type="application/json")
+    answer = await StreamedAnswer.open(request, "application/json")  # gzipped when the client accepts it
     async for chunk in chunks:
-        await response.send(chunk)
-    await response.eof()
-    return response
+        await answer.send(chunk)
+    return await answer.finish()
 
 
 @bp.get("/agents")

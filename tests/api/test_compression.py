@@ -80,3 +80,16 @@ def test_metrics_are_gzipped_for_prometheus(busy):
     response, body = raw_get(busy, "/metrics", "gzip")
     assert response.headers["content-encoding"] == "gzip"
     assert b"app_reports_received_total" in gzip.decompress(body)
+
+
+def test_a_streamed_view_is_gzipped_as_one_stream(start_server):
+    server = start_server()
+    with httpx.Client(base_url=server.url) as client:
+        assert post_report(client, big_report(4000)).status_code == 202
+        wait_for(lambda: len(client.get("/api/v1/query/topology").json()["topology"]["nodes"]) > 3000, 15)
+    plain, plain_body = raw_get(server, "/api/v1/query/topology", None)
+    zipped, zipped_body = raw_get(server, "/api/v1/query/topology", "gzip")
+    assert plain.headers.get("transfer-encoding") == "chunked"  # the streamed path, not one body
+    assert zipped.headers["content-encoding"] == "gzip" and zipped.headers.get("transfer-encoding") == "chunked"
+    assert len(zipped_body) < len(plain_body) / 4
+    assert orjson.loads(gzip.decompress(zipped_body)) == orjson.loads(plain_body)
