@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from typing_extensions import TypedDict  # pydantic reads typing.TypedDict only from Python 3.12
 
 # What the server writes (``contract.times.format_rfc3339``): RFC 3339, UTC, ``Z``.
 ServerTime = Annotated[str, Field(json_schema_extra={"format": "date-time"}, examples=["2025-10-13T00:00:00.000Z"])]
@@ -120,8 +121,12 @@ class LatestReport(_Body):
     report: dict[str, Any] = Field(description="The report exactly as submitted (see the Report schema).")
 
 
-class TimeseriesPoint(_Body):
-    timestamp: ServerTime
+# The time-series store (state/timeseries.py) builds these dicts: this is their one definition.
+class TimeseriesPoint(TypedDict):
+    """One point: a 15-second bucket (or a step group of buckets) and its metrics, null where no report in it
+    carried the metric."""
+
+    timestamp: ServerTime  # the start of the bucket or step group
     cpu_percent: float | None
     memory_used: int | None
     memory_percent: float | None

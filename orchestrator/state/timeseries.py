@@ -55,11 +55,11 @@ import struct
 import threading
 import time
 from collections.abc import Mapping
-from typing import TypedDict
 
 import numpy as np
 
 from orchestrator.contract.durations import format_duration
+from orchestrator.contract.responses import TimeseriesPoint as TimeSeriesPoint
 from orchestrator.contract.times import format_rfc3339
 
 __all__ = [
@@ -113,21 +113,6 @@ _BLOB_MAGIC = b"OTSB"
 _BLOB_VERSION = 1
 _BLOB_HEADER = struct.Struct("<4sBBHdI")
 _BLOB_DTYPE = np.dtype("<f8")
-
-
-class TimeSeriesPoint(TypedDict):
-    """One point of a series: a bucket (or a ``step`` group of buckets) and its metrics."""
-
-    timestamp: str  # RFC 3339, UTC, ``Z`` suffix: the start of the bucket or step group
-    cpu_percent: float | None
-    memory_used: int | None
-    memory_percent: float | None
-    load1: float | None
-    net_rx_rate: float | None
-    net_tx_rate: float | None
-    process_count: int | None
-    container_count: int | None
-    connection_count: int | None
 
 
 class TimeSeriesStore:
