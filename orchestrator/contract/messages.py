@@ -9,21 +9,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from orchestrator.contract.responses import Edge, External, Level, Node, ServerTime
-
-
-class _Message(BaseModel):
-    model_config = ConfigDict(extra="allow")
+from orchestrator.contract.responses import Body, Edge, External, Level, Node, ServerTime
 
 
-class _Envelope(_Message):
+class _Envelope(Body):
     seq: int = Field(description="The topology version the message belongs to; +1 per publication.")
     timestamp: ServerTime
 
 
-class SnapshotPayload(_Message):
+class SnapshotPayload(Body):
     nodes: dict[str, Node]
     edges: dict[str, Edge]
     timestamp: ServerTime | None
@@ -37,19 +33,19 @@ class TopologyUpdate(_Envelope):
     payload: SnapshotPayload
 
 
-class NodeChanges(_Message):
+class NodeChanges(Body):
     added: dict[str, Node]
     updated: dict[str, Node]
     removed: list[str]
 
 
-class EdgeChanges(_Message):
+class EdgeChanges(Body):
     added: dict[str, Edge]
     updated: dict[str, Edge]
     removed: list[str]
 
 
-class DiffPayload(_Message):
+class DiffPayload(Body):
     from_seq: int = Field(description="The seq this diff applies to (always the message's seq - 1).")
     nodes: NodeChanges
     edges: EdgeChanges
@@ -62,7 +58,7 @@ class TopologyDiff(_Envelope):
     payload: DiffPayload
 
 
-class ReportSummary(_Message):
+class ReportSummary(Body):
     hostname: str
     timestamp: str = Field(description="The report's own timestamp, as the probe sent it.")
     containers: int
@@ -70,7 +66,7 @@ class ReportSummary(_Message):
     connections: int
 
 
-class ReportUpdatePayload(_Message):
+class ReportUpdatePayload(Body):
     agent_id: str
     report: ReportSummary
 
@@ -99,7 +95,7 @@ WS_ERROR_CODES = (
 )
 
 
-class ErrorPayload(_Message):
+class ErrorPayload(Body):
     code: str = Field(description="One of " + ", ".join(WS_ERROR_CODES) + ".", examples=list(WS_ERROR_CODES))
     message: str
 
@@ -117,19 +113,19 @@ ServerMessage = Annotated[
 ]
 
 
-class Ping(_Message):
+class Ping(Body):
     """Answered with a ``pong`` message."""
 
     type: Literal["ping"]
 
 
-class Resync(_Message):
+class Resync(Body):
     """Asks for a fresh ``topology_update``; pending diffs are superseded by it."""
 
     type: Literal["resync"]
 
 
-class Subscribe(_Message):
+class Subscribe(Body):
     """Switches the connection to another view: its snapshot next, then its diffs."""
 
     type: Literal["subscribe"]

@@ -19,28 +19,31 @@ Level = Literal["process", "container", "host"]
 External = Literal["each", "group"]
 
 
-class _Body(BaseModel):
+class Body(BaseModel):
+    """A JSON object of the API: it may carry fields not named here, and readers must accept them (the contract
+    grows by adding)."""
+
     model_config = ConfigDict(extra="allow")
 
 
-class ErrorDetail(_Body):
+class ErrorDetail(Body):
     field: str = Field(description="The bad field's JSON path, e.g. network_info.connections.3.remote_port.")
     message: str
 
 
-class ErrorInfo(_Body):
+class ErrorInfo(Body):
     code: str = Field(description="A machine code: see docs/api.md, 'Errors'.", examples=["bad_parameter"])
     message: str
     details: list[ErrorDetail] | None = Field(default=None, description="On 422: one entry per bad field.")
 
 
-class ErrorBody(_Body):
+class ErrorBody(Body):
     """Every error, at every status."""
 
     error: ErrorInfo
 
 
-class Agent(_Body):
+class Agent(Body):
     agent_id: str
     hostname: str
     metadata: dict[str, str | int | float | bool]
@@ -51,18 +54,18 @@ class Agent(_Body):
     status: Literal["online", "stale"]
 
 
-class Registered(_Body):
+class Registered(Body):
     status: Literal["registered"]
     message: str
     agent: Agent
 
 
-class HeartbeatAck(_Body):
+class HeartbeatAck(Body):
     status: Literal["ok"]
     timestamp: ServerTime
 
 
-class AgentConfig(_Body):
+class AgentConfig(Body):
     agent_id: str
     report_interval: GoDuration
     heartbeat_interval: GoDuration
@@ -70,18 +73,18 @@ class AgentConfig(_Body):
     features: dict[str, Any]
 
 
-class AgentList(_Body):
+class AgentList(Body):
     agents: list[Agent]
     count: int
 
 
-class ReportAccepted(_Body):
+class ReportAccepted(Body):
     status: Literal["accepted"]
     message: str
     report_id: str
 
 
-class Node(_Body):
+class Node(Body):
     id: str = Field(examples=["process:host-1:4242"])
     type: str = Field(description="host, container, process or external (plugins may add types).")
     name: str | None
@@ -94,7 +97,7 @@ class Node(_Body):
     last_seen: ServerTime
 
 
-class Edge(_Body):
+class Edge(Body):
     id: str = Field(examples=["process:host-1:5120->process:host-2:880"])
     source: str = Field(description="The client end's node id.")
     target: str = Field(description="The server end's node id.")
@@ -104,18 +107,18 @@ class Edge(_Body):
     last_seen: ServerTime
 
 
-class Topology(_Body):
+class Topology(Body):
     nodes: dict[str, Node]
     edges: dict[str, Edge]
     timestamp: ServerTime | None = Field(description="When this version was published (null before the first).")
     seq: int = Field(description="The published version's sequence number (the WebSocket's seq).")
 
 
-class TopologyResponse(_Body):
+class TopologyResponse(Body):
     topology: Topology
 
 
-class LatestReport(_Body):
+class LatestReport(Body):
     agent_id: str
     received_at: ServerTime
     report: dict[str, Any] = Field(description="The report exactly as submitted (see the Report schema).")
@@ -138,7 +141,7 @@ class TimeseriesPoint(TypedDict):
     connection_count: int | None
 
 
-class Timeseries(_Body):
+class Timeseries(Body):
     agent_id: str
     duration: GoDuration
     resolution: GoDuration
@@ -147,7 +150,7 @@ class Timeseries(_Body):
     count: int
 
 
-class Stats(_Body):
+class Stats(Body):
     agents: int
     agents_by_status: dict[str, int]
     websocket_clients: int
@@ -163,7 +166,7 @@ class Stats(_Body):
     uptime: GoDuration
 
 
-class Health(_Body):
+class Health(Body):
     status: str = Field(description="healthy (200); shutting_down (503) once a graceful shutdown has begun.")
     version: str
     uptime: GoDuration
@@ -172,15 +175,15 @@ class Health(_Body):
     ingest_queue: int
 
 
-class PageConfig(_Body):
+class PageConfig(Body):
     read_token_required: bool = Field(description="Whether the page must ask for a read token before reading.")
 
 
-class Liveness(_Body):
+class Liveness(Body):
     status: Literal["alive"]
 
 
-class Readiness(_Body):
+class Readiness(Body):
     status: Literal["ready", "not_ready"]
     reasons: dict[str, str] | None = Field(
         default=None,
@@ -189,5 +192,5 @@ class Readiness(_Body):
     )
 
 
-class Pong(_Body):
+class Pong(Body):
     message: Literal["pong"]
