@@ -22,7 +22,7 @@ class _Envelope(Body):
 class SnapshotPayload(Body):
     nodes: dict[str, Node]
     edges: dict[str, Edge]
-    timestamp: ServerTime | None
+    timestamp: ServerTime
     seq: int
 
 

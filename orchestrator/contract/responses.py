@@ -110,7 +110,9 @@ class Edge(Body):
 class Topology(Body):
     nodes: dict[str, Node]
     edges: dict[str, Edge]
-    timestamp: ServerTime | None = Field(description="When this version was published (null before the first).")
+    timestamp: ServerTime = Field(
+        description="When this version was published (1970-01-01T00:00:00.000Z before the first publication)."
+    )
     seq: int = Field(description="The published version's sequence number (the WebSocket's seq).")
 
 
