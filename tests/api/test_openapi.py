@@ -10,6 +10,7 @@ import asyncio
 import json
 import re
 from functools import cache
+from typing import get_args
 
 import httpx
 import jsonschema
@@ -19,6 +20,8 @@ import websockets
 from openapi_spec_validator import validate as validate_openapi
 
 from orchestrator.api.openapi import DOCS, PATH, document, generated_files
+from orchestrator.contract.responses import External, Level
+from orchestrator.topology import EXTERNALS, LEVELS
 from tests.support import make_settings, post_report, report, wait_for
 
 REGENERATE = "run `python -m orchestrator.api.openapi`"
@@ -222,3 +225,8 @@ def test_docs_api_md_has_a_section_for_every_operation_and_no_other():
     assert not sections - documented, (
         f"docs/api.md documents what the OpenAPI document does not: {sections - documented}"
     )
+
+
+def test_the_documented_views_are_the_ones_the_server_has():
+    assert get_args(Level) == LEVELS
+    assert get_args(External) == EXTERNALS
