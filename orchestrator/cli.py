@@ -1,4 +1,5 @@
-"""``orchestrator serve | config check/print | healthcheck | probe | simulate``. Invalid settings exit with status 2 and one line, never a traceback."""
+"""``orchestrator serve | config check/print | healthcheck | probe | simulate``. Invalid settings and a data dir that
+cannot be written exit with status 2 and one line, never a traceback."""
 
 from __future__ import annotations
 
@@ -86,6 +87,16 @@ def serve(args: argparse.Namespace) -> int:
         print(f"orchestrator: invalid setting pipeline: {exc}", file=sys.stderr)
         return 2
     _remember_early_stop(app)
+    from orchestrator.runtime.lifecycle import ignore_sighup, open_storage
+    from orchestrator.state.persistence import StorageUnavailable
+
+    ignore_sighup()  # from the start: a SIGHUP during the restore must not kill the server either
+    if settings.storage.persist:
+        try:
+            open_storage(app.ctx.state)
+        except StorageUnavailable as exc:
+            print(f"orchestrator: {exc}", file=sys.stderr)
+            return 2
     # One worker in one process: all state lives in this process's memory, owned by its event loop.
     app.prepare(
         host=settings.server.host,

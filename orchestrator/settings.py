@@ -102,6 +102,7 @@ class StorageSettings(_Section):
     checkpoint_interval: Duration(1.0, 3600.0) = 15.0
     cleanup_interval: Duration(0.05, 86400.0) = 300.0
     persist: bool = True
+    max_file_size: int = Field(0, ge=0)  # bytes; 0: no cap but the disk's
 
 
 class AgentOverride(_Section):

@@ -17,6 +17,7 @@ from orchestrator.contract.durations import format_duration
 from orchestrator.contract.errors import ApiError
 from orchestrator.contract.models import AgentRegistration, error_details
 from orchestrator.contract.times import format_rfc3339
+from orchestrator.state.persistence import refuse_while_unavailable
 
 bp = Blueprint("agents", url_prefix="/api/v1/agents")
 LIST_SLICE = 2_000  # agents encoded per slice of GET /list
@@ -25,6 +26,7 @@ LIST_SLICE = 2_000  # agents encoded per slice of GET /list
 @bp.post("/register")
 async def register(request: Request) -> HTTPResponse:
     state = request.app.ctx.state
+    refuse_while_unavailable(state)
     try:
         registration = AgentRegistration.model_validate(json_body(request, state.settings.server.max_registration_size))
     except ValidationError as exc:

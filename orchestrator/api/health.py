@@ -19,15 +19,19 @@ bp = Blueprint("health")
 async def health(request: Request) -> HTTPResponse:
     state = request.app.ctx.state
     uptime = time.time() - state.started_at
+    unavailable = state.store.unavailable if state.store is not None else None
+    status = "shutting_down" if state.shutting_down else "storage_unavailable" if unavailable else "healthy"
     body = {
-        "status": "shutting_down" if state.shutting_down else "healthy",
+        "status": status,
         "version": __version__,
         "uptime": format_duration(round(uptime)),
         "uptime_seconds": round(uptime, 3),
         "agents": sum(state.agent_counts(time.time()).values()),
         "ingest_queue": state.ingest.backlog if state.ingest else 0,
     }
-    return json(body, status=503 if state.shutting_down else 200)
+    if unavailable:
+        body["reason"] = unavailable  # reports and registrations get 503 until a checkpoint succeeds again
+    return json(body, status=200 if status == "healthy" else 503)
 
 
 @bp.get("/livez")

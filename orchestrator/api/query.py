@@ -124,6 +124,7 @@ async def stats(request: Request) -> HTTPResponse:
     }
     if state.store is not None:
         storage["data_file"] = str(state.store.path)
+        storage["checkpoint"] = state.store.stats()
     body = {
         "agents": sum(counts.values()),
         "agents_by_status": counts,

@@ -12,6 +12,7 @@ from orchestrator.api.errors import error_response
 from orchestrator.api.http import read_body
 from orchestrator.contract.errors import ApiError
 from orchestrator.pipeline.decode import check_media, inflate, parse_report
+from orchestrator.state.persistence import refuse_while_unavailable
 
 bp = Blueprint("reports", url_prefix="/api/v1")
 
@@ -21,6 +22,7 @@ bp = Blueprint("reports", url_prefix="/api/v1")
 @bp.post("/reports", stream=True)
 async def post_report(request: Request) -> HTTPResponse:
     state = request.app.ctx.state
+    refuse_while_unavailable(state)  # 503 before decoding: what cannot be stored is never answered 202
     server = state.settings.server
     encoding = check_media(request.headers.get("content-type"), request.headers.get("content-encoding"))
     if (refused := state.ingest.refusal()) is not None:

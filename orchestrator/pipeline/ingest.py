@@ -125,6 +125,9 @@ class Ingest:
         self.queued_bytes = 0  # decoded JSON of the backlog
         self._admitted = 0  # past the door, not submitted yet
         self._reserved_bytes = 0  # their bodies' wire sizes: a lower bound of what they will add
+        # The order of the last report of the last batch applied in full: every report accepted with an order
+        # up to it is in the state (a checkpoint waits for it; a superseded merge waits for its batch's end).
+        self.applied_order = 0
 
     def refusal(self) -> ApiError | None:
         """Why a report cannot be taken now (503 shutting down, 429 backlog full by count or by bytes), from
@@ -188,6 +191,7 @@ class Ingest:
             self._show_backlog()
             skip = superseded(self._batch)
             stretch = TimeSlice(BATCH_SECONDS)
+            last = self._batch[-1].order
             while self._batch:
                 async with self.state.topology_lock:  # a publish in slices reads the topology meanwhile
                     stretch.restart()
@@ -195,6 +199,7 @@ class Ingest:
                         item = self._batch.popleft()
                         self.apply(item, merge=item.order not in skip)
                 await stretch.pause()
+            self.applied_order = last
             self._show_backlog()
 
     def apply(self, item: Accepted, merge: bool = True) -> None:
@@ -228,6 +233,7 @@ class Ingest:
         while self._batch:
             item = self._batch.popleft()
             self.apply(item, merge=item.order not in skip)
+            self.applied_order = item.order
         self._show_backlog()
 
     @property

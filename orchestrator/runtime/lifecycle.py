@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import sqlite3
 import time
 
 import structlog
@@ -17,7 +19,7 @@ from orchestrator.runtime.readiness import RESTORING, STARTING
 from orchestrator.settings import Settings
 from orchestrator.state import State
 from orchestrator.state.cleanup import run_cleanup
-from orchestrator.state.persistence import Store
+from orchestrator.state.persistence import StorageUnavailable, Store
 
 log = structlog.get_logger("orchestrator.runtime.lifecycle")
 
@@ -78,17 +80,36 @@ def configure_sanic(app: Sanic, settings: Settings) -> None:
     )
 
 
+def open_storage(state: State) -> None:
+    """Open the data dir, restore it into ``state`` and reserve the next block of ``seq`` on disk.
+
+    :raises StorageUnavailable: the data dir cannot be created, opened or written (full, read-only, no
+        permission); the message is one line for the operator.
+    """
+    data_dir = state.settings.storage.data_dir
+    state.not_ready[RESTORING] = "restoring the saved state"
+    try:
+        store, problem = Store.open(data_dir, state.settings.storage.max_file_size)
+        state.store = store
+        if problem:
+            log.error("data_file_set_aside", problem=problem, data_dir=data_dir)
+        store.restore(state)
+    except (OSError, sqlite3.Error) as exc:
+        if state.store is not None:
+            state.store.conn.close()
+            state.store = None
+        raise StorageUnavailable(f"data dir {data_dir} cannot be written: {exc}") from exc
+    del state.not_ready[RESTORING]
+    state.metrics.storage_available.set(1)
+
+
 async def _start_up(app: Sanic) -> None:
     state: State = app.ctx.state
     settings = state.settings
-    if settings.storage.persist:
-        state.not_ready[RESTORING] = "restoring the saved state"
-        store, problem = Store.open(settings.storage.data_dir)
-        state.store = store
-        if problem:
-            log.error("data_file_set_aside", problem=problem, data_dir=settings.storage.data_dir)
-        store.restore(state)
-        del state.not_ready[RESTORING]
+    if not settings.storage.persist:
+        state.metrics.storage_available.set(1)
+    elif state.store is None:  # the CLI opens it before Sanic starts, to exit with one line when it can't
+        open_storage(state)
     if not (settings.auth.agent_tokens and settings.auth.read_tokens) and settings.server.host not in (
         "127.0.0.1",
         "localhost",
@@ -115,6 +136,7 @@ async def _start_background(app: Sanic) -> None:
     tune_gc = state.settings.server.tune_gc
     if tune_gc:
         tune_for_long_lived_heap()
+    ignore_sighup()
     app.ctx.tasks = [
         asyncio.create_task(coro, name=name)
         for name, coro in (
@@ -127,6 +149,24 @@ async def _start_background(app: Sanic) -> None:
         )
     ]
     state.not_ready.pop(STARTING, None)
+
+
+def ignore_sighup() -> None:
+    """SIGHUP (a closed terminal, a ``kill -HUP`` meant as "reload") is logged and ignored: the default
+    action would kill the server on the spot, without the final checkpoint. Settings are not reloaded; a
+    restart (SIGTERM, then start) applies a changed file and loses nothing."""
+
+    def logged(signum=None, frame=None) -> None:
+        log.warning("sighup_ignored", message="SIGHUP does not stop or reload the server; restart to apply settings")
+
+    try:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, logged)
+    except (RuntimeError, NotImplementedError, ValueError):  # no loop, not the main thread, or no SIGHUP here
+        if hasattr(signal, "SIGHUP"):
+            try:
+                signal.signal(signal.SIGHUP, logged)
+            except ValueError:  # not the main thread (an embedded or test server): the host owns signals
+                pass
 
 
 async def _begin_shutdown(app: Sanic) -> None:

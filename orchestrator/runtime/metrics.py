@@ -60,6 +60,8 @@ class Metrics:
     cleanup_stale_ratio_alert: Gauge
     checkpoint_seconds: Histogram
     checkpoint_failures: Counter
+    storage_available: Gauge
+    storage_refused: Counter
     loop_lag: Histogram
     build_info: Gauge
     replica_lag: Gauge
@@ -139,6 +141,14 @@ def create_metrics() -> Metrics:
         ),
         checkpoint_seconds=Histogram("app_checkpoint_duration_seconds", "Checkpoint duration", registry=r),
         checkpoint_failures=Counter("app_checkpoint_failures_total", "Checkpoints that failed", registry=r),
+        storage_available=Gauge(
+            "app_storage_available", "1 while checkpoints succeed; 0 while the data dir cannot be written", registry=r
+        ),
+        storage_refused=Counter(
+            "app_storage_refused_total",
+            "Reports and registrations refused with 503 while the data dir cannot be written",
+            registry=r,
+        ),
         loop_lag=Histogram(
             "app_event_loop_lag_seconds",
             "How late a timer on the event loop fires: the longest a request can wait behind work on the loop",

@@ -7,7 +7,8 @@ leaves a half-written state: a reopened file holds the last committed checkpoint
 
 What is stored (``<data_dir>/orchestrator.db``, schema version :data:`SCHEMA_VERSION`)::
 
-    meta        key TEXT PRIMARY KEY, value TEXT           schema_version, order, saved_at
+    meta        key TEXT PRIMARY KEY, value TEXT           schema_version, order, seq, seq_reserved,
+                                                           saved_at
     agents      agent_id PRIMARY KEY, record BLOB          orjson of Agent.to_state()
     latest      agent_id PRIMARY KEY, received_at REAL,    the newest report, zlib-compressed as held
                 report BLOB                                in memory (LatestReport.compressed)
@@ -26,8 +27,28 @@ agents alike.
 Checkpoints are incremental: only ``state.dirty_agents`` (swapped for an empty set) plus agents that
 left the state without being marked dirty are written. Their data is gathered *on* the event loop (the
 state's only owner), a few milliseconds at a time with ``await asyncio.sleep(0)`` in between, and
-written *off* the loop (``asyncio.to_thread``) in one transaction. A failed checkpoint puts the agents
-back into the dirty set, so the next one retries them.
+written *off* the loop (``asyncio.to_thread``) in bounded transactions of at most
+:data:`CHUNK_BYTES` (and :data:`CHUNK_AGENTS` agents) each: on a disk that is nearly full, the chunks
+that fit are saved. The agents of a failed chunk go back into the dirty set, so the next checkpoint
+retries them.
+
+The crash window. A checkpoint first waits until the ingest worker has applied every report accepted
+before it started (its *durable point*), then gathers. Once it has committed, every report answered 202
+before its durable point is on disk. Checkpoints are scheduled from the durable point of the last
+*successful* one, start to start, and begin early by twice the previous checkpoint's duration, so the
+next one has committed within ``storage.checkpoint_interval`` of the last durable point: a SIGKILL loses
+only reports younger than one interval (while checkpoints take less than half of it).
+
+When a checkpoint fails (disk full, read-only, I/O error, ``storage.max_file_size`` reached) the store
+is *unavailable* until one succeeds: :attr:`Store.unavailable` says why, ``/health`` answers 503 with that
+reason, and reports and registrations are refused with 503 + ``Retry-After`` (the server never answers
+202 for what it cannot keep). A failing store is retried every :data:`FAILING_RETRY_SECONDS` at most.
+
+``seq`` is never reused. Every transaction records ``seq_reserved`` in ``meta``: a number ahead of the
+published ``seq`` by :func:`seq_headroom`. The engine never publishes past the reservation that is on
+disk (``Topology.seq_ceiling``), and a restarted server numbers from the stored reservation on (after
+reserving a new block before its first publication), so no client can have seen a ``seq`` the restarted
+server will issue again: a client resuming with ``since=`` gets a fresh snapshot.
 
 A file that is not a database, fails ``PRAGMA quick_check`` or carries an unknown schema version is
 moved aside (``orchestrator.db.corrupt-<UTC timestamp>`` with its ``-wal``/``-shm``), logged with
@@ -38,6 +59,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import math
 import sqlite3
 import time
@@ -49,6 +71,8 @@ from pathlib import Path
 import orjson
 import structlog
 
+from orchestrator.contract.errors import ApiError
+from orchestrator.contract.times import format_rfc3339
 from orchestrator.runtime.slicing import TimeSlice
 from orchestrator.state.agents import Agent
 from orchestrator.state.archive import ArchivedAgent
@@ -62,6 +86,15 @@ _SQLITE_HEADER = b"SQLite format 3\x00"
 _CORRUPT_ERRORS = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
 # Longest stretch of on-loop gathering before the checkpoint yields to requests.
 GATHER_BUDGET_SECONDS = 0.004
+# One transaction holds at most this many bytes of rows (and agents): on a nearly full disk, what fits is saved.
+CHUNK_BYTES = 4 * 1024 * 1024
+CHUNK_AGENTS = 200
+# A failing store is tried again this often at most (or every checkpoint interval, if shorter).
+FAILING_RETRY_SECONDS = 5.0
+# The reason code in state.not_ready (GET /readyz) while checkpoints fail.
+NOT_READY_REASON = "storage_unavailable"
+# Longest wait for the ingest worker to apply what was accepted before a checkpoint started.
+INGEST_WAIT_SECONDS = 5.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -88,6 +121,10 @@ class CorruptStore(Exception):
     """The data file cannot be trusted; the message says why."""
 
 
+class StorageUnavailable(Exception):
+    """The data dir cannot be opened or written; the message is the one line an operator sees."""
+
+
 @dataclass(slots=True)
 class AgentRows:
     """One agent's rows as gathered on the loop: ``None`` for a table means "delete its row"."""
@@ -101,6 +138,15 @@ class AgentRows:
 
     def is_empty(self) -> bool:
         return all(getattr(self, table) is None for table in _AGENT_TABLES)
+
+    def size(self) -> int:
+        """Bytes of blobs in these rows (the topology's before compression)."""
+        return 64 + sum(
+            len(value)
+            for table in _AGENT_TABLES
+            for value in (getattr(self, table) or ())
+            if isinstance(value, (bytes, bytearray))
+        )
 
 
 @dataclass(slots=True)
@@ -116,19 +162,30 @@ class Store:
     """The SQLite file of one server. Owned by the event loop; the connection is used by one thread at a
     time (restore at start-up on the loop, then one checkpoint at a time in a worker thread)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, max_file_size: int = 0) -> None:
         self.path = Path(path)
-        self.conn = _connect(self.path)
+        self.conn = _connect(self.path, max_file_size)
         self._lock = asyncio.Lock()
         # Agent ids with at least one row, known since restore(): an id that leaves the state without
         # being marked dirty is found by comparing with it, so its rows are deleted all the same.
         self._stored_ids: set[str] = set()
         self._saved_order: int | None = None  # the order of the last checkpoint written
+        self.seq_reserved = 0  # the highest seq the file allows publishing (see the module docstring)
+        self.checkpoints = 0
+        self.failures = 0
+        self.consecutive_failures = 0
+        self.unavailable: str | None = None  # why the last checkpoint failed; None once one succeeds
+        self.last_checkpoint_at: float | None = None  # wall clock of the last successful checkpoint's end
+        self.last_checkpoint_seconds: float | None = None
+        self.last_checkpoint_bytes = 0
+        self.bytes_written = 0
+        self.durable_at: float | None = None  # wall clock of the last successful durable point
+        self._durable_loop_at: float | None = None  # the same, on the loop's clock (scheduling)
 
     # -- opening ----------------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, data_dir: str | Path) -> tuple[Store, str | None]:
+    def open(cls, data_dir: str | Path, max_file_size: int = 0) -> tuple[Store, str | None]:
         """Open (or create) ``<data_dir>/orchestrator.db``.
 
         :return: the store and ``None``, or a fresh empty store and the problem found with the old file,
@@ -138,7 +195,7 @@ class Store:
         data_dir.mkdir(parents=True, exist_ok=True)
         path = data_dir / FILENAME
         try:
-            return cls(path), None
+            return cls(path, max_file_size), None
         except sqlite3.DatabaseError as exc:
             # Locked, busy, unreadable: not the file's fault. Setting it aside would lose good data.
             if getattr(exc, "sqlite_errorname", None) not in _CORRUPT_ERRORS:
@@ -154,15 +211,17 @@ class Store:
             moved_to=str(moved),
             action="starting with empty state",
         )
-        return cls(path), problem
+        return cls(path, max_file_size), problem
 
     # -- restore ----------------------------------------------------------------------------------------
 
     def restore(self, state) -> dict[str, int]:
-        """Load everything stored into ``state`` (empty, before the server serves), then publish the
-        topology so queries see it at once. A row that cannot be decoded is logged and skipped.
+        """Load everything stored into ``state`` (empty, before the server serves), reserve the next block
+        of ``seq`` on disk, then publish the topology so queries see it at once. A row that cannot be
+        decoded is logged and skipped.
 
         :return: how many rows of each table were restored, and how many were skipped.
+        :raises sqlite3.Error: when the reservation cannot be written (the data dir is full or read-only).
         """
         counts = dict.fromkeys(_AGENT_TABLES, 0) | {"skipped": 0}
         timings: dict[str, float] = {}
@@ -173,57 +232,97 @@ class Store:
             "timeseries": _restore_timeseries,
             "archive": _restore_archive,
         }
-        for table, restore_row in loaders.items():
+        collecting = gc.isenabled()
+        gc.disable()  # millions of small acyclic objects: collector passes would cost more than the restore
+        try:
+            for table, restore_row in loaders.items():
+                started = time.perf_counter()
+                for row in self.conn.execute(f"SELECT * FROM {table}"):
+                    self._stored_ids.add(row[0])
+                    try:
+                        restore_row(state, row)
+                    except Exception as exc:
+                        counts["skipped"] += 1
+                        log.error("restore_row_skipped", table=table, agent_id=row[0], error=repr(exc))
+                    else:
+                        counts[table] += 1
+                timings[f"{table}_ms"] = round((time.perf_counter() - started) * 1000, 1)
+            meta = dict(self.conn.execute("SELECT key, value FROM meta"))
+            state.order = max(state.order, int(meta.get("order", 0)))
+            self._resume_seq(state, meta)
             started = time.perf_counter()
-            for row in self.conn.execute(f"SELECT * FROM {table}"):
-                self._stored_ids.add(row[0])
-                try:
-                    restore_row(state, row)
-                except Exception as exc:
-                    counts["skipped"] += 1
-                    log.error("restore_row_skipped", table=table, agent_id=row[0], error=repr(exc))
-                else:
-                    counts[table] += 1
-            timings[f"{table}_ms"] = round((time.perf_counter() - started) * 1000, 1)
-        meta = dict(self.conn.execute("SELECT key, value FROM meta"))
-        state.order = max(state.order, int(meta.get("order", 0)))
-        if "seq" in meta:
-            state.topology.resume_seq(int(meta["seq"]) + seq_margin(state.settings))
-        started = time.perf_counter()
-        state.topology.publish(time.time())
-        timings["publish_ms"] = round((time.perf_counter() - started) * 1000, 1)
-        log.info("state_restored", path=str(self.path), order=state.order, **counts, **timings)
+            state.topology.publish(time.time())
+            timings["publish_ms"] = round((time.perf_counter() - started) * 1000, 1)
+        finally:
+            if collecting:
+                gc.enable()
+        log.info("state_restored", path=str(self.path), order=state.order, seq=state.topology.seq, **counts, **timings)
         return counts
+
+    def _resume_seq(self, state, meta: dict) -> None:
+        """Number on from the stored reservation (no client can have seen a seq beyond it), after
+        reserving the next block on disk (before the first publication)."""
+        if "seq_reserved" in meta:
+            resumed = int(meta["seq_reserved"])
+        elif "seq" in meta:  # a file from before reservations: the old margin is the best there is
+            resumed = int(meta["seq"]) + seq_margin(state.settings)
+        else:
+            resumed = 0
+        state.topology.resume_seq(resumed)
+        reserved = resumed + seq_headroom(state.settings)
+        with self.conn:
+            self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('seq_reserved', ?)", (str(reserved),))
+        self._reserved(state, reserved)
+
+    def _reserved(self, state, reserved: int) -> None:
+        self.seq_reserved = max(self.seq_reserved, reserved)
+        state.topology.seq_ceiling = self.seq_reserved
 
     # -- checkpoints ------------------------------------------------------------------------------------
 
     async def checkpoint(self, state, full: bool = False) -> CheckpointResult:
-        """Write what changed since the last checkpoint (everything with ``full``) in one transaction.
+        """Write what changed since the last checkpoint (everything with ``full``) in bounded transactions.
 
-        Never raises for a failed write: it is logged, counted in ``app_checkpoint_failures_total`` and
-        its agents go back into ``state.dirty_agents``. Cancelling it while the write runs waits for the
-        write to end (the thread cannot be stopped), so the connection is never used twice at once.
+        Never raises for a failed write: it is logged, counted in ``app_checkpoint_failures_total``, the
+        store turns :attr:`unavailable` and the failed agents go back into ``state.dirty_agents``.
+        Cancelling it while the write runs waits for the write to end (the thread cannot be stopped), so
+        the connection is never used twice at once.
         """
         async with self._lock:
             start = time.perf_counter()
+            durable_at, durable_loop_at = time.time(), asyncio.get_running_loop().time()
+            await _applied_until_now(state)
             ids = self._take_ids(state, full)
-            if not ids and state.order == self._saved_order:
-                return CheckpointResult(ok=True)  # nothing happened: no transaction, no fsync
+            reserve = state.topology.seq + seq_headroom(state.settings)
+            idle = not ids and state.order == self._saved_order and not self._reservation_low(state)
+            if idle and self.unavailable is None:  # nothing happened: no transaction, no fsync
+                self._durable(durable_at, durable_loop_at)
+                return CheckpointResult(ok=True)
             try:
                 rows, longest = await _gather(state, sorted(ids))
                 order = state.order  # after gathering: never below an order any gathered data carries
-                await _finish_in_thread(self._write, rows, order, state.topology.seq)
+                meta = {"order": order, "seq": state.topology.seq, "seq_reserved": max(reserve, self.seq_reserved)}
+                outcomes = await _finish_in_thread(self._write_chunks, chunked(rows), meta)
             except BaseException as exc:
                 state.dirty_agents |= ids
                 if not isinstance(exc, Exception):
                     raise  # cancelled: the ids are back, the caller's cancellation goes on
-                state.metrics.checkpoint_failures.inc()
-                log.error("checkpoint_failed", agents=len(ids), error=repr(exc), exc_info=exc)
-                return CheckpointResult(ok=False, seconds=time.perf_counter() - start)
+                return self._failed(state, ids, exc, start)
+            failed = [(chunk, error) for chunk, error, _size in outcomes if error is not None]
+            for chunk, _error in failed:
+                state.dirty_agents.update(r.agent_id for r in chunk)
+            saved = [(chunk, size) for chunk, error, size in outcomes if error is None]
+            written = sum(self._remember(chunk) for chunk, _size in saved)
+            if saved:
+                self._saved_order = order
+                self._reserved(state, meta["seq_reserved"])
+                self.bytes_written += sum(size for _chunk, size in saved)
+            if failed:
+                agents = sum(len(chunk) for chunk, _error in failed)
+                return self._failed(state, agents, failed[0][1], start, saved=written)
             seconds = time.perf_counter() - start
-            written = self._remember(rows)
-            self._saved_order = order
-            state.metrics.checkpoint_seconds.observe(seconds)
+            self._succeeded(state, seconds, sum(size for _chunk, size in saved))
+            self._durable(durable_at, durable_loop_at)
             result = CheckpointResult(True, written, len(rows) - written, seconds, longest)
             if rows:
                 log.debug(
@@ -231,17 +330,66 @@ class Store:
                     agents=len(rows),
                     written=written,
                     deleted=result.deleted,
+                    transactions=len(outcomes),
                     duration_ms=round(seconds * 1000, 1),
                     longest_step_ms=round(longest * 1000, 2),
                 )
             return result
 
+    def _reservation_low(self, state) -> bool:
+        return self.seq_reserved - state.topology.seq < seq_headroom(state.settings) // 2
+
+    def _durable(self, wall: float, loop_time: float) -> None:
+        self.durable_at, self._durable_loop_at = wall, loop_time
+
+    def _succeeded(self, state, seconds: float, size: int) -> None:
+        if self.unavailable is not None:
+            log.info("storage_available", path=str(self.path), failed_checkpoints=self.consecutive_failures)
+        self.unavailable = None
+        state.not_ready.pop(NOT_READY_REASON, None)
+        self.consecutive_failures = 0
+        self.checkpoints += 1
+        self.last_checkpoint_at, self.last_checkpoint_seconds = time.time(), seconds
+        self.last_checkpoint_bytes = size
+        state.metrics.checkpoint_seconds.observe(seconds)
+        state.metrics.storage_available.set(1)
+
+    def _failed(self, state, agents, exc: BaseException, start: float, saved: int = 0) -> CheckpointResult:
+        count = agents if isinstance(agents, int) else len(agents)
+        self.failures += 1
+        self.consecutive_failures += 1
+        first = self.unavailable is None
+        self.unavailable = f"checkpoint failed: {_describe(exc)}"
+        state.not_ready[NOT_READY_REASON] = f"the data dir cannot be written ({self.unavailable})"
+        state.metrics.checkpoint_failures.inc()
+        state.metrics.storage_available.set(0)
+        # The first failure with its traceback; the retries of a full disk in one line each.
+        log.error(
+            "checkpoint_failed",
+            agents=count,
+            saved_agents=saved,
+            error=repr(exc),
+            consecutive_failures=self.consecutive_failures,
+            **({"exc_info": exc} if first else {}),
+        )
+        return CheckpointResult(ok=False, written=saved, seconds=time.perf_counter() - start)
+
     async def run(self, state) -> None:
-        """Checkpoint every ``storage.checkpoint_interval`` until cancelled."""
-        interval = state.settings.storage.checkpoint_interval
+        """Checkpoint until cancelled, start to start: see :meth:`next_delay`."""
+        loop = asyncio.get_running_loop()
+        if self._durable_loop_at is None:
+            self._durable(time.time(), loop.time())  # restored at start-up: on disk as of now
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(self.next_delay(state.settings.storage.checkpoint_interval, loop.time()))
             await self.checkpoint(state)
+
+    def next_delay(self, interval: float, now: float) -> float:
+        """Seconds until the next checkpoint starts: one interval after the last durable point, less twice
+        the last checkpoint's duration (so it has committed by then); a failing store is retried sooner."""
+        if self.unavailable is not None:
+            return min(interval, FAILING_RETRY_SECONDS)
+        lead = min(interval, 2 * (self.last_checkpoint_seconds or 0.0))
+        return max(0.0, (self._durable_loop_at or now) + interval - lead - now)
 
     def close(self) -> None:
         """Fold the WAL into the main file and close. Call after the last checkpoint has returned."""
@@ -250,6 +398,29 @@ class Store:
         except sqlite3.Error as exc:
             log.warning("wal_checkpoint_failed", error=repr(exc))
         self.conn.close()
+
+    def stats(self) -> dict[str, Any]:
+        """The ``storage.checkpoint`` part of the stats endpoint."""
+        size = sum(p.stat().st_size for p in _files(self.path) if p.exists())
+        return {
+            "backend": "sqlite",
+            "path": str(self.path),
+            "size_bytes": size,
+            "stored_agents": len(self._stored_ids),
+            "available": self.unavailable is None,
+            "unavailable_reason": self.unavailable,
+            "checkpoints": self.checkpoints,
+            "checkpoint_failures": self.failures,
+            "consecutive_failures": self.consecutive_failures,
+            "last_checkpoint_at": _rfc3339_or_none(self.last_checkpoint_at),
+            "last_checkpoint_ms": (
+                round(self.last_checkpoint_seconds * 1000, 1) if self.last_checkpoint_seconds is not None else None
+            ),
+            "last_checkpoint_bytes": self.last_checkpoint_bytes,
+            "bytes_written": self.bytes_written,
+            "durable_until": _rfc3339_or_none(self.durable_at),
+            "seq_reserved": self.seq_reserved,
+        }
 
     # -- internals --------------------------------------------------------------------------------------
 
@@ -269,13 +440,29 @@ class Store:
                 written += 1
         return written
 
-    def _write(self, rows: list[AgentRows], order: int, seq: int) -> None:
-        """One transaction (runs in a worker thread)."""
+    def _write_chunks(self, chunks: list[list[AgentRows]], meta: dict) -> list[tuple[list, Exception | None, int]]:
+        """Each chunk in its own transaction, the meta rows in each (runs in a worker thread): a chunk
+        that does not fit fails alone. No rows at all still writes the meta rows (the reservation).
+
+        :return: ``(chunk, error or None, bytes)`` per chunk.
+        """
+        outcomes = []
+        for chunk in chunks or [[]]:
+            try:
+                outcomes.append((chunk, None, self._write_chunk(chunk, meta)))
+            except sqlite3.Error as exc:
+                outcomes.append((chunk, exc, 0))
+        return outcomes
+
+    def _write_chunk(self, rows: list[AgentRows], meta: dict) -> int:
+        """One transaction; returns the bytes of blobs written."""
+        size = 0
         with self.conn:
             for table in _AGENT_TABLES:
                 upserts = [getattr(r, table) for r in rows if getattr(r, table) is not None]
                 if table == "topology":
                     upserts = [(agent_id, zlib.compress(contribution, 1)) for agent_id, contribution in upserts]
+                size += sum(len(v) for row in upserts for v in row if isinstance(v, (bytes, bytearray)))
                 deletes = [(r.agent_id,) for r in rows if getattr(r, table) is None]
                 if upserts:
                     self.conn.executemany(_UPSERT[table], upserts)
@@ -283,16 +470,79 @@ class Store:
                     self.conn.executemany(f"DELETE FROM {table} WHERE agent_id = ?", deletes)
             self.conn.executemany(
                 "INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                [("order", str(order)), ("seq", str(seq)), ("saved_at", repr(time.time()))],
+                [*((key, str(value)) for key, value in meta.items()), ("saved_at", repr(time.time()))],
             )
+        return size
+
+
+def refuse_while_unavailable(state) -> None:
+    """Refuse (503 + ``Retry-After``) a report or registration the data dir could not keep: called before
+    the request is decoded, so a refusal costs next to nothing.
+
+    :raises ApiError: while the last checkpoint failed.
+    """
+    store = state.store
+    if store is None or store.unavailable is None:
+        return
+    state.metrics.storage_refused.inc()
+    retry = max(1, round(state.settings.server.retry_after))
+    raise ApiError(
+        503,
+        f"the server cannot store data right now ({store.unavailable}); retry later",
+        code="storage_unavailable",
+        headers={"Retry-After": str(retry)},
+    )
+
+
+def chunked(rows: list[AgentRows]) -> list[list[AgentRows]]:
+    """``rows`` in runs of at most :data:`CHUNK_BYTES` (an agent bigger than that alone) and :data:`CHUNK_AGENTS`."""
+    chunks: list[list[AgentRows]] = []
+    size = 0
+    for agent_rows in rows:
+        rows_size = agent_rows.size()
+        if not chunks or size + rows_size > CHUNK_BYTES or len(chunks[-1]) >= CHUNK_AGENTS:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(agent_rows)
+        size += rows_size
+    return chunks
+
+
+def seq_headroom(settings) -> int:
+    """How far ahead of the published ``seq`` each checkpoint reserves: publications of eight checkpoint
+    intervals (one per broadcast tick at most), so failing checkpoints hold publications back only after
+    eight intervals of failures, not at once."""
+    return math.ceil(8 * settings.storage.checkpoint_interval / settings.websocket.broadcast_interval) + 64
 
 
 def seq_margin(settings) -> int:
-    """How far past the stored ``seq`` a restarted server numbers: after a crash, clients may have seen
-    the publications of up to one checkpoint interval after it (one per broadcast tick at most), and a
-    resumed ``since`` must not match a number that now means something else. A WebSocket client resuming
-    across a restart therefore always gets a fresh snapshot."""
+    """For a file written before reservations existed: how far past its stored ``seq`` a restarted server
+    numbers (the publications of one checkpoint interval after it, one per broadcast tick at most)."""
     return math.ceil(settings.storage.checkpoint_interval / settings.websocket.broadcast_interval) + 1
+
+
+async def _applied_until_now(state) -> None:
+    """Wait until the ingest worker has applied every report accepted so far (bounded): what a checkpoint
+    started now gathers then holds every report answered 202 before now."""
+    ingest = state.ingest
+    if ingest is None:
+        return
+    target = state.order
+    deadline = time.monotonic() + INGEST_WAIT_SECONDS
+    while ingest.backlog and ingest.applied_order < target:
+        if time.monotonic() > deadline:
+            log.warning("checkpoint_ingest_behind", backlog=ingest.backlog, waited_s=INGEST_WAIT_SECONDS)
+            return
+        await asyncio.sleep(0.005)
+
+
+def _describe(exc: BaseException) -> str:
+    name = getattr(exc, "sqlite_errorname", None)
+    return f"{exc} ({name})" if name else str(exc) or type(exc).__name__
+
+
+def _rfc3339_or_none(at: float | None) -> str | None:
+    return format_rfc3339(at) if at is not None else None
 
 
 # -- gathering (on the loop) ------------------------------------------------------------------------------
@@ -352,13 +602,13 @@ def _live_ids(state) -> set[str]:
     return ids
 
 
-async def _finish_in_thread(func, *args) -> None:
+async def _finish_in_thread(func, *args) -> Any:
     """Run ``func`` in a worker thread; if cancelled meanwhile, wait for the thread to end before the
     cancellation goes on, so the connection is free when the caller's next step (the shutdown
     checkpoint) starts."""
     future = asyncio.ensure_future(asyncio.to_thread(func, *args))
     try:
-        await asyncio.shield(future)
+        return await asyncio.shield(future)
     except asyncio.CancelledError:
         while not future.done():
             with contextlib.suppress(asyncio.CancelledError):
@@ -400,12 +650,15 @@ def _restore_archive(state, row) -> None:
 # -- the file ---------------------------------------------------------------------------------------------
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def _connect(path: Path, max_file_size: int = 0) -> sqlite3.Connection:
     """Open, check and (for a new file) initialise the database. :raises CorruptStore:"""
     _check_header(path)
     # The default isolation level opens a transaction at the first write; "with conn:" commits it.
     conn = sqlite3.connect(path, check_same_thread=False)
     try:
+        if max_file_size:
+            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+            conn.execute(f"PRAGMA max_page_count = {max(1, max_file_size // page_size)}")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA journal_size_limit=67108864")  # don't let one big checkpoint's WAL linger

@@ -207,6 +207,9 @@ class Topology:
 
     _importing = False
     _unsettled = False  # imported contributions not resolved yet (import_agent defers resolution)
+    # The highest seq the data file has reserved: nothing is published past it, so a restarted server,
+    # numbering from the stored reservation, never reuses a seq a client saw (see state.persistence).
+    seq_ceiling: float = float("inf")
 
     def __init__(self) -> None:
         self._held: dict[tuple[str, str], _Held] = {}
@@ -710,6 +713,8 @@ class Topology:
             self._settle_imported()
             if not self._dirty_nodes and not self._dirty_edges:
                 return None
+            if self._published.seq >= self.seq_ceiling:
+                return None  # not reserved on disk yet: the changes wait for the next checkpoint
             dirty_nodes, dirty_edges = self._dirty_nodes, self._dirty_edges
             self._dirty_nodes, self._dirty_edges = set(), set()
             stamp = self._newest if self._newest != float("-inf") else now

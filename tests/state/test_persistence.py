@@ -125,26 +125,44 @@ async def test_round_trip_restores_agents_reports_topology_series_archive_and_or
     assert fresh.timeseries.get_recent_points("agent-1") == state.timeseries.get_recent_points("agent-1")
 
 
-async def test_seq_continues_past_a_restart_with_a_margin_for_a_crash(tmp_path, store):
+async def test_seq_after_a_crash_is_past_every_seq_the_crashed_server_could_publish(tmp_path, store):
+    state = make_state(tmp_path)
+    state.store = store
+    store.restore(state)  # reserves the first block of seq on disk
+    apply_report(state, "agent-1")
+    assert (await store.checkpoint(state)).ok
+    # Then checkpoints stop (a crash is coming): the server publishes as long as it may.
+    published = []
+    for cpu in range(1, 1000):
+        apply_report(state, "agent-1", cpu=float(cpu))
+        if state.topology.publish(time.time()) is None:
+            break  # past the reservation on disk: nothing more is published
+        published.append(state.topology.seq)
+    assert published and len(published) < 999
+    store.conn.close()  # the crash: no final checkpoint
+
+    fresh = make_state(tmp_path)
+    reopened, _ = Store.open(tmp_path)
+    reopened.restore(fresh)
+    reopened.close()
+    assert fresh.topology.seq > max(published)
+
+
+async def test_a_file_without_a_reservation_resumes_past_its_seq_with_a_margin(tmp_path, store):
     state = make_state(tmp_path)
     apply_report(state, "agent-1")
     state.topology.publish(time.time())
     assert (await store.checkpoint(state)).ok
     saved = state.topology.seq
-    # Published after the checkpoint, then a crash: clients saw numbers the data file never recorded.
-    for cpu in (20.0, 30.0):
-        apply_report(state, "agent-1", cpu=cpu)
-        state.topology.publish(time.time())
+    store.conn.execute("DELETE FROM meta WHERE key = 'seq_reserved'")  # as written before reservations
+    store.conn.commit()
     store.close()
 
     fresh = make_state(tmp_path)
     reopened, _ = Store.open(tmp_path)
     reopened.restore(fresh)
     reopened.close()
-
-    margin = persistence.seq_margin(fresh.settings)
-    assert margin == 16  # defaults: 15 s checkpoints, a publication per 1 s tick at most
-    assert fresh.topology.seq == saved + margin + 1 > state.topology.seq  # the restore publishes once
+    assert fresh.topology.seq == saved + persistence.seq_margin(fresh.settings) + 1  # the restore publishes once
 
 
 async def test_incremental_checkpoint_writes_only_dirty_agents(tmp_path, store):
@@ -284,10 +302,10 @@ async def test_failed_checkpoint_puts_the_dirty_agents_back(tmp_path, store, mon
     apply_report(state, "agent-1")
     apply_report(state, "agent-2")
 
-    def broken_write(rows, order, seq):
+    def broken_write(rows, meta):
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(store, "_write", broken_write)
+    monkeypatch.setattr(store, "_write_chunk", broken_write)
     with capture_logs() as logs:
         result = await store.checkpoint(state)
 
@@ -313,13 +331,13 @@ async def test_checkpoint_does_not_block_the_loop(tmp_path, store, monkeypatch):
     state = make_state(tmp_path)
     for i in range(200):
         apply_report(state, f"agent-{i}", processes=20)
-    real_write = store._write
+    real_write = store._write_chunk
 
-    def slow_write(rows, order, seq):
+    def slow_write(rows, meta):
         time.sleep(0.2)  # a slow disk: the loop must keep serving meanwhile
-        real_write(rows, order, seq)
+        return real_write(rows, meta)
 
-    monkeypatch.setattr(store, "_write", slow_write)
+    monkeypatch.setattr(store, "_write_chunk", slow_write)
     monkeypatch.setattr(persistence, "GATHER_BUDGET_SECONDS", 0.0005)
     gaps: list[float] = []
 
@@ -343,15 +361,16 @@ async def test_checkpoint_does_not_block_the_loop(tmp_path, store, monkeypatch):
 async def test_cancelled_checkpoint_waits_for_its_write_and_keeps_the_agents_dirty(tmp_path, store, monkeypatch):
     state = make_state(tmp_path)
     apply_report(state, "agent-1")
-    real_write = store._write
+    real_write = store._write_chunk
     finished = []
 
-    def slow_write(rows, order, seq):
+    def slow_write(rows, meta):
         time.sleep(0.1)
-        real_write(rows, order, seq)
+        size = real_write(rows, meta)
         finished.append(True)
+        return size
 
-    monkeypatch.setattr(store, "_write", slow_write)
+    monkeypatch.setattr(store, "_write_chunk", slow_write)
     task = asyncio.create_task(store.checkpoint(state))
     await asyncio.sleep(0.02)
     task.cancel()
@@ -378,7 +397,7 @@ async def test_run_checkpoints_periodically_until_cancelled(tmp_path, store):
 def test_a_locked_database_is_an_error_not_a_corrupt_file(tmp_path, monkeypatch):
     Store.open(tmp_path)[0].close()
 
-    def locked(path):
+    def locked(path, max_file_size=0):
         raise sqlite3.OperationalError("database is locked")
 
     monkeypatch.setattr(persistence, "_connect", locked)
@@ -427,11 +446,11 @@ async def test_cancel_during_a_failing_write_still_cancels_and_keeps_the_agents_
     state = make_state(tmp_path)
     apply_report(state, "agent-1")
 
-    def failing_write(rows, order, seq):
+    def failing_write(rows, meta):
         time.sleep(0.1)
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(store, "_write", failing_write)
+    monkeypatch.setattr(store, "_write_chunk", failing_write)
     task = asyncio.create_task(store.checkpoint(state))
     await asyncio.sleep(0.02)
     task.cancel()
