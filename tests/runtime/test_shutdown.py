@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import threading
 import time
@@ -158,3 +159,24 @@ def test_a_ui_resuming_across_a_restart_gets_a_fresh_snapshot(tmp_path, server_p
         first = orjson.loads(ws.recv(timeout=5))
     assert first["type"] == "topology_update" and first["seq"] > seen
     assert first["payload"]["nodes"]["host:host-1"]["metrics"]["cpu_percent"] == 99.0
+
+
+def test_sighup_is_logged_and_ignored_and_loses_nothing(tmp_path, server_process):
+    server = server_process("--data-dir", str(tmp_path)).wait_healthy()
+    with httpx.Client(base_url=server.url) as client:
+        for i in range(5):
+            assert (
+                client.post("/api/v1/reports", json=report(f"agent-{i}", host_info={"os": "linux"})).status_code == 202
+            )
+        server.proc.send_signal(signal.SIGHUP)
+        # Still serving, and still taking reports, after the signal.
+        assert client.post("/api/v1/reports", json=report("agent-after-hup")).status_code == 202
+        assert client.get("/health").status_code == 200
+    assert server.proc.poll() is None
+    assert server.terminate() == 0
+    events = [orjson.loads(line) for line in server.output().splitlines() if line.startswith("{")]
+    assert any(e["event"] == "sighup_ignored" for e in events)
+
+    again = server_process("--data-dir", str(tmp_path)).wait_healthy()
+    listed = httpx.get(again.url + "/api/v1/agents/list").json()
+    assert {a["agent_id"] for a in listed["agents"]} == {*(f"agent-{i}" for i in range(5)), "agent-after-hup"}
