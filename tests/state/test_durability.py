@@ -64,6 +64,8 @@ def test_a_data_file_at_its_size_cap_turns_health_503_and_refuses_reports_and_re
         assert body["status"] == "storage_unavailable"
         assert "database or disk is full" in body["reason"]
         assert_refused_with_503(client)
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and "storage_unavailable" in ready.json()["reasons"]
 
         checkpoint = client.get("/api/v1/query/stats").json()["storage"]["checkpoint"]
         assert checkpoint["available"] is False and checkpoint["checkpoint_failures"] >= 1
