@@ -89,6 +89,10 @@ HOST = Param("host", "Only this host's nodes, and every edge with at least one e
 AGENT_ID = Param("agent_id", "The agent's id.", where="path", example="agent-1", required=True)
 AGENT_STATUS = Param("status", "Only agents with this status.", schema={"type": "string", "enum": ["online", "stale"]})
 UNKNOWN_AGENT = {404: "unknown_agent: the agent never registered or reported"}
+STORAGE_UNAVAILABLE = (
+    "storage_unavailable: the data dir cannot be written (disk full, read-only, storage.max_file_size); "
+    "refused before decoding until a checkpoint succeeds again; retry after Retry-After seconds"
+)
 BODY_ERRORS = {
     400: "malformed_json, or a gzip body that does not inflate",
     413: "payload_too_large: the body (or what it inflates to) is over the limit",
@@ -120,7 +124,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         body=AgentRegistration,
         body_example={"agent_id": "agent-1", "hostname": "host-1", "metadata": {"version": "1.0.0"}},
         also={200: "The agent was already known (registering again is how a restarted probe re-announces itself)."},
-        errors=BODY_ERRORS,
+        errors={**BODY_ERRORS, 503: STORAGE_UNAVAILABLE},
     ),
     Endpoint(
         "POST",
@@ -163,7 +167,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         errors={
             **BODY_ERRORS,
             429: "overloaded: the ingest queue is full; retry after Retry-After seconds",
-            503: "shutting_down: a graceful shutdown has begun; retry after Retry-After seconds (another replica)",
+            503: "shutting_down: a graceful shutdown has begun; retry after Retry-After seconds (another replica). "
+            + STORAGE_UNAVAILABLE,
         },
     ),
     Endpoint(
@@ -261,10 +266,13 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
         "GET",
         "/health",
-        "Liveness; 503 once a graceful shutdown has begun",
+        "Liveness; 503 once a graceful shutdown has begun or while the data dir cannot be written",
         "health",
         response=responses.Health,
-        also={503: "status shutting_down: a graceful shutdown has begun."},
+        also={
+            503: "status shutting_down: a graceful shutdown has begun; status storage_unavailable (with reason): "
+            "the data dir cannot be written, reports and registrations are refused until a checkpoint succeeds."
+        },
     ),
     Endpoint(
         "GET",

@@ -169,12 +169,18 @@ class Stats(Body):
 
 
 class Health(Body):
-    status: str = Field(description="healthy (200); shutting_down (503) once a graceful shutdown has begun.")
+    status: str = Field(
+        description="healthy (200); shutting_down (503) once a graceful shutdown has begun; storage_unavailable "
+        "(503) while the data dir cannot be written."
+    )
     version: str
     uptime: GoDuration
     uptime_seconds: float
     agents: int
     ingest_queue: int
+    reason: str | None = Field(
+        default=None, description="With storage_unavailable: why the last checkpoint failed (one line)."
+    )
 
 
 class PageConfig(Body):
