@@ -295,7 +295,9 @@ async def test_run_cleanup_survives_a_failing_sweep(tmp_path, monkeypatch):
     monkeypatch.setattr(state.timeseries, "purge_expired", broken)
     with capture_logs() as logs:
         task = asyncio.create_task(run_cleanup(state))
-        await asyncio.sleep(0.13)
+        deadline = time.monotonic() + 10  # a bounded wait for two failed sweeps (not a sleep: CI is loaded)
+        while sum(e["event"] == "cleanup_failed" for e in logs) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

@@ -1,0 +1,170 @@
+"""Benchmark the crash window: SIGKILL a loaded server again and again, restart it on the same data dir, and
+measure what was lost.
+
+Each round starts ``orchestrator serve`` (127.0.0.1 only) on one data dir, drives it with reports from a
+synthetic fleet (one connection posting as fast as the server answers, every report a topology change) and one
+WebSocket client that remembers the highest ``seq`` it was sent, then SIGKILLs it at a random moment and
+restarts it. It counts, per round: the age of the oldest report answered 202 that the restarted server no
+longer has (the crash window actually seen; it must stay under ``storage.checkpoint_interval``), and whether a
+client resuming with ``since=<last seq it saw>`` was sent anything but a fresh snapshot numbered past it (a
+reused seq).
+
+Run: ``python benchmarks/bench_crash.py [--rounds 10] [--interval 2s] [--hosts 100]``. Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import orjson
+from websockets.sync.client import connect
+
+from orchestrator.probe.fleet import Fleet
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start(data_dir: str, interval: str) -> tuple[subprocess.Popen, str, int]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "ORCHESTRATOR_STORAGE__CHECKPOINT_INTERVAL": interval,
+        "ORCHESTRATOR_LOGGING__LEVEL": "warning",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", data_dir],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=REPO,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return proc, url, port
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited {proc.returncode}")
+        time.sleep(0.05)
+    raise SystemExit("server did not become healthy")
+
+
+class Load:
+    """Fleet reports as fast as one connection goes; per host, the 202s with their receipt times."""
+
+    def __init__(self, url: str, fleet: Fleet, counter: list[int]) -> None:
+        self.url, self.fleet, self.counter = url, fleet, counter
+        self.accepted: dict[str, list[tuple[float, float]]] = {}  # agent -> [(monotonic 202 time, report epoch)]
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=5) as client:
+            while not self.stop.is_set():
+                self.counter[0] += 1
+                host = self.counter[0] % self.fleet.hosts
+                epoch = 1_700_000_000 + self.counter[0]  # strictly increasing: identifies the report
+                body = self.fleet.report(host, epoch)
+                try:
+                    answer = client.post("/api/v1/reports", content=orjson.dumps(body))
+                except httpx.HTTPError:
+                    return
+                if answer.status_code == 202:
+                    self.accepted.setdefault(body["agent_id"], []).append((time.monotonic(), epoch))
+
+
+class Watcher:
+    def __init__(self, port: int) -> None:
+        self.seen = 0
+        self.ws = connect(f"ws://127.0.0.1:{port}/api/v1/ws?level=host", open_timeout=10, max_size=None)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with contextlib.suppress(Exception):
+            for message in self.ws:
+                self.seen = max(self.seen, orjson.loads(message)["seq"])
+
+
+def lost_ages(url: str, load: Load, killed_at: float) -> list[float]:
+    """Ages (at the kill) of the newest 202'd report of each agent the restarted server no longer has."""
+    ages = []
+    with httpx.Client(base_url=url, timeout=10) as client:
+        for agent_id, answers in load.accepted.items():
+            latest = client.get(f"/api/v1/query/agents/{agent_id}/latest")
+            kept = 0.0
+            if latest.status_code == 200:
+                from orchestrator.contract.times import parse_timestamp
+
+                kept = parse_timestamp(latest.json()["report"]["timestamp"])
+            ages += [killed_at - at for at, epoch in answers if epoch > kept + 1e-6]
+    return ages
+
+
+def main(rounds: int, interval: str, hosts: int, seed: int) -> None:
+    rng = random.Random(seed)
+    data_dir = tempfile.mkdtemp(prefix="bench-crash-")
+    fleet = Fleet(hosts, processes=30, containers=3, connections=40)
+    counter = [0]
+    rows = []
+    proc, url, port = start(data_dir, interval)
+    for number in range(1, rounds + 1):
+        load, watcher = Load(url, fleet, counter), Watcher(port)
+        load.thread.start()
+        watcher.thread.start()
+        time.sleep(rng.uniform(3.0, 6.0))
+        killed_at = time.monotonic()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        load.stop.set()
+        load.thread.join(10)
+        watcher.thread.join(10)
+        started = time.monotonic()
+        proc, url, port = start(data_dir, interval)
+        restart = time.monotonic() - started
+        ages = lost_ages(url, load, killed_at)
+        with connect(f"ws://127.0.0.1:{port}/api/v1/ws?level=host&since={watcher.seen}", max_size=None) as ws:
+            first = orjson.loads(ws.recv(timeout=30))
+        reused = first["type"] != "topology_update" or first["seq"] <= watcher.seen
+        accepted = sum(map(len, load.accepted.values()))
+        rows.append((number, accepted, len(ages), max(ages, default=0.0), watcher.seen, first["seq"], reused, restart))
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(60)
+    print(f"checkpoint_interval {interval}, {hosts} hosts, {rounds} SIGKILLs\n")
+    print("| round | 202s | lost | oldest lost (s) | last seq seen | seq after restart | seq reused | restart (s) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for number, accepted, lost, oldest, seen, after, reused, restart in rows:
+        print(
+            f"| {number} | {accepted} | {lost} | {oldest:.2f} | {seen} | {after} | {'yes' if reused else 'no'} "
+            f"| {restart:.1f} |"
+        )
+    worst = max(row[3] for row in rows)
+    print(f"\noldest lost report over all rounds: {worst:.2f} s; seq reused in {sum(row[6] for row in rows)} rounds")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--interval", default="2s")
+    parser.add_argument("--hosts", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    main(args.rounds, args.interval, args.hosts, args.seed)
