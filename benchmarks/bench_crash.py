@@ -31,6 +31,7 @@ import httpx
 import orjson
 from websockets.sync.client import connect
 
+from orchestrator.contract.times import parse_rfc3339
 from orchestrator.probe.fleet import Fleet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,7 +51,18 @@ def start(data_dir: str, interval: str) -> tuple[subprocess.Popen, str, int]:
         "ORCHESTRATOR_LOGGING__LEVEL": "warning",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", data_dir],
+        [
+            sys.executable,
+            "-m",
+            "orchestrator",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--data-dir",
+            data_dir,
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -82,7 +94,8 @@ class Load:
             while not self.stop.is_set():
                 self.counter[0] += 1
                 host = self.counter[0] % self.fleet.hosts
-                epoch = 1_700_000_000 + self.counter[0]  # strictly increasing: identifies the report
+                # Strictly increasing across rounds: a report is identified by its timestamp (ms precision).
+                epoch = self.counter[1] = max(self.counter[1] + 0.001, time.time())
                 body = self.fleet.report(host, epoch)
                 try:
                     answer = client.post("/api/v1/reports", content=orjson.dumps(body))
@@ -112,10 +125,8 @@ def lost_ages(url: str, load: Load, killed_at: float) -> list[float]:
             latest = client.get(f"/api/v1/query/agents/{agent_id}/latest")
             kept = 0.0
             if latest.status_code == 200:
-                from orchestrator.contract.times import parse_timestamp
-
-                kept = parse_timestamp(latest.json()["report"]["timestamp"])
-            ages += [killed_at - at for at, epoch in answers if epoch > kept + 1e-6]
+                kept = parse_rfc3339(latest.json()["report"]["timestamp"])
+            ages += [killed_at - at for at, epoch in answers if epoch > kept + 0.0005]
     return ages
 
 
@@ -123,7 +134,7 @@ def main(rounds: int, interval: str, hosts: int, seed: int) -> None:
     rng = random.Random(seed)
     data_dir = tempfile.mkdtemp(prefix="bench-crash-")
     fleet = Fleet(hosts, processes=30, containers=3, connections=40)
-    counter = [0]
+    counter = [0, 0.0]  # reports sent, the last report timestamp
     rows = []
     proc, url, port = start(data_dir, interval)
     for number in range(1, rounds + 1):
