@@ -117,6 +117,8 @@ class AgentSettings(_Section):
     # liveness is ``stale_threshold`` alone. A value other than the default logs ``deprecated_setting`` at start-up.
     heartbeat_timeout: Duration(1.0, 7 * 86400.0) = 120.0
     report_interval: Duration(1.0, 3600.0) = 15.0
+    # Agents known at once (online, stale and archived): a new agent beyond it is refused with 429.
+    max_agents: int = Field(100_000, ge=1, le=10_000_000)
     heartbeat_interval: Duration(1.0, 3600.0) = 30.0
     features: dict[str, Any] = {"docker": True, "processes": True, "connections": True}
     overrides: dict[str, AgentOverride] = {}
@@ -137,6 +139,10 @@ class WebSocketSettings(_Section):
     max_message_size: int = Field(64 * 1024, ge=128, le=16 * MIB)
     slow_client_timeout: Duration(0.1, 3600.0) = 30.0
     compression: bool = True  # offer permessage-deflate; clients that do not ask for it are served plain
+    # Bounds a client can make grow: clients at once (beyond: 503 before the upgrade), and how often one
+    # client may ask for a fresh snapshot (``resync``/``subscribe``; more often: an ``error`` message).
+    max_clients: int = Field(10_000, ge=1, le=1_000_000)
+    resync_interval: Duration(0.0, 3600.0) = 1.0
 
 
 class AuthSettings(_Section):

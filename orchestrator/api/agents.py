@@ -23,6 +23,21 @@ bp = Blueprint("agents", url_prefix="/api/v1/agents")
 LIST_SLICE = 2_000  # agents encoded per slice of GET /list
 
 
+def admit(state, agent_id: str) -> None:
+    """429 for a write from a new agent once ``agents.max_agents`` are known: agents are what a client can
+    make the server keep (registry, time series, archive), so their number has a bound."""
+    if not state.admits(agent_id):
+        state.metrics.reports_rejected.labels("agent_limit").inc()
+        retry = max(1, round(state.settings.storage.cleanup_interval))
+        raise ApiError(
+            429,
+            f"the server keeps at most {state.settings.agents.max_agents} agents (agents.max_agents); "
+            f"{agent_id!r} is new. Stale agents are archived and deleted by the cleanup sweep",
+            code="too_many_agents",
+            headers={"Retry-After": str(retry)},
+        )
+
+
 @bp.post("/register")
 async def register(request: Request) -> HTTPResponse:
     state = request.app.ctx.state
@@ -31,6 +46,7 @@ async def register(request: Request) -> HTTPResponse:
         registration = AgentRegistration.model_validate(json_body(request, state.settings.server.max_registration_size))
     except ValidationError as exc:
         raise ApiError(422, "registration failed validation", details=error_details(exc)) from None
+    admit(state, registration.agent_id)
     now = time.time()
     agent, created = state.register_agent(registration.agent_id, registration.hostname, registration.metadata, now)
     body = {

@@ -8,6 +8,7 @@ import time
 import orjson
 from sanic import Blueprint, HTTPResponse, Request
 
+from orchestrator.api.agents import admit
 from orchestrator.api.errors import error_response
 from orchestrator.api.http import read_body
 from orchestrator.contract.errors import ApiError
@@ -44,6 +45,7 @@ async def post_report(request: Request) -> HTTPResponse:
                 "report failed validation",
                 details=[{"field": path, "message": message} for path, message in problems],
             )
+        admit(state, report.agent_id)
         now = time.time()
         gzipped = body if raw is not body else None
         report_id = state.ingest.submit(report, raw, now, gzipped)  # 429/503 before anything is accepted

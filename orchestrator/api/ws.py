@@ -7,13 +7,15 @@ middleware's business and has happened before the upgrade.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import orjson
 import structlog
-from sanic import Request, Sanic
+from sanic import HTTPResponse, Request, Sanic
 from sanic.exceptions import WebsocketClosed
 from websockets.exceptions import ConnectionClosed
 
+from orchestrator.api.errors import error_response
 from orchestrator.api.hub import CLOSE_GOING_AWAY, Hub, View, ViewError
 
 log = structlog.get_logger("orchestrator.api.ws")
@@ -21,8 +23,65 @@ log = structlog.get_logger("orchestrator.api.ws")
 CLOSE_POLICY_VIOLATION = 1008
 
 
+WS_PATH = "/api/v1/ws"
+
+
 def setup_ws(app: Sanic) -> None:
-    app.add_websocket_route(websocket_feed, "/api/v1/ws", name="websocket_feed")
+    app.add_websocket_route(websocket_feed, WS_PATH, name="websocket_feed")
+    app.register_middleware(_refuse_when_full, "request")
+
+
+async def _refuse_when_full(request: Request) -> HTTPResponse | None:
+    """503 + Retry-After before the upgrade once ``websocket.max_clients`` are connected: every client costs
+    memory and a share of each broadcast, so their number has a bound."""
+    if request.path != WS_PATH:
+        return None
+    state = request.app.ctx.state
+    limit = state.settings.websocket.max_clients
+    if state.hub.client_count < limit:
+        return None
+    state.metrics.websocket_closes.labels("capacity").inc()
+    log.warning("websocket_refused", reason="max_clients", clients=limit)
+    return error_response(
+        503,
+        "too_many_clients",
+        f"the server serves at most {limit} WebSocket clients (websocket.max_clients); try again later",
+        headers={"Retry-After": "5"},
+    )
+
+
+class SnapshotPacer:
+    """At most one fresh snapshot per ``websocket.resync_interval`` for one client: a ``resync`` or
+    ``subscribe`` sooner than that is carried out when the interval has passed (the latest one wins), so a
+    17-byte message cannot make the server send megabytes in a loop."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.next_at = 0.0
+        self.pending: Callable[[], None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    def request(self, action: Callable[[], None]) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if now >= self.next_at and self.timer is None:
+            self.next_at = now + self.interval
+            action()
+            return
+        self.pending = action
+        if self.timer is None:
+            self.timer = loop.call_at(self.next_at, self._fire)
+
+    def _fire(self) -> None:
+        self.timer = None
+        action, self.pending = self.pending, None
+        if action is not None:
+            self.request(action)
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = self.pending = None
 
 
 class SanicConnection:
@@ -76,12 +135,13 @@ async def websocket_feed(request: Request, ws) -> None:
     if since_error:
         await connection.send(hub.error_message("invalid_since", since_error))
     client = hub.connect(connection, view, since)
+    pacer = SnapshotPacer(request.app.ctx.state.settings.websocket.resync_interval)
     try:
         while True:
             message = await ws.recv()
             if message is None:
                 continue
-            _handle(hub, client, message, request.app.ctx.state.settings.websocket.max_message_size)
+            _handle(hub, client, message, request.app.ctx.state.settings.websocket.max_message_size, pacer)
     except (ConnectionClosed, WebsocketClosed):
         pass  # the client went away
     except asyncio.CancelledError:
@@ -90,6 +150,7 @@ async def websocket_feed(request: Request, ws) -> None:
             connection.close(CLOSE_GOING_AWAY, "server shutting down")
         raise
     finally:
+        pacer.cancel()
         hub.disconnect(client)
 
 
@@ -105,7 +166,7 @@ def _parse_since(text: str | None) -> tuple[int | None, str | None]:
     return since, None
 
 
-def _handle(hub: Hub, client, message: str | bytes, max_size: int) -> None:
+def _handle(hub: Hub, client, message: str | bytes, max_size: int, pacer: SnapshotPacer) -> None:
     """One client message: ping, resync or subscribe; anything else is answered with an ``error``."""
     if len(message) > max_size:
         hub.reply(
@@ -121,14 +182,14 @@ def _handle(hub: Hub, client, message: str | bytes, max_size: int) -> None:
     if kind == "ping":
         hub.reply(client, "pong")
     elif kind == "resync":
-        hub.resync(client)
+        pacer.request(lambda: hub.resync(client))
     elif kind == "subscribe":
         try:
             view = View.parse(parsed.get("level"), parsed.get("host"), parsed.get("external"))
         except ViewError as exc:
             hub.reply(client, "error", {"code": exc.code, "message": str(exc)})
             return
-        hub.subscribe(client, view)
+        pacer.request(lambda: hub.subscribe(client, view))
     else:
         hub.reply(
             client,

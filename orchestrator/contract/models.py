@@ -7,6 +7,7 @@ read them. Validation is done once, on the decoded body; the raw bytes are what 
 from __future__ import annotations
 
 import math
+import unicodedata
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -55,7 +56,17 @@ NonNegNum = Annotated[float, Field(ge=0, strict=True, allow_inf_nan=False)]
 Port = Annotated[int, Field(ge=0, le=65535, strict=True)]
 Percent = Annotated[float, Field(ge=0, strict=True, allow_inf_nan=False)]
 AgentId = Annotated[str, Field(pattern=AGENT_ID_PATTERN)]
-Hostname = Annotated[str, Field(min_length=1, max_length=255)]
+
+
+def _hostname(text: str) -> str:
+    # One spelling per name: NFC, so a decomposed look-alike ("e" + combining accent) is the same host, and no
+    # control characters (a NUL or a newline in a name forges log lines and ids).
+    if any(unicodedata.category(c) == "Cc" for c in text):
+        raise ValueError("must not contain control characters")
+    return unicodedata.normalize("NFC", text)
+
+
+Hostname = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_hostname)]
 
 
 def _metadata_value(value: Any) -> Any:

@@ -14,6 +14,7 @@ from sanic.application.constants import ServerStage
 from orchestrator.api.ws_deflate import DeflateWebSocketProtocol
 from orchestrator.pipeline.host import plugin_names
 from orchestrator.runtime.collector import freeze_long_lived, tune_for_long_lived_heap
+from orchestrator.runtime.limits import raise_open_files_limit
 from orchestrator.runtime.metrics import watch_loop_lag
 from orchestrator.runtime.readiness import RESTORING, STARTING
 from orchestrator.settings import Settings
@@ -106,6 +107,7 @@ def open_storage(state: State) -> None:
 async def _start_up(app: Sanic) -> None:
     state: State = app.ctx.state
     settings = state.settings
+    raise_open_files_limit()
     if not settings.storage.persist:
         state.metrics.storage_available.set(1)
     elif state.store is None:  # the CLI opens it before Sanic starts, to exit with one line when it can't

@@ -20,8 +20,8 @@ HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTI
 # before the first event.
 KNOWN_LABELS = {
     "agents": ("online", "stale"),
-    "reports_rejected": ("validation",),
-    "websocket_closes": ("slow", "shutdown", "invalid_view"),
+    "reports_rejected": ("validation", "agent_limit"),
+    "websocket_closes": ("slow", "shutdown", "invalid_view", "capacity"),
     "cleanup_removed": ("archived", "deleted"),
 }
 

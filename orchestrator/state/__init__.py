@@ -89,6 +89,13 @@ class State:
         self.dirty_agents.add(agent_id)
         return agent, created
 
+    def admits(self, agent_id: str) -> bool:
+        """Whether a write from ``agent_id`` may be taken: a known agent always, a new one while fewer than
+        ``agents.max_agents`` are known (registered and archived)."""
+        if self.is_known(agent_id):
+            return True
+        return len(self.registry) + len(self.archive) < self.settings.agents.max_agents
+
     def heartbeat(self, agent_id: str, now: float) -> Agent | None:
         """A heartbeat at server time ``now``; ``None`` when the agent is neither registered nor archived."""
         self.restore_archived(agent_id)

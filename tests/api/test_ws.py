@@ -307,13 +307,13 @@ async def test_invalid_message_gets_error_and_connection_stays_open(ws_server, m
 
 async def test_message_over_max_message_size_gets_error_from_the_handler():
     from orchestrator.api.hub import View
-    from orchestrator.api.ws import _handle
+    from orchestrator.api.ws import SnapshotPacer, _handle
     from tests.api.test_hub import FakeConnection, make_hub, settle
 
     hub = make_hub(max_message_size=1024)
     conn = FakeConnection()
     client = hub.connect(conn, View())
-    _handle(hub, client, '{"type": "ping", "pad": "' + "x" * 2000 + '"}', 1024)
+    _handle(hub, client, '{"type": "ping", "pad": "' + "x" * 2000 + '"}', 1024, SnapshotPacer(0.0))
     await settle()
     assert conn.messages[-1]["payload"]["code"] == "message_too_large" and hub.client_count == 1
 
