@@ -93,6 +93,7 @@ STORAGE_UNAVAILABLE = (
     "storage_unavailable: the data dir cannot be written (disk full, read-only, storage.max_file_size); "
     "refused before decoding until a checkpoint succeeds again; retry after Retry-After seconds"
 )
+TOO_MANY_AGENTS = "too_many_agents: a new agent once agents.max_agents are known (Retry-After: the cleanup interval)"
 BODY_ERRORS = {
     400: "malformed_json, or a gzip body that does not inflate",
     413: "payload_too_large: the body (or what it inflates to) is over the limit",
@@ -124,7 +125,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         body=AgentRegistration,
         body_example={"agent_id": "agent-1", "hostname": "host-1", "metadata": {"version": "1.0.0"}},
         also={200: "The agent was already known (registering again is how a restarted probe re-announces itself)."},
-        errors={**BODY_ERRORS, 503: STORAGE_UNAVAILABLE},
+        errors={**BODY_ERRORS, 429: TOO_MANY_AGENTS, 503: STORAGE_UNAVAILABLE},
     ),
     Endpoint(
         "POST",
@@ -166,7 +167,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         body_example=REPORT_EXAMPLE,
         errors={
             **BODY_ERRORS,
-            429: "overloaded: the ingest queue is full; retry after Retry-After seconds",
+            429: "overloaded: the ingest queue is full; or " + TOO_MANY_AGENTS + ". Retry after Retry-After seconds",
             503: "shutting_down: a graceful shutdown has begun; retry after Retry-After seconds (another replica). "
             + STORAGE_UNAVAILABLE,
         },
@@ -235,7 +236,10 @@ ENDPOINTS: tuple[Endpoint, ...] = (
             ),
             Param("token", "The read token, for browsers (they cannot set headers on a WebSocket)."),
         ),
-        errors={426: "error: a plain HTTP request without the WebSocket upgrade"},
+        errors={
+            426: "error: a plain HTTP request without the WebSocket upgrade",
+            503: "too_many_clients: websocket.max_clients are connected (refused before the upgrade); Retry-After",
+        },
         websocket=True,
     ),
     Endpoint(
