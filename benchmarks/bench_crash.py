@@ -98,7 +98,9 @@ class Load:
                 epoch = self.counter[1] = max(self.counter[1] + 0.001, time.time())
                 body = self.fleet.report(host, epoch)
                 try:
-                    answer = client.post("/api/v1/reports", content=orjson.dumps(body))
+                    answer = client.post(
+                        "/api/v1/reports", content=orjson.dumps(body), headers={"Content-Type": "application/json"}
+                    )
                 except httpx.HTTPError:
                     return
                 if answer.status_code == 202:
