@@ -27,9 +27,9 @@ class ApiError(Exception):
         status: int,
         message: str,
         code: str | None = None,
-        details: list | None = None,
-        headers: dict | None = None,
-    ):
+        details: list[dict[str, str]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code or CODES.get(status, "error")

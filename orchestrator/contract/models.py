@@ -217,7 +217,7 @@ def count_items(report: Report) -> dict[str, int]:
     }
 
 
-def error_details(exc: Any, prefix: tuple = ()) -> list[dict[str, str]]:
+def error_details(exc: Any, prefix: tuple[str | int, ...] = ()) -> list[dict[str, str]]:
     """A pydantic ValidationError as the contract's 422 details: one entry per bad field, by JSON path."""
     details = []
     for err in exc.errors(include_url=False, include_input=False):

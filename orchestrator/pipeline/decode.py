@@ -95,7 +95,7 @@ def _check_unknown_fields(report: Report, max_depth: int) -> None:
                 _check_value(item.__pydantic_extra__, (section, items, index), budget, max_depth)
 
 
-def _check_value(value, path: tuple, budget: int, max_depth: int) -> None:
+def _check_value(value: object, path: tuple[str | int, ...], budget: int, max_depth: int) -> None:
     if isinstance(value, dict | list):
         if budget <= 0:
             raise ApiError(
@@ -113,5 +113,5 @@ def _check_value(value, path: tuple, budget: int, max_depth: int) -> None:
         )
 
 
-def _field(path: tuple) -> str:
+def _field(path: tuple[str | int, ...]) -> str:
     return ".".join(str(part) for part in path) or "body"

@@ -48,17 +48,17 @@ def get_plugin_manager(settings: Settings, extra_plugins: Iterable[tuple[str, ob
     disabled = set(settings.pipeline.disable) | {
         name for name, conf in settings.pipeline.plugins.items() if not conf.enabled
     }
-    for name in disabled:
-        pm.set_blocked(name)
-    name: str | None = None  # the extra plugin being registered
+    for blocked in disabled:
+        pm.set_blocked(blocked)
+    registering: str | None = None  # the extra plugin being registered
     try:
         pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
-        for name, plugin in extra_plugins:
-            if not pm.is_blocked(name):
-                pm.register(plugin, name=name)
+        for registering, plugin in extra_plugins:
+            if not pm.is_blocked(registering):
+                pm.register(plugin, name=registering)
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        culprit = pm.get_name(exc.plugin) or name or getattr(exc.plugin, "__name__", repr(exc.plugin))
+        culprit = pm.get_name(exc.plugin) or registering or getattr(exc.plugin, "__name__", repr(exc.plugin))
         raise PluginError(f"plugin {culprit!r}: {'; '.join(str(exc).splitlines())}") from None
     return pm
 

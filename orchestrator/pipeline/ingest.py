@@ -14,9 +14,10 @@ import asyncio
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, cast
 
 import structlog
 
@@ -25,6 +26,9 @@ from orchestrator.contract.models import BUILTIN_SECTIONS, Process, Report, coun
 from orchestrator.pipeline.host import Hooks
 from orchestrator.runtime.slicing import TimeSlice
 from orchestrator.topology import Contribution, Topology
+
+if TYPE_CHECKING:
+    from orchestrator.state import State
 
 log = structlog.get_logger("orchestrator.pipeline.ingest")
 BATCH_SECONDS = 0.005
@@ -89,7 +93,7 @@ class ContainerIdCache:
         found, failed = None, False
         for impl in self._impls:
             try:
-                found = impl.function(*(cgroup,)[: len(impl.argnames)])
+                found = cast("str | None", impl.function(*(cgroup,)[: len(impl.argnames)]))
             except Exception as exc:
                 self._hooks.failed(impl, "extract_container_id", exc)
                 failed = True
@@ -107,8 +111,8 @@ class ContainerIdCache:
 class Ingest:
     """The bounded queue between the 202 and the topology; owned by the app's event loop."""
 
-    state: object
-    queue: asyncio.Queue = field(init=False)
+    state: State
+    queue: asyncio.Queue[Accepted] = field(init=False)
     closing: bool = False
     instance: str = field(default_factory=lambda: os.urandom(4).hex())
 
@@ -247,7 +251,7 @@ def report_sections(report: Report) -> set[str]:
     return sections | set(report.sections)
 
 
-def superseded(batch) -> set[int]:
+def superseded(batch: Sequence[Accepted]) -> set[int]:
     """Orders of the reports in ``batch`` whose merge a later report of the same agent makes moot: the later
     one carries every section the earlier one does, and is not older (sections replace, ties go to the later)."""
     newest: dict[tuple[str, str], float] = {}  # (agent, section) -> newest epoch among later reports
@@ -265,6 +269,6 @@ def superseded(batch) -> set[int]:
     return skip
 
 
-def report_summary(report: Report) -> dict:
+def report_summary(report: Report) -> dict[str, object]:
     """The ``report_update`` WebSocket payload's summary: hostname, timestamp, counts."""
     return {"hostname": report.hostname, "timestamp": report.timestamp, **count_items(report)}

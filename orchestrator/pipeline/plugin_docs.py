@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import sys
 from pathlib import Path
+from typing import Any
 
 from orchestrator import hookspecs
 
@@ -16,7 +17,7 @@ START, END = "<!-- hooks:start -->", "<!-- hooks:end -->"
 DOC = Path(__file__).resolve().parents[2] / "docs" / "plugins.md"
 
 
-def hook_functions() -> list:
+def hook_functions() -> list[Any]:
     return [fn for name, fn in vars(hookspecs).items() if inspect.isfunction(fn) and hasattr(fn, "orchestrator_spec")]
 
 

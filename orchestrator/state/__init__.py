@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import structlog
 
@@ -36,8 +36,21 @@ if TYPE_CHECKING:
 __all__ = ["ArchivedAgent", "LatestReport", "State"]
 log = structlog.get_logger("orchestrator.state")
 
-#: A cleanup sweep's statistics, as ``/api/v1/stats`` shows them under ``cleanup``.
-CleanupStats = dict[str, str | float]
+
+class CleanupStats(TypedDict, total=False):
+    """A cleanup sweep's statistics, as ``/api/v1/stats`` shows them under ``cleanup`` (empty before the
+    first sweep)."""
+
+    last_run: str
+    duration_ms: float
+    known: int
+    stale: int
+    archived: int
+    deleted: int
+    purged_points: int
+    archive_size: int
+    stale_ratio: float
+    stale_ratio_alert: bool
 
 
 @dataclass(eq=False)
@@ -65,7 +78,7 @@ class State:
     # Why the server should not get traffic yet (reason code → message); see orchestrator/runtime/readiness.py.
     not_ready: dict[str, str] = field(default_factory=lambda: {"starting": "the server is starting"})
     store: Store | None = None  # when persistence is on, from start-up
-    cleanup_stats: CleanupStats = field(default_factory=dict)
+    cleanup_stats: CleanupStats = field(default_factory=lambda: CleanupStats())
     # Held by whoever changes the live topology across an await (the ingest worker's slices, a sweep's
     # batches) or reads it across one (the sliced publish), so none of them sees the others half-done.
     topology_lock: asyncio.Lock = field(default_factory=asyncio.Lock)

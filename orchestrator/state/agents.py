@@ -6,6 +6,7 @@ Liveness uses the server's clock at receipt (the contract's "Clocks" rule), neve
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from orchestrator.contract.times import format_rfc3339
 
@@ -16,7 +17,7 @@ class Agent:
     hostname: str
     registered_at: float
     last_seen: float
-    metadata: dict = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
     last_report_at: float | None = None
     reports_received: int = 0
     implicit: bool = False  # registered by its first report rather than by /register
@@ -24,7 +25,7 @@ class Agent:
     def status(self, now: float, stale_threshold: float) -> str:
         return "online" if now - self.last_seen <= stale_threshold else "stale"
 
-    def to_json(self, now: float, stale_threshold: float) -> dict:
+    def to_json(self, now: float, stale_threshold: float) -> dict[str, Any]:
         return {
             "agent_id": self.agent_id,
             "hostname": self.hostname,
@@ -36,7 +37,7 @@ class Agent:
             "status": self.status(now, stale_threshold),
         }
 
-    def to_state(self) -> dict:
+    def to_state(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__slots__}
 
 
@@ -58,7 +59,7 @@ class AgentRegistry:
     def all(self) -> list[Agent]:
         return [self._agents[k] for k in sorted(self._agents)]
 
-    def register(self, agent_id: str, hostname: str, metadata: dict, now: float) -> tuple[Agent, bool]:
+    def register(self, agent_id: str, hostname: str, metadata: dict[str, Any], now: float) -> tuple[Agent, bool]:
         """Register or re-announce an agent; returns it and whether it is new."""
         agent = self._agents.get(agent_id)
         if agent is None:

@@ -303,7 +303,8 @@ class TimeSeriesStore:
         with self._lock:
             snapshot = buf.copy()
         rows = snapshot[~np.isnan(snapshot[:, _COL_BUCKET])]
-        return rows[np.argsort(rows[:, _COL_BUCKET], kind="stable")]
+        ordered: np.ndarray = rows[np.argsort(rows[:, _COL_BUCKET], kind="stable")]
+        return ordered
 
 
 def _metric_updates(metrics: Mapping[str, float | None]) -> list[tuple[int, float]]:
