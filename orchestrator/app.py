@@ -16,11 +16,7 @@ from orchestrator.api.page import setup_page
 from orchestrator.api.snapshots import SnapshotEncoder
 from orchestrator.api.ws import setup_ws
 from orchestrator.runtime.build import build_state
-from orchestrator.runtime.lifecycle import (
-    Orchestrator,
-    configure_sanic,
-    setup_lifecycle,
-)
+from orchestrator.runtime.lifecycle import Orchestrator, configure_sanic, setup_lifecycle
 from orchestrator.settings import Settings
 
 _app_numbers = itertools.count(1)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 
 from orchestrator import __version__
+from orchestrator.runtime.signals import StopSignals  # light on purpose: main() installs it first
 
 
 def _serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,7 +61,8 @@ def _server_installed(command: str) -> bool:
     return missing is None
 
 
-def serve(args: argparse.Namespace) -> int:
+def serve(args: argparse.Namespace, stop: StopSignals) -> int:
+    """Run the server until SIGTERM/SIGINT (``stop`` holds them already), then shut down gracefully."""
     if not _server_installed("serve"):
         return 2
     from orchestrator.runtime.logs import configure_logging
@@ -86,7 +87,7 @@ def serve(args: argparse.Namespace) -> int:
     except PluginError as exc:
         print(f"orchestrator: invalid setting pipeline: {exc}", file=sys.stderr)
         return 2
-    _remember_early_stop(app)
+    stop.attach(app)
     from orchestrator.runtime.lifecycle import ignore_sighup, open_storage
     from orchestrator.state.persistence import StorageUnavailable
 
@@ -105,6 +106,7 @@ def serve(args: argparse.Namespace) -> int:
         access_log=False,
         motd=False,
         debug=False,
+        register_sys_signals=False,  # the signals are ours: see orchestrator.runtime.signals
     )
     Sanic.serve_single(app)
     return 0
@@ -185,21 +187,9 @@ def _healthcheck_arguments(parser: argparse.ArgumentParser) -> None:
     _serve_arguments(parser)
 
 
-def _remember_early_stop(app) -> None:
-    """SIGINT/SIGTERM before Sanic installs its handler (while the state is restored): stop once started,
-    after a normal start, rather than die with the restored state half-served."""
-    early: list[int] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda signum, frame: early.append(signum))
-
-    async def stop_if_asked(app) -> None:
-        if early:
-            app.stop(terminate=False)
-
-    app.register_listener(stop_if_asked, "after_server_start")
-
-
 def main(argv: list[str] | None = None) -> int:
+    # First: from here to the exit a SIGTERM/SIGINT is never lost (see orchestrator.runtime.signals).
+    stop = StopSignals().install()
     parser = argparse.ArgumentParser(prog="orchestrator", description="Infrastructure monitoring app server.")
     parser.add_argument("--version", action="version", version=f"orchestrator {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -214,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     simulate.add_arguments(commands.add_parser("simulate", help="run a synthetic fleet against a server"))
     args = parser.parse_args(argv)
     if args.command == "serve":
-        return serve(args)
+        return serve(args, stop)
+    stop.uninstall()  # the other commands stop the usual way (KeyboardInterrupt, SIGTERM's default)
     if args.command == "config":
         return config(args)
     if args.command == "healthcheck":

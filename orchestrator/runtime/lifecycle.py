@@ -9,7 +9,6 @@ import time
 
 import structlog
 from sanic import Sanic
-from sanic.application.constants import ServerStage
 
 from orchestrator.api.ws_deflate import DeflateWebSocketProtocol
 from orchestrator.pipeline.host import plugin_names
@@ -26,26 +25,14 @@ log = structlog.get_logger("orchestrator.runtime.lifecycle")
 
 
 class Orchestrator(Sanic):
-    """Sanic, with a stop that a server still starting up cannot lose, and WebSockets that can negotiate
-    permessage-deflate (``api/ws_deflate.py``) however the server is started."""
+    """Sanic, with WebSockets that can negotiate permessage-deflate (``api/ws_deflate.py``) however the
+    server is started. (Stop signals are not Sanic's business here: see ``runtime/signals.py``.)"""
 
     def prepare(self, *args, protocol=None, **kwargs):
         return super().prepare(*args, protocol=protocol or DeflateWebSocketProtocol, **kwargs)
 
     async def create_server(self, *args, protocol=None, **kwargs):
         return await super().create_server(*args, protocol=protocol or DeflateWebSocketProtocol, **kwargs)
-
-    def stop(self, terminate: bool = True, unregister: bool = False) -> None:
-        # Sanic's SIGINT/SIGTERM handler calls this. The socket already answers while the start-up listeners
-        # run, and stopping the loop then is swallowed by that start-up step: a supervisor's SIGTERM sent on
-        # the first healthy answer left the server running. Until Sanic marks itself running, retry shortly.
-        if not self.state.is_running and self.state.stage is ServerStage.SERVING:
-            try:
-                asyncio.get_running_loop().call_later(0.05, self.stop, terminate, unregister)
-                return
-            except RuntimeError:  # no loop: nothing is starting
-                pass
-        super().stop(terminate, unregister)
 
 
 def setup_lifecycle(app: Sanic) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -74,6 +75,18 @@ def test_sigterm_right_after_the_first_healthy_answer_stops_the_server(tmp_path,
         except subprocess.TimeoutExpired:
             raise AssertionError(f"start {attempt}: still running 20 s after SIGTERM") from None
         assert "shutdown_complete" in server.output()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_while_the_state_is_restored_ends_in_the_graceful_shutdown(tmp_path, server_process, signum):
+    # Before the server listens: the stop is carried out once it serves, through the same graceful path.
+    server = server_process("--data-dir", str(tmp_path))
+    for line in iter(server.proc.stdout.readline, b""):
+        if b"server_starting" in line:  # logged by the start-up listener, before the socket listens
+            break
+    server.proc.send_signal(signum)
+    out, _ = server.proc.communicate(timeout=30)
+    assert server.proc.returncode == 0 and b"shutdown_complete" in out
 
 
 def test_docker_entrypoint_command_starts_the_server(tmp_path):
