@@ -112,8 +112,19 @@ def classify(connection, host: str):
     return ("conn", protocol, (local_ip, connection.local_port), (remote_ip, connection.remote_port), connection.pid)
 
 
+_ID_ESCAPES = str.maketrans({"%": "%25", ">": "%3E", "/": "%2F"})
+
+
+def _id_part(part: str) -> str:
+    # Hostnames may contain "->", ":" and "/": percent-encoding "%", ">" and "/" inside the parts keeps "->"
+    # and the "/<protocol>" suffix unambiguous, so two different connections never share an edge id; ids
+    # of ordinary names (none of the three characters) stay exactly the documented src->dst form.
+    return part.translate(_ID_ESCAPES) if "%" in part or ">" in part or "/" in part else part
+
+
 def edge_id(source: str, target: str, protocol: str) -> str:
-    return f"{source}->{target}" if protocol == "tcp" else f"{source}->{target}/{protocol}"
+    source, target = _id_part(source), _id_part(target)
+    return f"{source}->{target}" if protocol == "tcp" else f"{source}->{target}/{_id_part(protocol)}"
 
 
 class Resolver:

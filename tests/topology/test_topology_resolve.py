@@ -15,6 +15,7 @@ from tests.topology.support import (
     merge,
     proc,
     scenario,
+    stamp,
 )
 
 
@@ -197,3 +198,43 @@ def test_re_reports_that_only_refresh_connections_match_a_full_re_resolution():
     from_scratch.import_agents([(agent, topology.export_agent(agent)) for agent in topology.agents()])
     from_scratch.publish(0)
     assert orjson.loads(from_scratch.snapshot_json())["edges"] == orjson.loads(topology.snapshot_json())["edges"]
+
+
+def _host(hostname: str, ip: str, connections=()) -> dict:
+    return {
+        "agent_id": "agent-" + hostname.replace(">", "").replace("/", "-"),
+        "hostname": hostname,
+        "timestamp": stamp(1),
+        "host_info": {"ip_addresses": [ip]},
+        "network_info": {"connections": list(connections)},
+    }
+
+
+def test_hostnames_with_arrows_colons_and_slashes_never_merge_two_connections_into_one_edge():
+    # Issue 16 (Low): "host:x" -> "host:y->host:z" and "host:x->host:y" -> "host:z" were both the edge
+    # "host:x->host:y->host:z" (one edge, two connections); a tcp edge to host "q/udp" was the udp edge to "q".
+    topology = Topology()
+    for order, body in enumerate(
+        [
+            _host("x", "10.1.0.1", [conn(None, ("10.1.0.1", 40000), ("10.1.0.2", 80))]),
+            _host("y->host:z", "10.1.0.2"),
+            _host("x->host:y", "10.1.0.3", [conn(None, ("10.1.0.3", 40001), ("10.1.0.4", 80))]),
+            _host("z", "10.1.0.4"),
+            _host("p", "10.1.0.5", [conn(None, ("10.1.0.5", 40002), ("10.1.0.6", 80))]),
+            _host("q/udp", "10.1.0.6"),
+            _host("r", "10.1.0.7", [conn(None, ("10.1.0.7", 40003), ("10.1.0.8", 53), "udp", "")]),
+            _host("q", "10.1.0.8"),
+        ]
+    ):
+        merge(topology, body, order)
+    topology.publish(0)
+    edges = topology.snapshot()["edges"]
+    ends = sorted((edge["source"], edge["target"], edge["protocol"], edge["connections"]) for edge in edges.values())
+    assert ends == [
+        ("host:p", "host:q/udp", "tcp", 1),
+        ("host:r", "host:q", "udp", 1),
+        ("host:x", "host:y->host:z", "tcp", 1),
+        ("host:x->host:y", "host:z", "tcp", 1),
+    ]
+    assert all(edge_id == edge["id"] for edge_id, edge in edges.items())
+    assert "host:r->host:q/udp" in edges  # ordinary names keep the documented src->dst form
