@@ -9,75 +9,31 @@ longer has (the crash window actually seen; it must stay under ``storage.checkpo
 client resuming with ``since=<last seq it saw>`` was sent anything but a fresh snapshot numbered past it (a
 reused seq).
 
-Run: ``python benchmarks/bench_crash.py [--rounds 10] [--interval 2s] [--hosts 100]``. Prints a markdown table.
+Run: ``python -m benchmarks.bench_crash [--rounds 10] [--interval 2s] [--hosts 100]``. Prints a markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import random
 import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import orjson
 from websockets.sync.client import connect
 
+from benchmarks.common import Server
 from orchestrator.contract.times import parse_rfc3339
 from orchestrator.probe.fleet import Fleet
 
-REPO = Path(__file__).resolve().parents[1]
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start(data_dir: str, interval: str) -> tuple[subprocess.Popen, str, int]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "ORCHESTRATOR_STORAGE__CHECKPOINT_INTERVAL": interval,
-        "ORCHESTRATOR_LOGGING__LEVEL": "warning",
-    }
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "orchestrator",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--data-dir",
-            data_dir,
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd=REPO,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return proc, url, port
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited {proc.returncode}")
-        time.sleep(0.05)
-    raise SystemExit("server did not become healthy")
+def start(data_dir: str, interval: str) -> tuple[Server, str, int]:
+    server = Server(env={"ORCHESTRATOR_STORAGE__CHECKPOINT_INTERVAL": interval}, data_dir=data_dir, start_timeout=120)
+    return server, server.url, server.port
 
 
 class Load:
@@ -145,8 +101,8 @@ def main(rounds: int, interval: str, hosts: int, seed: int) -> None:
         watcher.thread.start()
         time.sleep(rng.uniform(3.0, 6.0))
         killed_at = time.monotonic()
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
+        proc.proc.send_signal(signal.SIGKILL)
+        proc.proc.wait(10)
         load.stop.set()
         load.thread.join(10)
         watcher.thread.join(10)
@@ -159,8 +115,7 @@ def main(rounds: int, interval: str, hosts: int, seed: int) -> None:
         reused = first["type"] != "topology_update" or first["seq"] <= watcher.seen
         accepted = sum(map(len, load.accepted.values()))
         rows.append((number, accepted, len(ages), max(ages, default=0.0), watcher.seen, first["seq"], reused, restart))
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(60)
+    proc.stop()
     print(f"checkpoint_interval {interval}, {hosts} hosts, {rounds} SIGKILLs\n")
     print("| round | 202s | lost | oldest lost (s) | last seq seen | seq after restart | seq reused | restart (s) |")
     print("|---|---|---|---|---|---|---|---|")
