@@ -36,3 +36,6 @@ def configure_logging(level: str = "info", fmt: str = "console") -> None:
         lib.handlers[:] = []
         lib.propagate = True
     logging.getLogger("sanic.access").setLevel(logging.WARNING)  # our own request log replaces it
+    # httpx logs every request at info: a probe would write a line per report and heartbeat.
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)

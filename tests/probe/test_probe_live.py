@@ -16,6 +16,18 @@ def topology(url: str, **params) -> dict:
     return httpx.get(url + "/api/v1/query/topology", params=params, timeout=10).json()["topology"]
 
 
+def run_probe(server, *args: str) -> subprocess.CompletedProcess:
+    """``orchestrator probe --server <server> ARGS`` as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", "probe", "--server", server.url, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=os.environ.copy(),
+    )
+
+
 def test_probe_reports_this_machine_and_our_listening_socket_becomes_an_edge_target(server):
     # A listening socket in this test process, and a connection to it from this same process.
     listener = socket.socket()
@@ -25,24 +37,7 @@ def test_probe_reports_this_machine_and_our_listening_socket_becomes_an_edge_tar
     client = socket.create_connection(("127.0.0.1", port))
     accepted, _ = listener.accept()
     try:
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "orchestrator",
-                "probe",
-                "--server",
-                server.url,
-                "--once",
-                "--agent-id",
-                "live-probe",
-            ],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=os.environ.copy(),
-        )
+        done = run_probe(server, "--once", "--agent-id", "live-probe")
         assert done.returncode == 0, done.stderr
         hostname = httpx.get(server.url + "/api/v1/agents/list").json()["agents"][0]["hostname"]
         me = f"process:{hostname}:{os.getpid()}"
@@ -104,3 +99,17 @@ def test_simulated_fleet_has_cross_host_edges_and_container_parents(server):
     assert cross, "no process-to-process edge crosses hosts"
     hosts = topology(server.url, level="host")
     assert any(e["source"] != e["target"] for e in hosts["edges"].values())
+
+
+def test_probe_once_prints_its_summary_on_stdout_and_logs_nothing_routine(server):
+    done = run_probe(server, "--once", "--agent-id", "quiet")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("report of ") and "processes_info" in done.stdout
+    assert done.stderr == ""  # no per-request lines from the HTTP client at the default level
+
+
+def test_probe_logs_go_to_stderr_at_the_chosen_level(server):
+    done = run_probe(server, "--once", "--agent-id", "chatty", "--log-level", "debug")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("report of ")  # stdout is the summary only
+    assert "[debug" in done.stderr  # e.g. asyncio's "Using selector" line, always written at debug
