@@ -12,7 +12,7 @@ from orchestrator.api.agents import admit
 from orchestrator.api.errors import error_response
 from orchestrator.api.http import read_body
 from orchestrator.contract.errors import ApiError
-from orchestrator.pipeline.decode import check_media, inflate, parse_report
+from orchestrator.pipeline.decode import check_media, inflate, parse_report_sliced
 from orchestrator.state.persistence import refuse_while_unavailable
 
 bp = Blueprint("reports", url_prefix="/api/v1")
@@ -32,7 +32,7 @@ async def post_report(request: Request) -> HTTPResponse:
     with state.ingest.admission(int(request.headers.get("content-length") or 0)):
         body = await read_body(request, server.max_body_size)
         raw = inflate(body, encoding, server.max_decoded_size)
-        report = parse_report(raw, state.sections, server.max_json_depth)
+        report = await parse_report_sliced(raw, state.sections, server.max_json_depth)
         problems = [
             pair
             for _plugin, pairs in state.hooks.call_each("validate_report", report=report, settings=state.settings)

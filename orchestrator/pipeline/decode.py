@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import zlib
+from collections.abc import Generator, Iterator
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
@@ -13,6 +15,10 @@ from orchestrator.contract.models import (
     check_number,
     error_details,
 )
+from orchestrator.runtime.slicing import TimeSlice
+
+SLICE_SECONDS = 0.005  # loop time one slice of checking unknown fields may take
+STEP_VALUES = 4096  # values checked between two chances to yield
 
 
 def decode_body(body: bytes, content_type: str | None, content_encoding: str | None, limit: int) -> bytes:
@@ -56,13 +62,40 @@ def _gunzip(body: bytes, limit: int) -> bytes:
 
 def parse_report(raw: bytes, sections: dict[str, type[BaseModel]], max_depth: int) -> Report:
     """Validate a report once, from its JSON bytes (pydantic parses and validates in one pass)."""
+    steps = report_steps(raw, sections, max_depth)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            report: Report = done.value
+            return report
+
+
+async def parse_report_sliced(raw: bytes, sections: dict[str, type[BaseModel]], max_depth: int) -> Report:
+    """:func:`parse_report`, yielding the event loop every few milliseconds of checking unknown fields (a
+    10 MB body can hold a million unknown values; the schema's own validation is one step in pydantic-core,
+    which holds the GIL, so a thread would not help)."""
+    steps = report_steps(raw, sections, max_depth)
+    stretch = TimeSlice(SLICE_SECONDS)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            report: Report = done.value
+            return report
+        if stretch.due():
+            await stretch.pause()
+
+
+def report_steps(raw: bytes, sections: dict[str, type[BaseModel]], max_depth: int) -> Generator[None, None, Report]:
+    """The validation of :func:`parse_report` as steps: it yields every few thousand values checked."""
     try:
         report = Report.model_validate_json(raw)
     except ValidationError as exc:
         if any(err["type"] == "json_invalid" for err in exc.errors()):
             raise ApiError(400, f"malformed JSON: {exc.errors()[0]['msg']}", code="malformed_json") from None
         raise ApiError(422, "report failed validation", details=error_details(exc)) from None
-    _check_unknown_fields(report, max_depth)
+    yield from _check_unknown_fields(report, max_depth)
     extra = report.model_extra or {}
     details = []
     for name, model in sections.items():
@@ -76,14 +109,14 @@ def parse_report(raw: bytes, sections: dict[str, type[BaseModel]], max_depth: in
     return report
 
 
-def _check_unknown_fields(report: Report, max_depth: int) -> None:
+def _check_unknown_fields(report: Report, max_depth: int) -> Iterator[None]:
     """Unknown fields are kept as they come, so they are checked here: nesting depth (the schema's own
     fields are at most four levels deep; only unknown ones can nest without bound) and numbers that could
     not be stored or served again (beyond 64 bits, or 1e999 read as infinity)."""
     budget = max_depth - 3
     for path, item in (((), report), *(((name,), getattr(report, name)) for name in BUILTIN_SECTIONS)):
         if item is not None and item.__pydantic_extra__:
-            _check_value(item.__pydantic_extra__, path, budget, max_depth)
+            yield from _check_value(item.__pydantic_extra__, path, budget, max_depth)
     for section, items in (
         ("docker_info", "containers"),
         ("processes_info", "processes"),
@@ -92,26 +125,47 @@ def _check_unknown_fields(report: Report, max_depth: int) -> None:
         owner = getattr(report, section)
         for index, item in enumerate(getattr(owner, items) if owner is not None else ()):
             if item.__pydantic_extra__:  # the path is built only for the rare item that has unknown fields
-                _check_value(item.__pydantic_extra__, (section, items, index), budget, max_depth)
+                yield from _check_value(item.__pydantic_extra__, (section, items, index), budget, max_depth)
+            if not index % STEP_VALUES:
+                yield
 
 
-def _check_value(value: object, path: tuple[str | int, ...], budget: int, max_depth: int) -> None:
-    if isinstance(value, dict | list):
+def _check_value(value: dict[str, Any], path: tuple[str | int, ...], budget: int, max_depth: int) -> Iterator[None]:
+    """Depth-first, without recursion (a yield point every ``STEP_VALUES`` values); a value's path is
+    kept as a chain of ``(parent, key)`` pairs and spelt out only for the error."""
+    stack: list[tuple[dict[Any, Any] | list[Any], tuple[Any, ...] | None, int]] = [(value, None, budget)]
+    seen = 0
+    while stack:
+        container, chain, budget = stack.pop()
         if budget <= 0:
             raise ApiError(
                 422,
                 f"report nests deeper than {max_depth} levels",
-                details=[{"field": _field(path), "message": f"JSON nesting depth is limited to {max_depth}"}],
+                details=[{"field": _field(path, chain), "message": f"JSON nesting depth is limited to {max_depth}"}],
             )
-        for key, item in value.items() if isinstance(value, dict) else enumerate(value):
-            _check_value(item, (*path, key), budget - 1, max_depth)
-    elif isinstance(value, int | float) and not check_number(value):
-        raise ApiError(
-            422,
-            "report failed validation",
-            details=[{"field": _field(path), "message": "must be a finite number within 64 bits"}],
-        )
+        pairs = container.items() if isinstance(container, dict) else enumerate(container)
+        children: list[tuple[dict[Any, Any] | list[Any], tuple[Any, ...] | None, int]] = []
+        for key, item in pairs:
+            seen += 1
+            if seen >= STEP_VALUES:  # inside a container too: one can hold a million values
+                seen = 0
+                yield
+            if isinstance(item, dict | list):
+                children.append((item, (chain, key), budget - 1))
+            elif isinstance(item, int | float) and not check_number(item):
+                raise ApiError(
+                    422,
+                    "report failed validation",
+                    details=[
+                        {"field": _field(path, (chain, key)), "message": "must be a finite number within 64 bits"}
+                    ],
+                )
+        stack.extend(reversed(children))  # popped in document order
 
 
-def _field(path: tuple[str | int, ...]) -> str:
-    return ".".join(str(part) for part in path) or "body"
+def _field(path: tuple[str | int, ...], chain: tuple[Any, ...] | None = None) -> str:
+    keys: list[str | int] = []
+    while chain is not None:
+        chain, key = chain
+        keys.append(key)
+    return ".".join(str(part) for part in (*path, *reversed(keys))) or "body"

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from orchestrator.contract.errors import ApiError
 from orchestrator.contract.models import IP_PATTERN
 from orchestrator.contract.times import parse_rfc3339
-from orchestrator.pipeline.decode import decode_body, parse_report
+from orchestrator.pipeline.decode import decode_body, parse_report, parse_report_sliced
 from orchestrator.pipeline.ingest import superseded
 from tests.support import post_report, report, wait_for
 
@@ -124,6 +124,31 @@ def test_deeply_nested_unknown_fields_are_refused():
         node = node["x"]
     err = status_of(parse, {**GOOD, "extra": deep}, None, 16)
     assert err.status == 422 and "nests deeper" in err.message
+
+
+async def test_sliced_parse_checks_every_unknown_value_and_names_the_first_bad_one():
+    # Large unknown fields are checked a slice at a time (the loop is served between): still all of them,
+    # in document order, with the path of the first bad value.
+    many = [{"v": i, "list": [i, [i]]} for i in range(20_000)]
+    bad = [*many, {"v": 1, "list": [2, ["INF", "BIG"]]}, {"v": "BIG"}]
+    body = orjson.dumps({**GOOD, "extra": {"ok": many, "bad": bad}})
+    body = body.replace(b'"INF"', b"1e999").replace(b'"BIG"', str(2**70).encode())  # not JSON orjson writes
+    with pytest.raises(ApiError) as err:
+        await parse_report_sliced(body, {}, 32)
+    assert err.value.status == 422
+    assert err.value.details == [
+        {"field": "extra.bad.20000.list.1.0", "message": "must be a finite number within 64 bits"}
+    ]
+    report = await parse_report_sliced(orjson.dumps({**GOOD, "extra": many}), {}, 32)
+    assert report.model_extra["extra"] == many
+    deep: dict = {}
+    node = deep
+    for _ in range(40):
+        node["x"] = {}
+        node = node["x"]
+    with pytest.raises(ApiError) as err:
+        await parse_report_sliced(orjson.dumps({**GOOD, "extra": [many, deep]}), {}, 16)
+    assert err.value.details[0]["field"] == "extra.1" + ".x" * 11  # the report's own level counts too
 
 
 def test_json_array_instead_of_object_is_422():
