@@ -8,7 +8,7 @@ from typing import Any
 
 from sanic import Sanic
 
-from orchestrator.api import agents, health, query, reports
+from orchestrator.api import agents, health, history, query, reports
 from orchestrator.api.errors import handle_exception
 from orchestrator.api.http import setup_http
 from orchestrator.api.openapi import setup_openapi
@@ -41,7 +41,7 @@ def create_app(
 
     app.error_handler.add(Exception, handle_exception)
     setup_http(app)
-    for bp in (health.bp, agents.bp, reports.bp, query.bp):
+    for bp in (health.bp, agents.bp, reports.bp, query.bp, history.bp):
         app.blueprint(bp)
     setup_ws(app)
     setup_page(app)

@@ -105,6 +105,12 @@ class StorageSettings(_Section):
     max_file_size: int = Field(0, ge=0)  # bytes; 0: no cap but the disk's
 
 
+class HistorySettings(_Section):
+    enabled: bool = True
+    retention: Duration(1.0, 30 * 86400.0) = 86400.0
+    keyframe_interval: Duration(1.0, 86400.0) = 3600.0
+
+
 class AgentOverride(_Section):
     report_interval: Duration(1.0, 3600.0) | None = None
     heartbeat_interval: Duration(1.0, 3600.0) | None = None
@@ -171,6 +177,7 @@ class LoggingSettings(_Section):
 class Settings(_Section):
     server: ServerSettings = ServerSettings()
     storage: StorageSettings = StorageSettings()
+    history: HistorySettings = HistorySettings()
     agents: AgentSettings = AgentSettings()
     cleanup: CleanupSettings = CleanupSettings()
     websocket: WebSocketSettings = WebSocketSettings()

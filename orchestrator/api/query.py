@@ -1,4 +1,4 @@
-"""Queries: topology views, an agent's latest report and time series, server statistics."""
+"""Queries: topology views (as of a time: :mod:`orchestrator.api.history`), an agent's latest report and time series, server statistics."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import orjson
 from sanic import Blueprint, HTTPResponse, Request
 from sanic.response import json
 
+from orchestrator.api import history
 from orchestrator.api.agents import list_agents
 from orchestrator.api.compression import StreamedAnswer
 from orchestrator.api.snapshots import SLICE_ITEMS
 from orchestrator.contract.durations import format_duration, parse_duration
 from orchestrator.contract.errors import ApiError
 from orchestrator.contract.times import format_rfc3339
-from orchestrator.topology import EXTERNALS, LEVELS
 
 bp = Blueprint("query", url_prefix="/api/v1/query")
 SMALL_VIEW = SLICE_ITEMS  # nodes + edges a plain (not chunked) response is built for
@@ -26,13 +26,11 @@ def _raw_json(body: bytes, status: int = 200) -> HTTPResponse:
 
 @bp.get("/topology")
 async def topology(request: Request) -> HTTPResponse:
-    level = request.args.get("level", "process")
-    if level not in LEVELS:
-        raise ApiError(400, f"level must be one of {', '.join(LEVELS)}; got {level!r}", code="bad_parameter")
-    external = request.args.get("external", "each")
-    if external not in EXTERNALS:
-        raise ApiError(400, f"external must be one of {', '.join(EXTERNALS)}; got {external!r}", code="bad_parameter")
-    host = request.args.get("host") or None
+    level, external, host = history.view_params(request)
+    if "at" in request.args:
+        past = await history.topology_at(request, level, host, external)
+        if past is not None:
+            return past
     topology = request.app.ctx.state.topology
     if host is not None:
         # One host's part is small: serialized once per (seq, level, host, external), wrapped with a copy.
@@ -125,6 +123,8 @@ async def stats(request: Request) -> HTTPResponse:
     if state.store is not None:
         storage["data_file"] = str(state.store.path)
         storage["checkpoint"] = state.store.stats()
+    if state.history is not None:
+        storage["history"] = state.history.stats()
     body = {
         "agents": sum(counts.values()),
         "agents_by_status": counts,

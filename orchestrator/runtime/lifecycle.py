@@ -19,6 +19,7 @@ from orchestrator.runtime.readiness import RESTORING, STARTING
 from orchestrator.settings import Settings
 from orchestrator.state import State
 from orchestrator.state.cleanup import run_cleanup
+from orchestrator.state.history import open_history
 from orchestrator.state.persistence import StorageUnavailable, Store
 
 log = structlog.get_logger("orchestrator.runtime.lifecycle")
@@ -77,6 +78,8 @@ def open_storage(state: State) -> None:
     data_dir = state.settings.storage.data_dir
     state.not_ready[RESTORING] = "restoring the saved state"
     try:
+        if state.settings.history.enabled and state.history is None:
+            open_history(state)  # before the restore publishes: that publication is kept too
         store, problem = Store.open(data_dir, state.settings.storage.max_file_size)
         state.store = store
         if problem:
@@ -95,6 +98,8 @@ async def _start_up(app: Sanic) -> None:
     state: State = app.ctx.state
     settings = state.settings
     raise_open_files_limit()
+    if settings.history.enabled and state.history is None and not settings.storage.persist:
+        open_history(state)  # in a temporary file (with persistence, open_storage opens it before the restore)
     if not settings.storage.persist:
         state.metrics.storage_available.set(1)
     elif state.store is None:  # the CLI opens it before Sanic starts, to exit with one line when it can't
@@ -134,6 +139,7 @@ async def _start_background(app: Sanic) -> None:
             ("cleanup", run_cleanup(state)),
             ("loop_lag", watch_loop_lag(state.metrics)),
             *((("checkpoint", state.store.run(state)),) if state.store else ()),
+            *((("history", state.history.run(state.settings.storage.checkpoint_interval)),) if state.history else ()),
             *((("gc_freeze", freeze_long_lived()),) if tune_gc else ()),
         )
     ]
@@ -178,4 +184,7 @@ async def _finish_shutdown(app: Sanic) -> None:
     if state.store is not None:
         await state.store.checkpoint(state)
         state.store.close()
+    if state.history is not None:
+        await state.history.flush()
+        state.history.close()
     log.info("shutdown_complete", reports_received=state.reports_received)

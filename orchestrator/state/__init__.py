@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from orchestrator.api.hub import Hub
     from orchestrator.pipeline.host import Hooks
     from orchestrator.pipeline.ingest import Ingest
+    from orchestrator.state.history import History
     from orchestrator.state.persistence import Store
 
 __all__ = ["ArchivedAgent", "LatestReport", "State"]
@@ -78,6 +79,7 @@ class State:
     # Why the server should not get traffic yet (reason code → message); see orchestrator/runtime/readiness.py.
     not_ready: dict[str, str] = field(default_factory=lambda: {"starting": "the server is starting"})
     store: Store | None = None  # when persistence is on, from start-up
+    history: History | None = None  # when history is on, from start-up
     cleanup_stats: CleanupStats = field(default_factory=lambda: CleanupStats())
     # Held by whoever changes the live topology across an await (the ingest worker's slices, a sweep's
     # batches) or reads it across one (the sliced publish), so none of them sees the others half-done.

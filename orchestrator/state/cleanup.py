@@ -1,5 +1,5 @@
 """Background cleanup: stale agents leave the topology for the archive, the archive expires, old
-time-series slots are cleared.
+time-series slots are cleared, topology history older than its retention is pruned.
 
 An agent is stale when the server has not seen it (heartbeat or report, by the server's clock) for more
 than ``agents.stale_threshold``. A stale agent's topology contributions are removed and its registry
@@ -63,6 +63,8 @@ async def sweep(state: State, now: float) -> CleanupStats:
 
     purged = state.timeseries.purge_expired(now)
     state.metrics.cleanup_purged_points.inc(purged)
+    # By the publications' own clock, not ``now``: replicas fed the same publications prune alike.
+    history_pruned = await state.history.prune() if state.history is not None else 0
 
     duration = time.perf_counter() - started
     ratio = archived / known if known else 0.0
@@ -75,6 +77,7 @@ async def sweep(state: State, now: float) -> CleanupStats:
         "archived": archived,
         "deleted": deleted,
         "purged_points": purged,
+        "history_pruned_publications": history_pruned,
         "archive_size": len(state.archive),
         "stale_ratio": round(ratio, 4),
         "stale_ratio_alert": alert,

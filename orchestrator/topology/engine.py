@@ -235,6 +235,9 @@ class Topology:
         self._published = Published()
         self._snapshots: dict[tuple, dict] = {}
         self._snapshot_json: dict[tuple, bytes] = {}
+        # Called with (publication, topology) right after each publication, while it is the latest (the
+        # state's history keeps every one, whoever publishes: the hub, a restore, a shutdown).
+        self.publish_listeners: list = []
         # first_seen of nodes being restored by import_agent, for nodes not created yet (an external may
         # appear only once another agent's addresses are imported); dropped by the next live contribution.
         self._restored_first_seen: dict[str, float] = {}
@@ -737,6 +740,8 @@ class Topology:
             self._snapshots.clear()
             self._snapshot_json.clear()
             self._prune_shared_lists()
+            for listener in self.publish_listeners:
+                listener(publication, self)
         return publication
 
     def _prune_shared_lists(self) -> None:

@@ -163,6 +163,17 @@ class Publication:
         self._published.mark_read(name, self.seq)
         return diff
 
+    def changes(self, name: str = "process") -> tuple[list, list]:
+        """A view's changes from ``seq - 1`` to ``seq`` (``name`` as :func:`view_name` gives it): node changes
+        and edge changes as ``(id, old, new)`` (``None``: absent), in id order; an edge whose end moved host
+        may appear with ``old == new``. A view not in use is caught up as for :meth:`diff` (so ask while this
+        publication is the latest)."""
+        if name not in self._changes:
+            self._published.catch_up(name, self)
+        self._published.mark_read(name, self.seq)
+        node_changes, edge_changes = self._changes[name]
+        return node_changes, [(eid, old, new) for eid, old, new, _old_hosts, _new_hosts in edge_changes]
+
     def _build_diff(self, name: str, host: str | None) -> dict:
         """A host's diff reads only the changes that touch that host (grouped once per view and
         publication), so a view of a host with nothing in it costs an empty diff, and 2,000 distinct

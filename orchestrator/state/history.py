@@ -1,0 +1,645 @@
+"""Topology history: every published version kept for ``history.retention``, answering "as of T" questions.
+
+Most of what changes between two publications is metrics, ``last_seen``, ``agent_ids`` and an edge's
+``connections`` count; the time series keep the metrics already. So history keeps *structure*:
+
+- an **entry** per publication: its ``seq`` and timestamp, plus the nodes and edges whose identity or
+  structure changed (appeared, vanished, or changed a structural field: a node's ``type``, ``name``,
+  ``parent``, ``host``, ``metadata``; an edge's ``source``, ``target``, ``protocol``, ``ports``), each with its
+  whole body as published then (``None``: gone). A publication that changed only metrics adds its seq and
+  timestamp and nothing else. Recording one is a pass over the publication's own changes: proportional to
+  the change, not to the topology.
+- a **keyframe** every so often: the whole topology at one publication. One is taken at the first
+  publication this history sees after opening (a *reset*: a restart's restored topology is not a diff of
+  what history held before), when ``history.keyframe_interval`` has passed since the last one, and when the
+  structural changes since the last one reach the size of the topology then (so a keyframe's O(topology)
+  cost is spread over at least as many changes, and a replay never reads more than about two topologies).
+
+Two views are kept this way: ``process`` (everything) and ``host`` (the host level, rolled up as the live
+view does; it changes rarely, which makes the host view as of T cheap). ``container`` is rolled up from
+``process`` when asked. The topology at T is the newest keyframe at or before T, with the entries after it
+up to T applied. In a node or edge at T, the structural fields are exact; ``metrics``, ``first_seen``,
+``last_seen``, ``agent_ids`` and ``connections`` are as of the newer of the last keyframe and the node's last
+structural change before T.
+
+Every timestamp comes from the publications (their ``seq`` and ``timestamp``, forced non-decreasing), and
+every decision (keyframes, pruning) is a function of them: servers fed the same publications hold the
+same history. Nothing here reads the wall clock.
+
+Storage: ``<data_dir>/history.sqlite`` (its own SQLite file in WAL mode, apart from the state's file, so
+neither one's writes or schema wait on the other's), written by :meth:`History.flush` every
+``storage.checkpoint_interval`` in a worker thread: a crash loses at most one interval, as for the rest of
+the state. Keyframes are stored in parts of :data:`PART_ITEMS` items, serialized and compressed in the
+worker thread part by part (the GIL is released between parts and while compressing), so the event loop
+is never held by a keyframe for more than the few milliseconds a part takes; on the loop, a keyframe costs
+two dict copies of the published views. Queries run in worker threads on their own read-only
+connections, with a copy of the entries not yet flushed. ::
+
+    meta          key TEXT PRIMARY KEY, value TEXT      schema_version
+    publications  seq INTEGER PRIMARY KEY, ts REAL, stamp TEXT
+    keyframes     seq, level, part, reset, body         zlib(orjson {"nodes": {...}, "edges": {...}})
+    changes       level, first_seq, last_seq, body      zlib(orjson [[seq, stamp, {node id: body|null},
+                                                        {edge id: body|null}], ...]): one block per level
+                                                        per flush, entries with changes only
+
+Pruning (:meth:`History.prune`, run by the cleanup sweep): everything before the newest keyframe at or
+before ``latest publication - retention`` is deleted, so history reaches back at least ``retention`` and at
+most ``retention`` plus one keyframe interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import shutil
+import sqlite3
+import tempfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import structlog
+
+from orchestrator.contract.times import parse_rfc3339
+from orchestrator.topology.views import Published, view_name
+
+log = structlog.get_logger("orchestrator.state.history")
+
+FILENAME = "history.sqlite"
+SCHEMA_VERSION = "1"
+KEPT_LEVELS = ("process", "host")
+NODE_FIELDS = ("type", "name", "parent", "host", "metadata")
+EDGE_FIELDS = ("source", "target", "protocol", "ports")
+PART_ITEMS = 2000  # nodes or edges per keyframe part: ~1 MB of JSON, a few ms to encode or decode
+MIN_KEYFRAME_CHANGES = 1000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS publications (seq INTEGER PRIMARY KEY, ts REAL NOT NULL, stamp TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS publications_ts ON publications (ts);
+CREATE TABLE IF NOT EXISTS keyframes (
+    seq INTEGER NOT NULL, level TEXT NOT NULL, part INTEGER NOT NULL, reset INTEGER NOT NULL, body BLOB NOT NULL,
+    PRIMARY KEY (seq, level, part)
+);
+CREATE TABLE IF NOT EXISTS changes (
+    level TEXT NOT NULL, first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL, body BLOB NOT NULL,
+    PRIMARY KEY (level, first_seq)
+);
+"""
+
+
+class HistoryUnavailable(LookupError):
+    """A time before the oldest history still held (``oldest`` is the oldest time that can be asked for,
+    ``None`` when there is no history at all)."""
+
+    def __init__(self, oldest: str | None) -> None:
+        super().__init__(oldest)
+        self.oldest = oldest
+
+
+class UnknownNode(LookupError):
+    """A node id never seen within the window asked for."""
+
+
+def node_changed(old: dict | None, new: dict | None) -> bool:
+    """Whether a node changed in identity or structure (appeared, vanished or a structural field)."""
+    if old is None or new is None:
+        return old is not new
+    return any(old[name] != new[name] for name in NODE_FIELDS)
+
+
+def edge_changed(old: dict | None, new: dict | None) -> bool:
+    if old is None or new is None:
+        return old is not new
+    return any(old[name] != new[name] for name in EDGE_FIELDS)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One publication: ``changes`` maps a kept level to ``(nodes, edges)`` ({id: body or None}); ``None``
+    for a reset (the keyframe taken at this seq replaces whatever came before)."""
+
+    seq: int
+    ts: float
+    stamp: str
+    changes: dict | None
+
+
+@dataclass(frozen=True, slots=True)
+class Keyframe:
+    seq: int
+    ts: float
+    stamp: str
+    reset: bool
+    views: dict  # level -> (nodes, edges): copies of the published views' dicts (the bodies are shared)
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    """A publication history can answer for."""
+
+    seq: int
+    ts: float
+    stamp: str
+
+
+class History:
+    """The history of one server. Owned by the event loop: :meth:`record` is called with each publication,
+    :meth:`flush` writes, the query methods read (in worker threads)."""
+
+    def __init__(self, path: Path, retention: float, keyframe_interval: float, temporary: bool = False) -> None:
+        self.path = Path(path)
+        self.retention = retention
+        self.keyframe_interval = keyframe_interval
+        self._temporary = temporary
+        self.conn = _connect(self.path)
+        self._lock = asyncio.Lock()  # one writer at a time on self.conn
+        self._pending: list[Entry] = []
+        self._pending_keyframes: list[Keyframe] = []
+        self._reset_due = True  # the first publication seen after opening is a reset keyframe
+        self._changes_since_keyframe = 0
+        self._keyframe_items = 0
+        self.flushes = 0
+        self.pruned = 0
+        self.oldest, self.latest, self._last_keyframe = _load_bounds(self.conn)
+
+    @classmethod
+    def open(cls, settings) -> History:
+        """``<data_dir>/history.sqlite``, or a temporary one when the state is not persisted."""
+        history = settings.history
+        if settings.storage.persist:
+            data_dir = Path(settings.storage.data_dir)
+            data_dir.mkdir(parents=True, exist_ok=True)
+            return cls(data_dir / FILENAME, history.retention, history.keyframe_interval)
+        directory = Path(tempfile.mkdtemp(prefix="orchestrator-history-"))
+        return cls(directory / FILENAME, history.retention, history.keyframe_interval, temporary=True)
+
+    @property
+    def last_seq(self) -> int:
+        return self.latest.seq if self.latest else 0
+
+    # -- recording (on the loop, once per publication) -------------------------------------------------------
+
+    def record(self, publication, topology) -> None:
+        """Keep ``publication`` (the latest; ``topology`` is its :class:`~orchestrator.topology.Topology`).
+        Never raises: a failure is logged and the next publication is a reset keyframe."""
+        try:
+            self._record(publication, topology)
+        except Exception as exc:
+            self._reset_due = True
+            log.error("history_record_failed", seq=publication.seq, error=repr(exc), exc_info=exc)
+
+    def _record(self, publication, topology) -> None:
+        seq = publication.seq
+        ts = parse_rfc3339(publication.timestamp)
+        if self.latest is not None:
+            ts = max(ts, self.latest.ts)
+        changes = {}
+        count = 0
+        for level in KEPT_LEVELS:
+            node_changes, edge_changes = publication.changes(level)
+            nodes = {node_id: new for node_id, old, new in node_changes if node_changed(old, new)}
+            edges = {eid: new for eid, old, new in edge_changes if edge_changed(old, new)}
+            changes[level] = (nodes, edges)
+            if level == "process":
+                count = len(nodes) + len(edges)
+        reset = self._reset_due or self.latest is None or seq != self.latest.seq + 1
+        self._changes_since_keyframe += count
+        due = (
+            reset
+            or self._last_keyframe is None
+            or ts - self._last_keyframe.ts >= self.keyframe_interval
+            or self._changes_since_keyframe >= max(MIN_KEYFRAME_CHANGES, self._keyframe_items)
+        )
+        point = Point(seq, ts, publication.timestamp)
+        if due:
+            views = {}
+            for level in KEPT_LEVELS:
+                snapshot = topology.snapshot(level)
+                views[level] = (snapshot["nodes"], snapshot["edges"])
+            self._pending_keyframes.append(Keyframe(seq, ts, point.stamp, reset, views))
+            self._last_keyframe = point
+            self._changes_since_keyframe = 0
+            self._keyframe_items = sum(len(nodes) + len(edges) for nodes, edges in views.values())
+            if self.oldest is None:
+                self.oldest = point
+        self._reset_due = False
+        self._pending.append(Entry(seq, ts, point.stamp, None if reset else changes))
+        self.latest = point
+
+    # -- writing ---------------------------------------------------------------------------------------------
+
+    async def flush(self) -> int:
+        """Write what was recorded since the last flush (one transaction, in a worker thread); returns how
+        many publications were written. A failed write is logged and retried at the next flush."""
+        async with self._lock:
+            entries, keyframes = list(self._pending), list(self._pending_keyframes)
+            if not entries and not keyframes:
+                return 0
+            try:
+                await asyncio.to_thread(_write, self.conn, entries, keyframes)
+            except Exception as exc:
+                log.error("history_flush_failed", publications=len(entries), error=repr(exc), exc_info=exc)
+                return 0
+            # Only now: a query started meanwhile finds each entry either in the file or in its copy.
+            del self._pending[: len(entries)]
+            del self._pending_keyframes[: len(keyframes)]
+            self.flushes += 1
+            return len(entries)
+
+    async def run(self, interval: float) -> None:
+        """Flush every ``interval`` until cancelled."""
+        while True:
+            await asyncio.sleep(interval)
+            await self.flush()
+
+    async def prune(self) -> int:
+        """Delete what lies before the newest keyframe at or before ``latest - retention`` (the cleanup
+        sweep calls this); returns how many publications were deleted."""
+        if self.latest is None:
+            return 0
+        await self.flush()
+        async with self._lock:
+            cutoff = self.latest.ts - self.retention
+            deleted, oldest = await asyncio.to_thread(_prune, self.conn, cutoff)
+        if oldest is not None:
+            self.oldest = oldest
+        self.pruned += deleted
+        if deleted:
+            log.info("history_pruned", publications=deleted, oldest=self.oldest.stamp if self.oldest else None)
+        return deleted
+
+    def close(self) -> None:
+        """Fold the WAL into the file and close (after the last flush). A temporary history is deleted."""
+        try:
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            log.warning("history_wal_checkpoint_failed", error=repr(exc))
+        self.conn.close()
+        if self._temporary:
+            shutil.rmtree(self.path.parent, ignore_errors=True)
+
+    def stats(self) -> dict:
+        files = [self.path, self.path.with_name(self.path.name + "-wal")]
+        return {
+            "path": str(self.path),
+            "size_bytes": sum(p.stat().st_size for p in files if p.exists()),
+            "oldest": self.oldest.stamp if self.oldest else None,
+            "latest_seq": self.last_seq,
+            "unflushed_publications": len(self._pending),
+            "flushes": self.flushes,
+            "pruned_publications": self.pruned,
+        }
+
+    # -- reading (each query in a worker thread) ---------------------------------------------------------------
+
+    def _reader(self) -> _Reader:
+        return _Reader(self.path, tuple(self._pending), tuple(self._pending_keyframes), self.oldest)
+
+    def check_time(self, ts: float) -> None:
+        """:raises HistoryUnavailable: when ``ts`` lies before the oldest history held."""
+        if self.oldest is None or ts < self.oldest.ts:
+            raise HistoryUnavailable(self.oldest.stamp if self.oldest else None)
+
+    async def topology_at(self, ts: float, level: str, external: str = "each") -> dict:
+        """A view (``level``, ``external`` as for the live topology) as published at ``ts``: ``{"nodes",
+        "edges", "timestamp", "seq"}``, not filtered by host. :raises HistoryUnavailable:"""
+        self.check_time(ts)
+        return await asyncio.to_thread(self._reader().topology_at, ts, level, external)
+
+    async def changes(self, start: float, end: float, level: str, external: str = "each") -> dict:
+        """The net difference of the ``level`` view between ``start`` and ``end``: ``{"from_seq", "to_seq",
+        "before", "after", "nodes", "edges"}`` where ``nodes``/``edges`` are ``{"added", "removed", "updated"}``
+        id sets and ``before``/``after`` the views to take the bodies from. :raises HistoryUnavailable:"""
+        self.check_time(start)
+        return await asyncio.to_thread(self._reader().changes, start, end, level, external)
+
+    async def node_events(self, node_id: str, start: float | None, end: float) -> list[dict]:
+        """A node's structural events between ``start`` (the oldest history when None or earlier) and
+        ``end``. :raises UnknownNode: when it never existed within the window."""
+        if self.oldest is None:
+            raise UnknownNode(node_id)
+        start = self.oldest.ts if start is None else max(start, self.oldest.ts)
+        return await asyncio.to_thread(self._reader().node_events, node_id, start, end)
+
+
+def open_history(state) -> History:
+    """Open the state's history and keep every publication from now on (before the restore publishes the
+    restored topology, so that one is kept too). Publications are numbered after the last one held."""
+    history = state.history = History.open(state.settings)
+    state.topology.resume_seq(history.last_seq)
+    state.topology.publish_listeners.append(history.record)
+    log.info("history_opened", path=str(history.path), oldest=history.oldest.stamp if history.oldest else None)
+    return history
+
+
+# -- reading ------------------------------------------------------------------------------------------------
+
+
+class _Reader:
+    """One query's view of the history: the file (its own read-only connection) plus a copy of what was
+    recorded but not flushed yet. Runs in a worker thread."""
+
+    def __init__(self, path: Path, pending: tuple, keyframes: tuple, oldest: Point | None) -> None:
+        self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        self.pending = pending
+        self.pending_seqs = [entry.seq for entry in pending]
+        self.keyframes = keyframes
+        self.oldest = oldest
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- points in time
+
+    def point_at(self, ts: float) -> Point:
+        """The last publication at or before ``ts``."""
+        pending = self.pending
+        if pending and pending[0].ts <= ts:
+            index = bisect.bisect_right([entry.ts for entry in pending], ts) - 1
+            entry = pending[index]
+            return Point(entry.seq, entry.ts, entry.stamp)
+        row = self.conn.execute(
+            "SELECT seq, ts, stamp FROM publications WHERE ts <= ? ORDER BY ts DESC, seq DESC LIMIT 1", (ts,)
+        ).fetchone()
+        if row is None:
+            raise HistoryUnavailable(self.oldest.stamp if self.oldest else None)
+        return Point(*row)
+
+    def stamp_of(self, seq: int) -> tuple[float, str]:
+        index = bisect.bisect_left(self.pending_seqs, seq)
+        if index < len(self.pending) and self.pending[index].seq == seq:
+            return self.pending[index].ts, self.pending[index].stamp
+        return self.conn.execute("SELECT ts, stamp FROM publications WHERE seq = ?", (seq,)).fetchone()
+
+    # -- keyframes and entries
+
+    def keyframe_seq(self, seq: int) -> int:
+        """The newest keyframe at or before ``seq``."""
+        held = [keyframe.seq for keyframe in self.keyframes if keyframe.seq <= seq]
+        if held:
+            return max(held)
+        row = self.conn.execute("SELECT MAX(seq) FROM keyframes WHERE seq <= ?", (seq,)).fetchone()
+        if row[0] is None:
+            raise HistoryUnavailable(self.oldest.stamp if self.oldest else None)
+        return row[0]
+
+    def keyframe(self, seq: int, level: str) -> tuple[dict, dict]:
+        """Copies of the nodes and edges of the keyframe at ``seq``."""
+        for keyframe in self.keyframes:
+            if keyframe.seq == seq:
+                nodes, edges = keyframe.views[level]
+                return dict(nodes), dict(edges)
+        nodes, edges = {}, {}
+        rows = self.conn.execute(
+            "SELECT body FROM keyframes WHERE seq = ? AND level = ? ORDER BY part", (seq, level)
+        ).fetchall()
+        if not rows:
+            raise HistoryUnavailable(self.oldest.stamp if self.oldest else None)  # pruned meanwhile
+        for (body,) in rows:
+            part = orjson.loads(zlib.decompress(body))
+            nodes.update(part["nodes"])
+            edges.update(part["edges"])
+        return nodes, edges
+
+    def entries(self, level: str, after: int, upto: int) -> Iterator[tuple[int, dict | None, dict | None]]:
+        """``(seq, nodes, edges)`` of each publication in ``(after, upto]`` with structural changes, oldest
+        first; ``nodes`` is None for a reset."""
+        first_pending = self.pending[0].seq if self.pending else upto + 1
+        rows = self.conn.execute(
+            "SELECT body FROM changes WHERE level = ? AND last_seq > ? AND first_seq <= ? ORDER BY first_seq",
+            (level, after, min(upto, first_pending - 1)),
+        )
+        resets = self._resets(after, min(upto, first_pending - 1))
+        for (body,) in rows:
+            for seq, _stamp, nodes, edges in orjson.loads(zlib.decompress(body)):
+                while resets and resets[0] < seq:
+                    yield resets.pop(0), None, None
+                if after < seq <= upto and seq < first_pending:
+                    yield seq, nodes, edges
+        yield from ((seq, None, None) for seq in resets)
+        for entry in self.pending:
+            if after < entry.seq <= upto:
+                if entry.changes is None:
+                    yield entry.seq, None, None
+                else:
+                    nodes, edges = entry.changes[level]
+                    if nodes or edges:
+                        yield entry.seq, nodes, edges
+
+    def _resets(self, after: int, upto: int) -> list[int]:
+        rows = self.conn.execute(
+            "SELECT DISTINCT seq FROM keyframes WHERE reset = 1 AND seq > ? AND seq <= ? ORDER BY seq", (after, upto)
+        )
+        return [row[0] for row in rows]
+
+    def state(self, level: str, seq: int) -> tuple[dict, dict]:
+        """The nodes and edges of a kept level at ``seq``: the keyframe before it, replayed."""
+        start = self.keyframe_seq(seq)
+        nodes, edges = self.keyframe(start, level)
+        for _seq, node_changes, edge_changes in self.entries(level, start, seq):
+            _apply(nodes, node_changes)
+            _apply(edges, edge_changes)
+        return nodes, edges
+
+    def view(self, level: str, external: str, seq: int) -> tuple[dict, dict]:
+        """A view at ``seq``: a kept level as kept, the others rolled up from the nearest kept one (grouping
+        public externals on the host level rolls the kept host level up: the same result, far less work)."""
+        if external == "each" and level in KEPT_LEVELS:
+            return self.state(level, seq)
+        if level == "host":
+            return rolled_up("process+group", *self.state("host", seq))
+        return rolled_up(view_name(level, external), *self.state("process", seq))
+
+    # -- the three questions
+
+    def topology_at(self, ts: float, level: str, external: str) -> dict:
+        try:
+            point = self.point_at(ts)
+            nodes, edges = self.view(level, external, point.seq)
+            return {"nodes": nodes, "edges": edges, "timestamp": point.stamp, "seq": point.seq}
+        finally:
+            self.close()
+
+    def changes(self, start: float, end: float, level: str, external: str) -> dict:
+        try:
+            first, last = self.point_at(start), self.point_at(end)
+            before = self.view(level, external, first.seq)
+            after = self.view(level, external, last.seq)
+            return {
+                "from_seq": first.seq,
+                "to_seq": last.seq,
+                "before": before,
+                "after": after,
+                "nodes": _net(before[0], after[0], node_changed),
+                "edges": _net(before[1], after[1], edge_changed),
+            }
+        finally:
+            self.close()
+
+    def node_events(self, node_id: str, start: float, end: float) -> list[dict]:
+        try:
+            return self._node_events(node_id, start, end)
+        finally:
+            self.close()
+
+    def _node_events(self, node_id: str, start: float, end: float) -> list[dict]:
+        first, last = self.point_at(start), self.point_at(end)
+        kseq = self.keyframe_seq(first.seq)
+        body = self.keyframe(kseq, "process")[0].get(node_id)
+        for _seq, nodes, _edges in self.entries("process", kseq, first.seq):
+            if node_id in nodes:
+                body = nodes[node_id]
+        seen = body is not None
+        events = []
+        for seq, nodes, _edges in self.entries("process", first.seq, last.seq):
+            if nodes is None:  # a reset: the node as that keyframe holds it
+                new = self.keyframe(seq, "process")[0].get(node_id)
+            elif node_id in nodes:
+                new = nodes[node_id]
+            else:
+                continue
+            if node_changed(body, new):
+                _ts, stamp = self.stamp_of(seq)
+                change = "added" if body is None else "removed" if new is None else "updated"
+                events.append({"timestamp": stamp, "seq": seq, "change": change, "node": new or body})
+            body = new
+            seen = True
+        if not seen:
+            raise UnknownNode(node_id)
+        return events
+
+
+def _apply(items: dict, changes: dict) -> None:
+    for item_id, body in changes.items():
+        if body is None:
+            items.pop(item_id, None)
+        else:
+            items[item_id] = body
+
+
+def _net(before: dict, after: dict, changed) -> dict:
+    """Ids added, removed and structurally updated between two versions of a section."""
+    added = [item_id for item_id in after if item_id not in before]
+    removed = [item_id for item_id in before if item_id not in after]
+    updated = [item_id for item_id, body in after.items() if item_id in before and changed(before[item_id], body)]
+    return {"added": sorted(added), "removed": sorted(removed), "updated": sorted(updated)}
+
+
+def rolled_up(name: str, nodes: dict, edges: dict) -> tuple[dict, dict]:
+    """The view ``name`` (:func:`~orchestrator.topology.views.view_name`) of base ``nodes``/``edges``, by the
+    live views' own one-pass build."""
+    view = Published().build_view(name, nodes, edges)
+    return view.nodes, view.edges
+
+
+def filter_host(nodes: dict, edges: dict, host: str) -> tuple[dict, dict]:
+    """Only ``host``'s nodes and every edge with at least one end among them (the live ``host=`` filter)."""
+    kept = {node_id: node for node_id, node in sorted(nodes.items()) if node["host"] == host}
+    kept_edges = {eid: edge for eid, edge in sorted(edges.items()) if edge["source"] in kept or edge["target"] in kept}
+    return kept, kept_edges
+
+
+# -- the file -----------------------------------------------------------------------------------------------
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    """Open (or create) the history file. A file that cannot be read as this history is moved aside."""
+    try:
+        return _open(path)
+    except sqlite3.DatabaseError as exc:
+        if getattr(exc, "sqlite_errorname", None) not in {"SQLITE_CORRUPT", "SQLITE_NOTADB", None}:
+            raise
+        moved = path.with_name(path.name + ".corrupt")
+        for suffix in ("", "-wal", "-shm"):
+            source = path.with_name(path.name + suffix)
+            if source.exists():
+                source.replace(moved.with_name(moved.name + suffix))
+        log.error("history_file_corrupt", path=str(path), problem=str(exc), moved_to=str(moved))
+        return _open(path)
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, check_same_thread=False)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        with conn:
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                conn.execute(statement)
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+        version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
+        if version != SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(f"unknown history schema version {version!r}")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _load_bounds(conn: sqlite3.Connection) -> tuple[Point | None, Point | None, Point | None]:
+    """The oldest keyframe, the latest publication and the latest keyframe held in the file."""
+
+    def point(sql: str) -> Point | None:
+        row = conn.execute(sql).fetchone()
+        return Point(*row) if row else None
+
+    oldest = point("SELECT p.seq, p.ts, p.stamp FROM publications p WHERE p.seq = (SELECT MIN(seq) FROM keyframes)")
+    latest = point("SELECT seq, ts, stamp FROM publications ORDER BY seq DESC LIMIT 1")
+    last_keyframe = point(
+        "SELECT p.seq, p.ts, p.stamp FROM publications p WHERE p.seq = (SELECT MAX(seq) FROM keyframes)"
+    )
+    return oldest, latest, last_keyframe
+
+
+def _write(conn: sqlite3.Connection, entries: list[Entry], keyframes: list[Keyframe]) -> None:
+    """One flush, in one transaction (runs in a worker thread; keyframes are encoded here, part by part)."""
+    parts = [
+        (keyframe.seq, level, number, int(keyframe.reset), body)
+        for keyframe in keyframes
+        for level, (nodes, edges) in keyframe.views.items()
+        for number, body in enumerate(_keyframe_parts(nodes, edges))
+    ]
+    blocks = []
+    for level in KEPT_LEVELS:
+        changed = [
+            [entry.seq, entry.stamp, *entry.changes[level]]
+            for entry in entries
+            if entry.changes is not None and (entry.changes[level][0] or entry.changes[level][1])
+        ]
+        if changed:
+            blocks.append((level, changed[0][0], changed[-1][0], zlib.compress(orjson.dumps(changed), 6)))
+    with conn:
+        conn.executemany(
+            "INSERT OR REPLACE INTO publications VALUES (?, ?, ?)", [(e.seq, e.ts, e.stamp) for e in entries]
+        )
+        conn.executemany("INSERT OR REPLACE INTO keyframes VALUES (?, ?, ?, ?, ?)", parts)
+        conn.executemany("INSERT OR REPLACE INTO changes VALUES (?, ?, ?, ?)", blocks)
+
+
+def _keyframe_parts(nodes: dict, edges: dict) -> Iterator[bytes]:
+    """The keyframe in parts of at most :data:`PART_ITEMS` nodes or edges, each encoded and compressed on
+    its own (the GIL is free between parts and during compression)."""
+    yield zlib.compress(orjson.dumps({"nodes": {}, "edges": {}}), 6)  # an empty topology still has a part
+    for name, section in (("nodes", nodes), ("edges", edges)):
+        items = list(section.items())
+        for start in range(0, len(items), PART_ITEMS):
+            part = {"nodes": {}, "edges": {}, name: dict(items[start : start + PART_ITEMS])}
+            yield zlib.compress(orjson.dumps(part), 6)
+
+
+def _prune(conn: sqlite3.Connection, cutoff: float) -> tuple[int, Point | None]:
+    row = conn.execute(
+        "SELECT MAX(k.seq) FROM keyframes k JOIN publications p ON p.seq = k.seq WHERE p.ts <= ?", (cutoff,)
+    ).fetchone()
+    if row[0] is None:
+        return 0, None
+    keep = row[0]
+    with conn:
+        deleted = conn.execute("DELETE FROM publications WHERE seq < ?", (keep,)).rowcount
+        conn.execute("DELETE FROM keyframes WHERE seq < ?", (keep,))
+        conn.execute("DELETE FROM changes WHERE last_seq < ?", (keep,))
+    oldest = conn.execute("SELECT seq, ts, stamp FROM publications WHERE seq = ?", (keep,)).fetchone()
+    return deleted, Point(*oldest) if oldest else None
