@@ -86,6 +86,14 @@ EXTERNAL = Param(
     schema={"type": "string", "enum": list(get_args(responses.External)), "default": "each"},
 )
 HOST = Param("host", "Only this host's nodes, and every edge with at least one end among them.")
+TIME = {"type": "string", "format": "date-time"}
+AT = Param(
+    "at",
+    "The topology as published at this RFC 3339 time (the last publication at or before it); at or after the "
+    "latest publication, the current topology (v1.1, history).",
+    schema=TIME,
+)
+HISTORY_ERRORS = {404: "history_unavailable: before the oldest history held (named in the message), or history off"}
 AGENT_ID = Param("agent_id", "The agent's id.", where="path", example="agent-1", required=True)
 AGENT_STATUS = Param("status", "Only agents with this status.", schema={"type": "string", "enum": ["online", "stale"]})
 UNKNOWN_AGENT = {404: "unknown_agent: the agent never registered or reported"}
@@ -178,7 +186,40 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "The published topology",
         "query",
         response=responses.TopologyResponse,
-        params=(LEVEL, HOST, EXTERNAL),
+        params=(LEVEL, HOST, EXTERNAL, AT),
+        errors=HISTORY_ERRORS,
+    ),
+    Endpoint(
+        "GET",
+        "/api/v1/query/changes",
+        "What changed in the topology between two times (v1.1, history)",
+        "query",
+        response=responses.Changes,
+        description="The net difference between the topology at `from` and at `to`: a node or edge that appeared "
+        "and vanished in between is in neither list. See docs/history.md.",
+        params=(
+            Param("from", "The earlier time (RFC 3339).", schema=TIME, example="2025-10-13T00:00:00Z", required=True),
+            Param("to", "The later time (RFC 3339; default now).", schema=TIME),
+            LEVEL,
+            HOST,
+            EXTERNAL,
+        ),
+        errors=HISTORY_ERRORS,
+    ),
+    Endpoint(
+        "GET",
+        "/api/v1/query/nodes/{node_id}/history",
+        "One node's structural events (v1.1, history)",
+        "query",
+        response=responses.NodeHistory,
+        description="Added, updated (type, name, parent, host or metadata) and removed events, oldest first. "
+        "See docs/history.md.",
+        params=(
+            Param("node_id", "The node's id, URL-encoded.", where="path", example="host:host-1", required=True),
+            Param("from", "Start of the window (RFC 3339; default: the oldest history).", schema=TIME),
+            Param("to", "End of the window (RFC 3339; default now).", schema=TIME),
+        ),
+        errors={404: "unknown_node: the node did not exist within the window"},
     ),
     Endpoint(
         "GET",

@@ -120,6 +120,42 @@ class TopologyResponse(Body):
     topology: Topology
 
 
+class NodeChanges(Body):
+    added: dict[str, Node] = Field(description="Nodes there at `to` and not at `from`, as at `to`.")
+    removed: dict[str, Node] = Field(description="Nodes there at `from` and not at `to`, as at `from`.")
+    updated: dict[str, Node] = Field(
+        description="Nodes whose type, name, parent, host or metadata differ, as at `to` (metrics, first_seen, "
+        "last_seen and agent_ids never count)."
+    )
+
+
+class EdgeChanges(Body):
+    added: dict[str, Edge]
+    removed: dict[str, Edge]
+    updated: dict[str, Edge] = Field(description="Edges whose protocol or ports differ (connections never count).")
+
+
+class Changes(Body):
+    from_: ServerTime = Field(alias="from")
+    to: ServerTime
+    from_seq: int = Field(description="The seq of the publication answering for `from`.")
+    to_seq: int = Field(description="The seq of the publication answering for `to`.")
+    nodes: NodeChanges
+    edges: EdgeChanges
+
+
+class NodeEvent(Body):
+    timestamp: ServerTime = Field(description="The publication's timestamp.")
+    seq: int
+    change: Literal["added", "updated", "removed"]
+    node: Node = Field(description="The node after the change (for removed: as it was last).")
+
+
+class NodeHistory(Body):
+    node_id: str
+    events: list[NodeEvent] = Field(description="Oldest first.")
+
+
 class LatestReport(Body):
     agent_id: str
     received_at: ServerTime

@@ -8,6 +8,7 @@ import time
 import httpx
 import pytest
 
+from orchestrator.contract import responses
 from orchestrator.contract.times import format_rfc3339, parse_rfc3339
 from tests.support import make_settings, post_report, report, wait_for
 
@@ -160,6 +161,7 @@ def test_changes_are_the_net_difference_between_two_times(client, fleet):
     fleet.post(**processes("nginx", None, "sshd-session", "backup", "tmp"))  # pid 3 renamed, tmp started
     end = fleet.post(**processes("nginx", None, "sshd-session", "backup"))  # tmp ended: never in the net diff
     body = client.get(CHANGES, params={"from": start["timestamp"], "to": end["timestamp"]}).json()
+    responses.Changes.model_validate(body)  # the OpenAPI document's schema
     assert (body["from_seq"], body["to_seq"]) == (start["seq"], end["seq"])
     assert (body["from"], body["to"]) == (start["timestamp"], end["timestamp"])
     nodes = body["nodes"]
@@ -210,6 +212,7 @@ def test_node_history_lists_its_structural_events_oldest_first(client, fleet):
     renamed = fleet.post(**processes("nginx", "worker-2"))
     removed = fleet.post(**processes("nginx"))
     body = node_history(client, "process:host-1:2").json()
+    responses.NodeHistory.model_validate(body)
     assert body["node_id"] == "process:host-1:2"
     events = [(e["change"], e["seq"], e["timestamp"], e["node"]["name"]) for e in body["events"]]
     assert events == [
