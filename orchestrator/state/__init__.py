@@ -49,6 +49,7 @@ class CleanupStats(TypedDict, total=False):
     archived: int
     deleted: int
     purged_points: int
+    history_pruned_publications: int
     archive_size: int
     stale_ratio: float
     stale_ratio_alert: bool
