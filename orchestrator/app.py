@@ -16,7 +16,7 @@ from orchestrator.api.page import setup_page
 from orchestrator.api.snapshots import SnapshotEncoder
 from orchestrator.api.ws import setup_ws
 from orchestrator.runtime.build import build_state
-from orchestrator.runtime.lifecycle import Orchestrator, configure_sanic, setup_lifecycle
+from orchestrator.runtime.lifecycle import Orchestrator, clustered, configure_sanic, setup_lifecycle
 from orchestrator.settings import Settings
 
 _app_numbers = itertools.count(1)
@@ -47,4 +47,9 @@ def create_app(
     setup_page(app)
     setup_openapi(app)
     setup_lifecycle(app)
+    app.ctx.cluster = None
+    if clustered(settings):
+        from orchestrator.cluster import setup_cluster  # NATS is imported only in cluster mode
+
+        setup_cluster(app)
     return app

@@ -25,6 +25,9 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--log-level", dest="log_level", help="debug, info, warning or error (default info)")
     parser.add_argument("--log-format", dest="log_format", help="json or console (default console)")
+    parser.add_argument(
+        "--nats-url", dest="nats_url", help="cluster mode: the NATS JetStream all replicas share (default: off)"
+    )
 
 
 def _flags(args: argparse.Namespace) -> dict:
@@ -87,12 +90,21 @@ def serve(args: argparse.Namespace, stop: StopSignals) -> int:
     except PluginError as exc:
         print(f"orchestrator: invalid setting pipeline: {exc}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:
+        if exc.name != "nats":
+            raise
+        print(
+            f"orchestrator: invalid setting cluster.nats_url={settings.cluster.nats_url!r}: cluster mode needs "
+            "nats-py (pip install 'orchestrator-server[cluster]')",
+            file=sys.stderr,
+        )
+        return 2
     stop.attach(app)
     from orchestrator.runtime.lifecycle import ignore_sighup, open_storage
     from orchestrator.state.persistence import StorageUnavailable
 
     ignore_sighup()  # from the start: a SIGHUP during the restore must not kill the server either
-    if settings.storage.persist:
+    if settings.storage.persist and settings.cluster.nats_url is None:  # a replica's data dir holds snapshots
         try:
             open_storage(app.ctx.state)
         except StorageUnavailable as exc:

@@ -174,6 +174,22 @@ class LoggingSettings(_Section):
     format: Literal["json", "console"] = "console"
 
 
+class ClusterSettings(_Section):
+    """Cluster mode (``orchestrator.cluster``): off while ``nats_url`` is unset."""
+
+    nats_url: str | None = None  # e.g. nats://127.0.0.1:4222 (several: comma-separated); unset = single server
+    stream: str = Field("ORCHESTRATOR", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    replica_id: str | None = None  # shown in stats; unset = <hostname>-<pid>
+    stream_replicas: int = Field(1, ge=1, le=5)  # JetStream copies of the stream (3 on a NATS cluster)
+    max_age: Duration(0.0, 365 * 86400.0) | None = None  # unset = storage.max_data_age
+    max_msgs_per_agent: int | None = Field(None, ge=1)  # per agent and kind; unset = max_data_age / resolution
+    max_bytes: int = Field(-1, ge=-1)  # -1: no byte limit on the stream
+    duplicate_window: Duration(1.0, 86400.0) = 120.0  # a retried publish within it is stored once
+    snapshot_interval: Duration(1.0, 86400.0) = 60.0  # applied state saved to the object store this often
+    publish_timeout: Duration(0.1, 60.0) = 5.0  # no PubAck within it: 503
+    reconnect_wait: Duration(0.05, 60.0) = 1.0
+
+
 class Settings(_Section):
     server: ServerSettings = ServerSettings()
     storage: StorageSettings = StorageSettings()
@@ -184,6 +200,7 @@ class Settings(_Section):
     auth: AuthSettings = AuthSettings()
     pipeline: PipelineSettings = PipelineSettings()
     logging: LoggingSettings = LoggingSettings()
+    cluster: ClusterSettings = ClusterSettings()
 
     def redacted(self) -> dict:
         """The effective settings as JSON, with secrets replaced: the tokens, and any plugin setting whose
@@ -228,6 +245,7 @@ FLAG_PATHS = {
     "stale_node_threshold": ("agents", "stale_threshold"),
     "log_level": ("logging", "level"),
     "log_format": ("logging", "format"),
+    "nats_url": ("cluster", "nats_url"),
 }
 
 

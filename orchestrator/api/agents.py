@@ -46,13 +46,20 @@ async def register(request: Request) -> HTTPResponse:
         registration = AgentRegistration.model_validate(json_body(request, state.settings.server.max_registration_size))
     except ValidationError as exc:
         raise ApiError(422, "registration failed validation", details=error_details(exc)) from None
-    admit(state, registration.agent_id)
-    now = time.time()
-    agent, created = state.register_agent(registration.agent_id, registration.hostname, registration.metadata, now)
+    cluster = request.app.ctx.cluster
+    if cluster is not None:  # stored in the cluster's log first, answered once applied here
+        created, agent_body = await cluster.register(
+            registration.agent_id, registration.hostname, registration.metadata
+        )
+    else:
+        admit(state, registration.agent_id)
+        now = time.time()
+        agent, created = state.register_agent(registration.agent_id, registration.hostname, registration.metadata, now)
+        agent_body = agent.to_json(now, state.settings.agents.stale_threshold)
     body = {
         "status": "registered",
-        "message": f"Agent {agent.agent_id} registered successfully",
-        "agent": agent.to_json(now, state.settings.agents.stale_threshold),
+        "message": f"Agent {agent_body['agent_id']} registered successfully",
+        "agent": agent_body,
     }
     return json(body, status=201 if created else 200)
 
@@ -60,12 +67,18 @@ async def register(request: Request) -> HTTPResponse:
 @bp.post("/heartbeat/<agent_id:str>")
 async def heartbeat(request: Request, agent_id: str) -> HTTPResponse:
     state = request.app.ctx.state
-    now = time.time()
-    if state.heartbeat(agent_id, now) is None:
+    cluster = request.app.ctx.cluster
+    if cluster is not None:
+        seen = await cluster.heartbeat(agent_id)  # stored in the cluster's log, then applied here
+    else:
+        seen = time.time()
+        if state.heartbeat(agent_id, seen) is None:
+            seen = None
+    if seen is None:
         raise ApiError(
             404, f"agent {agent_id!r} is not registered; register or send a report first", code="unknown_agent"
         )
-    return json({"status": "ok", "timestamp": format_rfc3339(now)})
+    return json({"status": "ok", "timestamp": format_rfc3339(seen)})
 
 
 @bp.get("/config/<agent_id:str>")
@@ -102,7 +115,7 @@ async def list_agents(request: Request) -> HTTPResponse:
     if wanted not in (None, "online", "stale"):
         raise ApiError(400, f"status must be online or stale, got {wanted!r}", code="bad_parameter")
     listed = state.listed_agents()
-    slices = _agent_slices(listed, time.time(), state.settings.agents.stale_threshold, wanted)
+    slices = _agent_slices(listed, state.clock(), state.settings.agents.stale_threshold, wanted)
     if len(listed) <= LIST_SLICE:
         agents = next(slices, [])
         return json({"agents": agents, "count": len(agents)})

@@ -20,17 +20,23 @@ async def health(request: Request) -> HTTPResponse:
     state = request.app.ctx.state
     uptime = time.time() - state.started_at
     unavailable = state.store.unavailable if state.store is not None else None
-    status = "shutting_down" if state.shutting_down else "storage_unavailable" if unavailable else "healthy"
+    cluster = request.app.ctx.cluster
+    status = "shutting_down" if state.shutting_down else "storage_unavailable" if unavailable else None
+    if status is None and cluster is not None:
+        status = cluster.health()  # catching_up, bus_unavailable
+    status = status or "healthy"
     body = {
         "status": status,
         "version": __version__,
         "uptime": format_duration(round(uptime)),
         "uptime_seconds": round(uptime, 3),
-        "agents": sum(state.agent_counts(time.time()).values()),
+        "agents": sum(state.agent_counts(state.clock()).values()),
         "ingest_queue": state.ingest.backlog if state.ingest else 0,
     }
     if unavailable:
         body["reason"] = unavailable  # reports and registrations get 503 until a checkpoint succeeds again
+    if cluster is not None:
+        body["cluster"] = cluster.stats()
     return json(body, status=200 if status == "healthy" else 503)
 
 
@@ -58,7 +64,7 @@ async def ping(request: Request) -> HTTPResponse:
 @bp.get("/metrics")
 async def metrics(request: Request) -> HTTPResponse:
     state = request.app.ctx.state
-    counts = state.agent_counts(time.time())
+    counts = state.agent_counts(state.clock())
     for status, count in counts.items():
         state.metrics.agents.labels(status).set(count)
     return HTTPResponse(generate_latest(state.metrics.registry), content_type=CONTENT_TYPE_LATEST)

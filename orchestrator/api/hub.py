@@ -108,6 +108,7 @@ class ViewState:
     clients: set = field(default_factory=set)
     history: deque = field(default_factory=deque)  # (seq, serialized topology_diff), contiguous seqs
     idle_publications: int = 0
+    pinned: bool = False  # tracked with or without clients (see Hub.keep_history)
 
 
 class Hub:
@@ -205,7 +206,7 @@ class Hub:
                 self._fan_out(view_state.clients, message, "topology_diff")
             else:
                 view_state.idle_publications += 1
-                if view_state.idle_publications > self.history_size:
+                if view_state.idle_publications > self.history_size and not view_state.pinned:
                     del self._views[view]
 
     @staticmethod
@@ -336,8 +337,14 @@ class Hub:
         view_state.idle_publications = 0
         return view_state
 
+    def keep_history(self, view: View) -> None:
+        """Track ``view`` from now on, with or without clients. A replica of a cluster does this for the
+        default view: a UI behind a load balancer that resumes here with a ``since`` it got from another
+        replica then gets the missed diffs, which every replica numbers alike."""
+        self._track(view).pinned = True
+
     def _evict_idle_views(self) -> None:
-        idle = [view for view, vs in self._views.items() if not vs.clients]
+        idle = [view for view, vs in self._views.items() if not vs.clients and not vs.pinned]
         for view in idle[: max(0, len(idle) - MAX_IDLE_VIEWS + 1)]:
             del self._views[view]  # dicts keep insertion order: the oldest idle views go first
 

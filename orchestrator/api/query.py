@@ -97,7 +97,8 @@ async def timeseries(request: Request, agent_id: str) -> HTTPResponse:
         )
     # A stale agent's history waits in the archive, still within retention: it is still answered.
     store = state.timeseries_of(agent_id)
-    points = store.get_recent_points(agent_id, min(duration, storage.max_data_age), step) if store else []
+    window = min(duration, storage.max_data_age)
+    points = store.get_recent_points(agent_id, window, step, now=state.clock()) if store else []
     body = {
         "agent_id": agent_id,
         "duration": duration_text,
@@ -113,7 +114,7 @@ async def timeseries(request: Request, agent_id: str) -> HTTPResponse:
 async def stats(request: Request) -> HTTPResponse:
     state = request.app.ctx.state
     now = time.time()
-    counts = state.agent_counts(now)
+    counts = state.agent_counts(state.clock())
     storage = {
         **state.timeseries.stats(),
         "latest_reports": len(state.latest),
@@ -139,5 +140,6 @@ async def stats(request: Request) -> HTTPResponse:
         "cleanup": state.cleanup_stats,
         "config": state.settings.redacted(),
         "uptime": format_duration(round(now - state.started_at)),
+        "cluster": cluster.stats() if (cluster := request.app.ctx.cluster) is not None else {"mode": "single"},
     }
     return json(body)

@@ -46,9 +46,14 @@ async def post_report(request: Request) -> HTTPResponse:
                 details=[{"field": path, "message": message} for path, message in problems],
             )
         admit(state, report.agent_id)
-        now = time.time()
         gzipped = body if raw is not body else None
-        report_id = state.ingest.submit(report, raw, now, gzipped)  # 429/503 before anything is accepted
-    state.record_report(report.agent_id, report.hostname, now)
+        cluster = request.app.ctx.cluster
+        if cluster is not None:  # 202 only once the cluster's log stored it; every replica applies it from there
+            report_id = await cluster.submit_report(report, raw, gzipped)
+        else:
+            now = time.time()
+            report_id = state.ingest.submit(report, raw, now, gzipped)  # 429/503 before anything is accepted
+    if cluster is None:
+        state.record_report(report.agent_id, report.hostname, now)
     body = {"status": "accepted", "message": "Report processed successfully", "report_id": report_id}
     return HTTPResponse(orjson.dumps(body), status=202, content_type="application/json")

@@ -44,6 +44,11 @@ def setup_lifecycle(app: Sanic) -> None:
     app.register_listener(_finish_shutdown, "after_server_stop")
 
 
+def clustered(settings: Settings) -> bool:
+    """Cluster mode: the state follows the log on NATS JetStream."""
+    return settings.cluster.nats_url is not None
+
+
 def configure_sanic(app: Sanic, settings: Settings) -> None:
     server, ws = settings.server, settings.websocket
     app.config.update(
@@ -98,9 +103,10 @@ async def _start_up(app: Sanic) -> None:
     state: State = app.ctx.state
     settings = state.settings
     raise_open_files_limit()
-    if settings.history.enabled and state.history is None and not settings.storage.persist:
+    no_store = not settings.storage.persist or clustered(settings)  # a replica's data dir holds its snapshot
+    if settings.history.enabled and state.history is None and no_store:
         open_history(state)  # in a temporary file (with persistence, open_storage opens it before the restore)
-    if not settings.storage.persist:
+    if no_store:
         state.metrics.storage_available.set(1)
     elif state.store is None:  # the CLI opens it before Sanic starts, to exit with one line when it can't
         open_storage(state)
@@ -131,12 +137,13 @@ async def _start_background(app: Sanic) -> None:
     if tune_gc:
         tune_for_long_lived_heap()
     ignore_sighup()
+    # A replica publishes and sweeps when the log's clock says so (orchestrator.cluster), not by the wall clock.
+    by_wall_clock = () if clustered(state.settings) else (("hub", state.hub.run()), ("cleanup", run_cleanup(state)))
     app.ctx.tasks = [
         asyncio.create_task(coro, name=name)
         for name, coro in (
             ("ingest", state.ingest.run()),
-            ("hub", state.hub.run()),
-            ("cleanup", run_cleanup(state)),
+            *by_wall_clock,
             ("loop_lag", watch_loop_lag(state.metrics)),
             *((("checkpoint", state.store.run(state)),) if state.store else ()),
             *((("history", state.history.run(state.settings.storage.checkpoint_interval)),) if state.history else ()),
@@ -180,7 +187,8 @@ async def _finish_shutdown(app: Sanic) -> None:
         task.cancel()
     await asyncio.gather(*app.ctx.tasks, return_exceptions=True)
     await state.ingest.drain()
-    state.topology.publish(time.time())
+    if not clustered(state.settings):
+        state.topology.publish(time.time())
     if state.store is not None:
         await state.store.checkpoint(state)
         state.store.close()

