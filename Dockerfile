@@ -7,8 +7,11 @@ ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
 COPY pyproject.toml ./
+# With the cluster extra's nats-py (pure Python): one image runs a single server or a replica (--nats-url).
 RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
-print('\n'.join(p['dependencies'] + p['optional-dependencies']['server']))" > /tmp/requirements.txt \
+extras = p['optional-dependencies']; wanted = extras['server'] + extras['cluster']; \
+print('\n'.join(p['dependencies'] + [d for d in wanted if not d.startswith('orchestrator-server')]))" \
+    > /tmp/requirements.txt \
     && pip wheel --no-cache-dir --wheel-dir /deps -r /tmp/requirements.txt
 # Then the server and its built-in plugins, as one wheel.
 COPY README.md LICENSE MANIFEST.in orchestrator.yaml ./

@@ -202,12 +202,17 @@ class Stats(Body):
     cleanup: dict[str, Any]
     config: dict[str, Any] = Field(description="The effective settings, tokens redacted.")
     uptime: GoDuration
+    cluster: dict[str, Any] = Field(
+        description='{"mode": "single"}, or in cluster mode {"mode": "nats", "replica_id", "stream", "applied_seq", '
+        '"stream_seq", "lag", ...}: this replica\'s position in the shared log.'
+    )
 
 
 class Health(Body):
     status: str = Field(
         description="healthy (200); shutting_down (503) once a graceful shutdown has begun; storage_unavailable "
-        "(503) while the data dir cannot be written."
+        "(503) while the data dir cannot be written; in cluster mode catching_up (503) while the replica replays "
+        "the log and bus_unavailable (503) while NATS cannot be reached."
     )
     version: str
     uptime: GoDuration
@@ -217,6 +222,7 @@ class Health(Body):
     reason: str | None = Field(
         default=None, description="With storage_unavailable: why the last checkpoint failed (one line)."
     )
+    cluster: dict[str, Any] | None = Field(None, description="Cluster mode only: as in stats.")
 
 
 class PageConfig(Body):
