@@ -31,7 +31,7 @@ from orchestrator.runtime.collector import paused as paused_gc
 from orchestrator.runtime.slicing import TimeSlice
 
 from .model import ConnectionIn, Contribution, NodeIn, rfc3339, type_from_id
-from .resolve import WILDCARD, Conn, Record, Resolver, classify, conn_key
+from .resolve import WILDCARD, Conn, Record, Resolver, classify, conn_key, record_order
 from .views import Publication, Published, multi_add, multi_discard
 
 # Snapshots kept per seq (each level and host= asked since the last publish); beyond, the oldest goes.
@@ -407,7 +407,7 @@ class Topology:
                     records[0] = record
                     newest = previous
                 else:
-                    newest = max(records)
+                    newest = max(records, key=record_order)
                     for index, held in enumerate(records):
                         if held is previous:
                             records[index] = record

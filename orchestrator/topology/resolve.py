@@ -52,6 +52,13 @@ def normalise_protocol(protocol: str) -> str:
     return protocol[:-1] if protocol.endswith("6") else protocol
 
 
+def record_order(record: Record) -> tuple:
+    """Records in rank order, then by the fields that tell them apart; a missing pid (a socket whose owner the
+    probe could not see) sorts first, so records differing only by it still compare."""
+    pid = -1 if record.pid is None else record.pid
+    return (record.rank, record.owner, record.host, record.protocol, pid, record.local_end, record.remote_end)
+
+
 class Record(NamedTuple):
     """One agent's report of one connection. ``rank`` orders records: the newest is the largest. ``seen``
     (the report's receipt time) comes last so it never takes part in the ordering."""
@@ -137,7 +144,7 @@ class Resolver:
 
     def resolve(self, conn: Conn) -> tuple[tuple, list]:
         protocol = conn.key[0]
-        records = sorted(conn.records)
+        records = sorted(conn.records, key=record_order)
         deps: list = []
         server_end = None
         listening = 0

@@ -238,3 +238,16 @@ def test_hostnames_with_arrows_colons_and_slashes_never_merge_two_connections_in
     ]
     assert all(edge_id == edge["id"] for edge_id, edge in edges.items())
     assert "host:r->host:q/udp" in edges  # ordinary names keep the documented src->dst form
+
+
+def test_one_connection_reported_with_and_without_a_pid_still_resolves():
+    # A real host can list one socket twice, once with its process and once without (no permission to see
+    # the owner): the records of one connection then differ only by pid, one of them None.
+    topology = Topology()
+    body = host_a()
+    socket = conn(200, ("10.0.0.1", 40000), ("10.0.0.2", 5432))
+    body["network_info"]["connections"] += [socket, {**socket, "pid": None}]
+    merge(topology, body, order=1)
+    merge(topology, host_b(), order=2)
+    edges = edges_of(topology)  # resolved (it used to raise inside the merger and leave the edge out)
+    assert [e for e in edges if e.endswith("->process:host-b:500") and "host-a" in e]
