@@ -45,6 +45,7 @@ from orchestrator.contract.errors import ApiError
 from orchestrator.contract.times import format_rfc3339
 from orchestrator.pipeline.decode import parse_report
 from orchestrator.pipeline.ingest import Accepted
+from orchestrator.runtime.slicing import TimeSlice
 from orchestrator.state.agents import Agent
 from orchestrator.state.cleanup import sweep
 
@@ -339,10 +340,11 @@ class Replica:
 
     async def _apply(self, messages: list[Stored]) -> None:
         state, index = self.state, 0
+        stretch = TimeSlice(APPLY_SLICE_SECONDS)
         while index < len(messages):
-            async with state.topology_lock:
-                deadline = time.perf_counter() + APPLY_SLICE_SECONDS
-                while index < len(messages) and time.perf_counter() <= deadline:
+            async with state.topology_lock:  # a sliced publish or sweep never sees a message half-applied
+                stretch.restart()
+                while index < len(messages) and not stretch.due():
                     message = messages[index]
                     if message.kind == "clock" and message.seq > self.position.applied_seq:
                         break
@@ -352,7 +354,7 @@ class Replica:
                 await self._apply_clock(messages[index])
                 index += 1
             self._wake_waiters()
-            await asyncio.sleep(0)
+            await stretch.pause()
 
     def _apply_write(self, message: Stored) -> None:
         position = self.position

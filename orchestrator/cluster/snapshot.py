@@ -13,15 +13,14 @@ a checkpoint; ``{"$z": i}`` is blob ``i`` zlib-compressed (the orjson rows). No 
 
 from __future__ import annotations
 
-import asyncio
 import struct
-import time
 import zlib
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import orjson
 
+from orchestrator.runtime.slicing import TimeSlice
 from orchestrator.state import ArchivedAgent, LatestReport
 from orchestrator.state.agents import Agent
 from orchestrator.state.persistence import _live_ids, agent_rows
@@ -64,7 +63,7 @@ async def gather(state) -> list[dict]:
     """Every agent's records, read on the loop a few milliseconds at a time. The caller keeps the state
     still meanwhile (the applier awaits this between two messages)."""
     records: list[dict] = []
-    started = time.perf_counter()
+    stretch = TimeSlice(GATHER_BUDGET_SECONDS)
     for agent_id in sorted(_live_ids(state)):
         rows = agent_rows(state, agent_id)
         records.append(
@@ -77,9 +76,8 @@ async def gather(state) -> list[dict]:
                 "archive": list(rows.archive[1:]) if rows.archive else None,
             }
         )
-        if time.perf_counter() - started >= GATHER_BUDGET_SECONDS:
-            await asyncio.sleep(0)
-            started = time.perf_counter()
+        if stretch.due():
+            await stretch.pause()
     return records
 
 
