@@ -172,10 +172,10 @@ def catch_up(nats: Nats, hosts: int, connections: int) -> dict:
         wait_applied([first], last)
         snapshot_seq = last  # upper bound of what the fresh replica replays from the log
         started = time.monotonic()
-        with replica(nats) as fresh:  # empty data dir; Server() returns once /health is 200
-            seconds = time.monotonic() - started
-            stats = fresh.stats()
-            same = httpx.get(fresh.url + "/api/v1/query/stats").json()["topology"] == first.stats()["topology"]
+        with FreshReplica(nats) as fresh:  # empty data dir
+            seconds = fresh.wait_healthy(timeout=600) - started
+            stats = httpx.get(fresh.url + "/api/v1/query/stats", timeout=60).json()
+            same = stats["topology"] == first.stats()["topology"]
     return {
         "hosts": hosts,
         "messages": snapshot_seq,
@@ -184,6 +184,37 @@ def catch_up(nats: Nats, hosts: int, connections: int) -> dict:
         "nodes": stats["topology"]["nodes"],
         "same_counts": same,
     }
+
+
+class FreshReplica(Server):
+    """A replica started without waiting for it: the caller times how long it takes to turn healthy."""
+
+    def __init__(self, nats: Nats) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._dir = tempfile.TemporaryDirectory(prefix="orch-bench-")
+        env = {**os.environ, "ORCHESTRATOR_LOG_LEVEL": "warning", "ORCHESTRATOR_CLUSTER__NATS_URL": nats.url}
+        self.proc = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "orchestrator", "serve", "--host", "127.0.0.1"),
+                *("--port", str(self.port), "--data-dir", self._dir.name),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def wait_healthy(self, timeout: float) -> float:
+        """The monotonic time at which /health first answered 200."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return time.monotonic()
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"the fresh replica was not healthy within {timeout:.0f} s")
 
 
 def main() -> None:
@@ -197,33 +228,33 @@ def main() -> None:
     bodies = build_bodies(args.hosts, rounds=max(2, 3000 // args.hosts))
     with Nats() as nats:
         latency = publish_latency(nats, bodies, args.serial)
-    rows = []
-    for replicas in (1, 2):
-        with Nats() as nats:
-            rows.append(throughput(nats, bodies, replicas, args.seconds, args.connections))
-    with Nats() as nats:
-        caught = catch_up(nats, args.catch_up_hosts, args.connections)
-
     (s50, s99), (r50, r99) = latency["single"], latency["replica"]
     print(f"POST latency, one sender, {args.hosts}-host fleet reports:\n")
     print("| server | p50 | p99 |\n|---|---|---|")
     print(f"| single server | {s50:.2f} ms | {s99:.2f} ms |")
     print(f"| one replica (202 after the PubAck) | {r50:.2f} ms | {r99:.2f} ms |")
-    print(f"| added by the publish | {r50 - s50:+.2f} ms | {r99 - s99:+.2f} ms |\n")
+    print(f"| added by the publish | {r50 - s50:+.2f} ms | {r99 - s99:+.2f} ms |\n", flush=True)
     print(f"Accepted reports/s, {args.connections} senders for {args.seconds:.0f} s spread over the replicas:\n")
     print(
         "| replicas | accepted/s during the run | sustained (until every replica applied) | drain | "
-        "POST p50 / p99 | refused | replica lag p50 / max (messages) |\n|---|---|---|---|---|---|---|"
+        "POST p50 / p99 | refused | replica lag p50 / max (messages) |\n|---|---|---|---|---|---|---|",
+        flush=True,
     )
-    for r in rows:
+    for replicas in (1, 2):
+        with Nats() as nats:
+            r = throughput(nats, bodies, replicas, args.seconds, args.connections)
         print(
             f"| {r['replicas']} | {r['accepted_per_s']:.0f} | {r['sustained_per_s']:.0f} | {r['drain_s']:.1f} s | "
-            f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f} ms | {r['refused']} | {r['lag_p50']:.0f} / {r['lag_max']:.0f} |"
+            f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f} ms | {r['refused']} | {r['lag_p50']:.0f} / {r['lag_max']:.0f} |",
+            flush=True,
         )
+    with Nats() as nats:
+        caught = catch_up(nats, args.catch_up_hosts, args.connections)
     print(
         f"\nCatch-up of a fresh replica (empty data dir) at {caught['hosts']} hosts: {caught['seconds']:.1f} s "
-        f"from start to healthy (snapshot from {caught['loaded']}, then the log after it; stream at seq "
-        f"{caught['messages']}; {caught['nodes']} nodes; same counts as the running replica: {caught['same_counts']})"
+        f"from start to healthy (snapshot from {caught['loaded']}, then the log after it: one report per host; "
+        f"stream at seq {caught['messages']}; {caught['nodes']} nodes; same counts as the running replica: "
+        f"{caught['same_counts']})"
     )
 
 
