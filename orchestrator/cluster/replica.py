@@ -323,6 +323,7 @@ class Replica:
             self._note_readiness()
             last = messages[-1]
             self.stream_seq = max(self.stream_seq, last.seq + last.pending)
+            self.state.metrics.replica_lag.set(self.stream_seq - self.position.applied_seq)
 
     async def _new_reader(self):
         generation = self.bus.generation

@@ -63,5 +63,7 @@ def test_stats_show_the_replica_position_in_the_log(start_replica):
     assert stats["replica_id"] == "replica-a"
     assert stats["stream"] == "ORCHESTRATOR"
     assert stats["lag"] == stats["stream_seq"] - stats["applied_seq"] >= 0
+    metrics = httpx.get(server.url + "/metrics").text
+    assert any(line.startswith("app_replica_lag_messages ") for line in metrics.splitlines())
     health = httpx.get(server.url + "/health")
     assert health.status_code == 200 and health.json()["status"] == "healthy"
