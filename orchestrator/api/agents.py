@@ -46,13 +46,13 @@ async def register(request: Request) -> HTTPResponse:
         registration = AgentRegistration.model_validate(json_body(request, state.settings.server.max_registration_size))
     except ValidationError as exc:
         raise ApiError(422, "registration failed validation", details=error_details(exc)) from None
+    admit(state, registration.agent_id)
     cluster = request.app.ctx.cluster
     if cluster is not None:  # stored in the cluster's log first, answered once applied here
         created, agent_body = await cluster.register(
             registration.agent_id, registration.hostname, registration.metadata
         )
     else:
-        admit(state, registration.agent_id)
         now = time.time()
         agent, created = state.register_agent(registration.agent_id, registration.hostname, registration.metadata, now)
         agent_body = agent.to_json(now, state.settings.agents.stale_threshold)
