@@ -16,6 +16,7 @@ const page = {
   live: new Topology(),
   past: null, // the topology at the slider's time, while one is shown
   selected: null,
+  at: null, // the past time shown, while one is
   paused: false,
   tab: "graph",
   hostnames: new Set(),
@@ -170,13 +171,18 @@ function changeView() {
     host: $("host").value,
     external: $("group").checked ? "group" : "each",
   };
-  const params = new URLSearchParams({ level: page.view.level, external: page.view.external });
-  if (page.view.host) params.set("host", page.view.host);
-  history.replaceState(null, "", `/?${params}`);
+  writeAddress();
   graph.useView(viewKey(page.view), page.view.level);
   $("seq").textContent = "seq –"; // until the new view's snapshot arrives
   feed.subscribe(page.view);
-  if (page.past) showPast(Number($("time").value));
+  if (page.past) showPastAt(page.at);
+}
+
+function writeAddress() {
+  const params = new URLSearchParams({ level: page.view.level, external: page.view.external });
+  if (page.view.host) params.set("host", page.view.host);
+  if (page.at) params.set("at", page.at);
+  history.replaceState(null, "", `/?${params}`);
 }
 
 // -- tabs and agents -------------------------------------------------------------------------------------
@@ -225,7 +231,12 @@ async function showPast(minutes) {
     backToLive();
     return;
   }
-  const at = new Date(Date.now() + page.serverOffset - minutes * 60_000).toISOString();
+  await showPastAt(new Date(Date.now() + page.serverOffset - minutes * 60_000).toISOString());
+}
+
+// The topology as published at `at` (an RFC 3339 time), with what changed since outlined. The address
+// carries `at`, so a past view can be linked to (an incident's "what did it look like at 03:00").
+async function showPastAt(at) {
   const params = { level: page.view.level, host: page.view.host, external: page.view.external };
   try {
     const [then, changes] = await Promise.all([
@@ -243,7 +254,9 @@ async function showPast(minutes) {
       `Showing ${then.topology.timestamp}. Since then: ${added} added, ` +
       `${Object.keys(changes.nodes.removed).length} removed (red), ${Object.keys(changes.nodes.updated).length} changed (orange).`;
     $("live-btn").hidden = false;
-    graph.useView(`past|${viewKey(page.view)}`, page.view.level);
+    page.at = at;
+    writeAddress();
+    graph.useView(viewKey(page.view), page.view.level); // the live view's positions: nothing jumps
     graph.mark(marks);
     renderAll();
     setStatus(page.connection || "live");
@@ -259,6 +272,8 @@ async function showPast(minutes) {
 
 function backToLive() {
   page.past = null;
+  page.at = null;
+  writeAddress();
   $("time").value = "0";
   $("time-label").textContent = "live";
   $("history-note").textContent = "";
@@ -293,6 +308,13 @@ async function start() {
   if (config.read_token_required && !readToken()) await askForToken();
   await getJSON("/api/v1/query/stats");
   startFeed();
+  const at = new URLSearchParams(location.search).get("at");
+  if (at) {
+    const minutes = Math.round((Date.now() + page.serverOffset - Date.parse(at)) / 60_000);
+    $("time").value = String(-Math.min(60, Math.max(0, minutes)));
+    $("time-label").textContent = `at ${at}`;
+    await showPastAt(at);
+  }
 }
 
 start().catch((error) => setStatus("offline", error.message));

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+import time
 
 import httpx
 
-from tests.support import make_settings, post_report, report
+from orchestrator.contract.times import format_rfc3339, parse_rfc3339
+from tests.support import make_settings, post_report, report, wait_for
 
 CID = "c" * 64
 
@@ -226,3 +228,37 @@ def test_the_page_reconnects_after_a_server_restart(server_process, open_page, t
     post(second, host_report("after-restart"))
     graph_node(page, "after-restart").wait_for()
     graph_node(page, "alpha").wait_for()
+
+
+def test_the_time_slider_shows_a_past_topology_and_what_changed_since(start_server, open_page, tmp_path):
+    server = start_server(make_settings(tmp_path))
+    web = {"id": "a" * 64, "name": "web", "image": "nginx:1.25", "state": "running"}
+    db = {"id": "b" * 64, "name": "db", "image": "postgres:16", "state": "running"}
+    post(server, host_report("alpha", docker_info={"containers": [web, db]}))
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+
+        def published(present: bool):
+            topology = client.get("/api/v1/query/topology", params={"level": "container"}).json()["topology"]
+            return ("container:" + "a" * 64 in topology["nodes"]) == present and topology["timestamp"]
+
+        stamp = wait_for(lambda: published(True))
+        # Half a second after the publication that had both containers, and before the one without web.
+        at = format_rfc3339(parse_rfc3339(stamp) + 0.5)
+        time.sleep(1.0)
+        post(server, host_report("alpha", docker_info={"containers": [db]}))
+        wait_for(lambda: published(False))
+    page = open_page(server, f"/?level=container&at={at}", allow=("404",))
+    removed = graph_node(page, "web")
+    removed.wait_for()
+    page.locator("#history-note", has_text="1 removed").wait_for()
+    assert "changed-removed" in removed.get_attribute("class")
+    assert page.locator("#status").inner_text() == "history"
+    page.click("#live-btn")
+    graph_node(page, "web").wait_for(state="detached")
+    assert graph_node(page, "db").count() == 1 and "at=" not in page.url
+    # An hour ago is before the server kept any history: the page says from when it can show.
+    page.evaluate(
+        "() => { const s = document.getElementById('time'); s.value = '-60'; s.dispatchEvent(new Event('change')); }"
+    )
+    page.locator("#history-note", has_text=re.compile("history|oldest", re.I)).wait_for()
+    graph_node(page, "db").wait_for()
