@@ -300,8 +300,10 @@ async function start() {
   $("zoom-out").addEventListener("click", () => graph.zoom(0.8));
   $("zoom-fit").addEventListener("click", () => graph.fit());
   $("canvas").addEventListener("click", () => select(null));
-  $("time").addEventListener("input", () => ($("time-label").textContent = timeLabel(Number($("time").value))));
-  $("time").addEventListener("change", () => showPast(Number($("time").value)));
+  // The slider runs from -60 (an hour ago) to 0 (live): minutes ago is its value negated.
+  const minutesAgo = () => -Number($("time").value);
+  $("time").addEventListener("input", () => ($("time-label").textContent = timeLabel(minutesAgo())));
+  $("time").addEventListener("change", () => showPast(minutesAgo()));
   $("live-btn").addEventListener("click", backToLive);
   // Ask for a read token before the first read needs it (the WebSocket cannot show a 401 at all).
   const config = await getJSON("/ui/config.json");
