@@ -39,7 +39,9 @@ def _install_chromium() -> str:
     return ""
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: Playwright's sync API runs an event loop in this thread while it is started,
+# and an asyncio test after it in the same run could not start its own.
+@pytest.fixture(scope="module")
 def browser():
     path = _chromium()
     if path is None:
