@@ -11,7 +11,7 @@ import httpx
 import orjson
 from websockets.sync.client import connect
 
-from tests.support import report
+from tests.support import report, wait_for
 
 
 def raw_request_start(port: int, body: bytes) -> socket.socket:
@@ -118,7 +118,8 @@ def test_sigterm_under_continuous_load_loses_no_accepted_report(tmp_path, server
     threads = [threading.Thread(target=load, args=(w,)) for w in range(4)]
     for thread in threads:
         thread.start()
-    time.sleep(1.5)
+    # SIGTERM once the load is well under way (a count, not a time: a loaded machine accepts fewer per second).
+    wait_for(lambda: len(accepted) > 50, timeout=60)
     assert server.terminate() == 0
     stop.set()
     for thread in threads:

@@ -333,29 +333,32 @@ async def test_checkpoint_does_not_block_the_loop(tmp_path, store, monkeypatch):
         apply_report(state, f"agent-{i}", processes=20)
     real_write = store._write_chunk
 
+    writes: list[tuple[float, float]] = []
+
     def slow_write(rows, meta):
+        started = time.perf_counter()
         time.sleep(0.2)  # a slow disk: the loop must keep serving meanwhile
+        writes.append((started, time.perf_counter()))
         return real_write(rows, meta)
 
     monkeypatch.setattr(store, "_write_chunk", slow_write)
     monkeypatch.setattr(persistence, "GATHER_BUDGET_SECONDS", 0.0005)
-    gaps: list[float] = []
+    ticks: list[float] = []
 
     async def ticker():
-        last = time.perf_counter()
         while True:
             await asyncio.sleep(0)
-            now = time.perf_counter()
-            gaps.append(now - last)
-            last = now
+            ticks.append(time.perf_counter())
 
     ticking = asyncio.create_task(ticker())
     result = await store.checkpoint(state)
     ticking.cancel()
 
     assert result.ok and result.written == 200 and result.seconds >= 0.2
-    assert len(gaps) > 100  # it kept ticking through gathering and the write
-    assert max(gaps) < 0.1  # the 0.2 s write never held the loop (generous: CI machines are noisy)
+    assert len(ticks) > 100  # it kept ticking through gathering and the write
+    # The loop ran while every write was under way: no write held it. (Not a bound on gaps: on a loaded
+    # machine the scheduler alone can pause the whole process longer than any bound a test could pick.)
+    assert writes and all(any(start < tick < end for tick in ticks) for start, end in writes)
 
 
 async def test_cancelled_checkpoint_waits_for_its_write_and_keeps_the_agents_dirty(tmp_path, store, monkeypatch):
