@@ -148,7 +148,7 @@ class ServerProcess:
             cwd=REPO,
         )
 
-    def wait_healthy(self, timeout: float = 20.0, interval: float = 0.1) -> ServerProcess:
+    def wait_healthy(self, timeout: float = 60.0, interval: float = 0.1) -> ServerProcess:
         def healthy():
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited {self.proc.returncode}: {self.proc.stdout.read().decode()}")

@@ -110,7 +110,7 @@ def replica_process(nats_server):
         proc.kill()
 
 
-def wait_healthy(url: str, timeout: float = 20.0) -> None:
+def wait_healthy(url: str, timeout: float = 60.0) -> None:
     wait_for(lambda: httpx.get(url + "/health", timeout=2).status_code == 200, timeout=timeout, interval=0.05)
 
 
