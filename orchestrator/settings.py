@@ -22,8 +22,10 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     PlainSerializer,
+    Tag,
     ValidationError,
 )
 
@@ -151,8 +153,38 @@ class WebSocketSettings(_Section):
     resync_interval: Duration(0.0, 3600.0) = 1.0
 
 
+class AgentToken(_Section):
+    """An agent token bound to the agents and hosts it may speak for: ``fnmatch`` patterns, matched
+    case-sensitively; a list left out does not restrict (a token with neither is unbound)."""
+
+    token: str = Field(min_length=1)
+    agent_ids: StrList | None = Field(None, min_length=1)
+    hostnames: StrList | None = Field(None, min_length=1)
+
+    @property
+    def bound(self) -> bool:
+        return self.agent_ids is not None or self.hostnames is not None
+
+
+def _agent_tokens(value: Any) -> Any:
+    # The environment gives "a,b" (plain tokens) or a JSON list (which may hold bound tokens).
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            return json.loads(value)
+        except ValueError as exc:
+            raise ValueError(f"must be comma-separated tokens or a JSON list of tokens ({exc})") from None
+    return _str_list(value)
+
+
+# A plain string is an unbound token (any agent, any host: the behaviour before bindings existed).
+AgentTokenEntry = Annotated[
+    Annotated[str, Tag("plain")] | Annotated[AgentToken, Tag("bound")],
+    Discriminator(lambda entry: "plain" if isinstance(entry, str) else "bound"),
+]
+
+
 class AuthSettings(_Section):
-    agent_tokens: StrList = []
+    agent_tokens: Annotated[list[AgentTokenEntry], BeforeValidator(_agent_tokens)] = []
     read_tokens: StrList = []
 
 
@@ -206,8 +238,7 @@ class Settings(_Section):
         """The effective settings as JSON, with secrets replaced: the tokens, and any plugin setting whose
         name looks like a secret (``token``, ``password``, ``api_key``, ...)."""
         out = self.model_dump(mode="json")
-        for key in ("agent_tokens", "read_tokens"):
-            out["auth"][key] = ["***"] * len(out["auth"][key])
+        out["auth"] = redact_auth(out["auth"])
         for plugin in out["pipeline"]["plugins"].values():
             plugin["settings"] = redact_secrets(plugin["settings"])
         return out
@@ -220,6 +251,23 @@ class Settings(_Section):
 
 
 REDACTED = "***"
+
+
+def redact_auth(auth: Any) -> Any:
+    """The ``auth`` section (or any part of it) with every token replaced by ``***``; a bound token's
+    patterns stay (they say what the token may do, not what it is)."""
+    if isinstance(auth, str):
+        return REDACTED
+    if isinstance(auth, list):
+        return [redact_auth(entry) for entry in auth]
+    if isinstance(auth, dict):
+        return {
+            key: redact_auth(value) if key in ("token", "agent_tokens", "read_tokens") else value
+            for key, value in auth.items()
+        }
+    return auth
+
+
 _SECRET_NAME = re.compile(r"token|secret|passw|api_?key|private_?key|credential|auth|cookie|signature", re.I)
 
 
@@ -390,8 +438,9 @@ def _leaves(tree: Any, prefix: str = "") -> list[str]:
 
 def _one_line(exc: ValidationError, tree: dict) -> str:
     err = exc.errors(include_url=False)[0]
-    path = ".".join(str(p) for p in err["loc"])
-    value = _lookup(tree, err["loc"])
+    loc = _without_tags(err["loc"])
+    path = ".".join(str(p) for p in loc)
+    value = _lookup(tree, loc)
     allowed = err["msg"].removeprefix("Value error, ")
     limits = err.get("ctx") or {}
     if _is_duration(err["loc"]) and err["type"] in ("greater_than_equal", "less_than_equal"):
@@ -400,15 +449,30 @@ def _one_line(exc: ValidationError, tree: dict) -> str:
         word = "at least" if "ge" in limits else "at most"
         allowed = f"must be {word} {format_duration(float(bound))}"
     if err["type"] == "extra_forbidden":
-        allowed = f"unknown setting; known keys here: {', '.join(_known_keys(err['loc'][:-1]))}"
+        allowed = f"unknown setting; known keys here: {', '.join(_known_keys(loc[:-1]))}"
+    elif err["type"] == "model_type" and loc[:2] == ("auth", "agent_tokens"):
+        allowed = "must be a token, or a mapping of token and its agent_ids and hostnames patterns"
     elif err["type"] == "missing":
         allowed = "is required"
-    shown = "(missing)" if value is _MISSING else repr(value)
+    shown = "(missing)" if value is _MISSING else repr(_secret_free(loc, value))
     more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
     return f"invalid setting {path}={shown}: {allowed}{more}"
 
 
 _MISSING = object()
+
+
+def _without_tags(loc: tuple) -> tuple:
+    """An error's location without the union tags pydantic adds after a list index (``agent_tokens.0.bound``)."""
+    return tuple(p for i, p in enumerate(loc) if not (p in ("plain", "bound") and i and isinstance(loc[i - 1], int)))
+
+
+def _secret_free(loc: tuple, value: Any) -> Any:
+    """A setting's value as an error line may show it: tokens never (the line goes to the terminal and the
+    service manager's log); a bound token's patterns do."""
+    if loc[:1] != ("auth",) or any(part in ("agent_ids", "hostnames") for part in loc):
+        return value
+    return redact_auth(value)
 
 
 def _is_duration(loc: tuple) -> bool:
@@ -426,6 +490,11 @@ def _is_duration(loc: tuple) -> bool:
 
 def _lookup(tree: Any, loc: tuple) -> Any:
     for part in loc:
+        if isinstance(tree, str) and tree.lstrip().startswith("["):  # a JSON list from the environment
+            try:
+                tree = json.loads(tree)
+            except ValueError:
+                return _MISSING
         if (isinstance(tree, dict) and part in tree) or (
             isinstance(tree, list) and isinstance(part, int) and part < len(tree)
         ):
@@ -436,6 +505,8 @@ def _lookup(tree: Any, loc: tuple) -> Any:
 
 
 def _known_keys(loc: tuple) -> list[str]:
+    if loc[:2] == ("auth", "agent_tokens"):
+        return sorted(AgentToken.model_fields)
     model: Any = Settings
     for part in loc:
         field = model.model_fields.get(part) if isinstance(part, str) else None

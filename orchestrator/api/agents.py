@@ -13,6 +13,7 @@ from sanic.response import json
 
 from orchestrator.api.compression import StreamedAnswer
 from orchestrator.api.http import json_body
+from orchestrator.api.identity import check_identity
 from orchestrator.contract.durations import format_duration
 from orchestrator.contract.errors import ApiError
 from orchestrator.contract.models import AgentRegistration, error_details
@@ -46,6 +47,7 @@ async def register(request: Request) -> HTTPResponse:
         registration = AgentRegistration.model_validate(json_body(request, state.settings.server.max_registration_size))
     except ValidationError as exc:
         raise ApiError(422, "registration failed validation", details=error_details(exc)) from None
+    check_identity(request, "register", registration.agent_id, registration.hostname)
     admit(state, registration.agent_id)
     cluster = request.app.ctx.cluster
     if cluster is not None:  # stored in the cluster's log first, answered once applied here
@@ -67,6 +69,7 @@ async def register(request: Request) -> HTTPResponse:
 @bp.post("/heartbeat/<agent_id:str>")
 async def heartbeat(request: Request, agent_id: str) -> HTTPResponse:
     state = request.app.ctx.state
+    check_identity(request, "heartbeat", agent_id, None)
     cluster = request.app.ctx.cluster
     if cluster is not None:
         seen = await cluster.heartbeat(agent_id)  # stored in the cluster's log, then applied here

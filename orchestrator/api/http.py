@@ -13,6 +13,7 @@ from sanic import HTTPResponse, Request, Sanic
 
 from orchestrator.api.compression import setup_compression
 from orchestrator.api.errors import error_response
+from orchestrator.api.identity import agent_credential, credentials
 from orchestrator.contract.errors import ApiError
 from orchestrator.pipeline.decode import decode_body
 from orchestrator.runtime.metrics import method_label
@@ -30,6 +31,7 @@ _REQUEST_ID = re.compile(r"[!-~]{1,128}")
 
 
 def setup_http(app: Sanic) -> None:
+    app.ctx.agent_credentials = credentials(app.ctx.settings.auth)
     app.register_middleware(_start, "request")
     app.register_middleware(_finish, "response")
     setup_compression(app)
@@ -76,27 +78,36 @@ def _preflight(request: Request) -> HTTPResponse:
 
 
 def check_token(request: Request) -> HTTPResponse | None:
-    """401 unless the request carries a configured token for its path (open when none are configured)."""
+    """401 unless the request carries a configured token for its path (open when none are configured).
+    An agent token's binding (``api/identity.py``) is kept on the request for the handlers to check."""
     auth = request.app.ctx.settings.auth
     path = request.path
     if path.startswith(AGENT_PATHS):
-        tokens, kind = auth.agent_tokens, "agent"
+        kind = "agent"
+        if not auth.agent_tokens:
+            return None
     elif path.startswith(READ_PATHS):
-        tokens, kind = auth.read_tokens, "read"
+        kind = "read"
+        if not auth.read_tokens:
+            return None
     else:
-        return None
-    if not tokens:
         return None
     header = request.headers.get("authorization", "")
     given = header[7:].strip() if header[:7].lower() == "bearer " else ""
     if not given and path == WEBSOCKET_PATH:
         given = request.args.get("token", "")  # browsers cannot set headers on a WebSocket; REST can
-    # Compare against every token in constant time, so the answer's timing says nothing about which matched.
-    matched = False
-    for token in tokens:
-        matched |= hmac.compare_digest(given.encode(), token.encode())
-    if matched:
-        return None
+    if kind == "agent":
+        credential = agent_credential(given, request.app.ctx.agent_credentials)
+        if credential is not None:
+            request.ctx.binding = credential.binding
+            return None
+    else:
+        # Compare against every token in constant time, so the answer's timing says nothing about which matched.
+        matched = False
+        for token in auth.read_tokens:
+            matched |= hmac.compare_digest(given.encode(), token.encode())
+        if matched:
+            return None
     message = f"missing or invalid {kind} token" if given else f"{kind} token required (Authorization: Bearer <token>)"
     return error_response(401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"})
 

@@ -101,6 +101,10 @@ STORAGE_UNAVAILABLE = (
     "storage_unavailable: the data dir cannot be written (disk full, read-only, storage.max_file_size); "
     "refused before decoding until a checkpoint succeeds again; retry after Retry-After seconds"
 )
+IDENTITY = {
+    403: "identity_not_permitted: the agent token is bound (auth.agent_tokens) to other agent ids or hostnames, "
+    "or, bound by agent ids only, names a host another agent reports; details name the field. Nothing is changed"
+}
 TOO_MANY_AGENTS = "too_many_agents: a new agent once agents.max_agents are known (Retry-After: the cleanup interval)"
 BODY_ERRORS = {
     400: "malformed_json, or a gzip body that does not inflate",
@@ -133,7 +137,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         body=AgentRegistration,
         body_example={"agent_id": "agent-1", "hostname": "host-1", "metadata": {"version": "1.0.0"}},
         also={200: "The agent was already known (registering again is how a restarted probe re-announces itself)."},
-        errors={**BODY_ERRORS, 429: TOO_MANY_AGENTS, 503: STORAGE_UNAVAILABLE},
+        errors={**BODY_ERRORS, **IDENTITY, 429: TOO_MANY_AGENTS, 503: STORAGE_UNAVAILABLE},
     ),
     Endpoint(
         "POST",
@@ -142,7 +146,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "agents",
         response=responses.HeartbeatAck,
         params=(AGENT_ID,),
-        errors=UNKNOWN_AGENT,
+        errors={**IDENTITY, **UNKNOWN_AGENT},
     ),
     Endpoint(
         "GET",
@@ -175,6 +179,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         body_example=REPORT_EXAMPLE,
         errors={
             **BODY_ERRORS,
+            **IDENTITY,
             429: "overloaded: the ingest queue is full; or " + TOO_MANY_AGENTS + ". Retry after Retry-After seconds",
             503: "shutting_down: a graceful shutdown has begun; retry after Retry-After seconds (another replica). "
             + STORAGE_UNAVAILABLE,

@@ -11,8 +11,9 @@ from sanic import Blueprint, HTTPResponse, Request
 from orchestrator.api.agents import admit
 from orchestrator.api.errors import error_response
 from orchestrator.api.http import read_body
+from orchestrator.api.identity import check_identity
 from orchestrator.contract.errors import ApiError
-from orchestrator.pipeline.decode import check_media, inflate, parse_report_sliced
+from orchestrator.pipeline.decode import check_media, inflate, parse_report_sliced, peek_identity
 from orchestrator.state.persistence import refuse_while_unavailable
 
 bp = Blueprint("reports", url_prefix="/api/v1")
@@ -32,7 +33,11 @@ async def post_report(request: Request) -> HTTPResponse:
     with state.ingest.admission(int(request.headers.get("content-length") or 0)):
         body = await read_body(request, server.max_body_size)
         raw = inflate(body, encoding, server.max_decoded_size)
+        if (binding := getattr(request.ctx, "binding", None)) is not None and (claim := peek_identity(raw)):
+            check_identity(request, "report", *claim)  # before the costly validation, for a bound token
         report = await parse_report_sliced(raw, state.sections, server.max_json_depth)
+        if binding is not None:
+            check_identity(request, "report", report.agent_id, report.hostname)
         problems = [
             pair
             for _plugin, pairs in state.hooks.call_each("validate_report", report=report, settings=state.settings)

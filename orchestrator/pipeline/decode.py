@@ -7,10 +7,13 @@ from collections.abc import Generator, Iterator
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import from_json
 
 from orchestrator.contract.errors import ApiError
 from orchestrator.contract.models import (
     BUILTIN_SECTIONS,
+    AgentId,
+    Hostname,
     Report,
     check_number,
     error_details,
@@ -58,6 +61,28 @@ def _gunzip(body: bytes, limit: int) -> bytes:
     if not inflater.eof:
         raise ApiError(400, "gzip body is truncated")
     return out
+
+
+class _Claim(BaseModel):
+    """Who a report says it is from, and nothing else (every other field is skipped, not built)."""
+
+    agent_id: AgentId
+    hostname: Hostname
+
+
+PEEK_BYTES = 4096
+
+
+def peek_identity(raw: bytes) -> tuple[str, str] | None:
+    """The agent id and hostname a report names in its first few KiB of JSON (where probes put them), read
+    in microseconds without parsing the rest; None when they are not there or not valid (the full parse
+    decides then, and the caller checks its result again: a key may be repeated further on)."""
+    try:
+        head = from_json(raw[:PEEK_BYTES], allow_partial=True)
+        claim = _Claim.model_validate(head)
+    except (ValueError, ValidationError):
+        return None
+    return claim.agent_id, claim.hostname
 
 
 def parse_report(raw: bytes, sections: dict[str, type[BaseModel]], max_depth: int) -> Report:

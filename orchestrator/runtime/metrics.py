@@ -38,6 +38,7 @@ class Metrics:
     agents: Gauge
     reports_received: Counter
     reports_rejected: Counter
+    identity_refused: Counter
     reports_throttled: Counter
     ingest_queue: Gauge
     ingest_queue_capacity: Gauge
@@ -85,6 +86,12 @@ def create_metrics() -> Metrics:
         agents=Gauge("app_agents_total", "Known agents", ["status"], registry=r),
         reports_received=Counter("app_reports_received_total", "Reports accepted (202)", registry=r),
         reports_rejected=Counter("app_reports_rejected_total", "Reports refused", ["reason"], registry=r),
+        identity_refused=Counter(
+            "app_identity_refused_total",
+            "Writes refused 403 because the agent token may not speak for the agent or host they name",
+            ["endpoint", "field"],
+            registry=r,
+        ),
         reports_throttled=Counter(
             "app_reports_throttled_total", "Reports refused with 429/503 (queue full or shutting down)", registry=r
         ),
@@ -169,6 +176,9 @@ def create_metrics() -> Metrics:
         family = getattr(metrics, name)
         for value in values:
             family.labels(value)
+    for endpoint in ("register", "heartbeat", "report"):
+        for field in ("agent_id", "hostname"):
+            metrics.identity_refused.labels(endpoint, field)
     return metrics
 
 

@@ -7,7 +7,8 @@ then the later-received one, then the contribution's ``priority``, then the sect
 (built-in order: host_info, docker_info, processes_info, network_info; other sections in order of first
 appearance).
 
-Clocks (the contract's "Clocks"): the report's own ``timestamp`` only orders contributions; liveness uses
+Clocks (the contract's "Clocks"): the report's own ``timestamp`` only orders contributions (never later
+than its receipt time: a report dated in the future ranks as received now); liveness uses
 ``seen``, the server's clock when the report was received (``contribute(..., seen=)``, the report
 timestamp when not given), so a probe with a skewed clock still shows as seen now. A node's
 ``first_seen`` is the earliest ``seen`` while the node existed without a gap, its ``last_seen`` the latest
@@ -263,11 +264,16 @@ class Topology:
 
         A contribution older than the one held -- lower ``(timestamp, order)`` -- is ignored. ``seen`` is
         the server's receipt time of the report (``MergeContext.received_at``): it sets ``first_seen`` and
-        ``last_seen`` but never the ranking; callers that don't pass it get the report timestamp.
+        ``last_seen`` but never the ranking; callers that don't pass it get the report timestamp. A
+        timestamp later than ``seen`` ranks as ``seen``: a report dated ahead of the server's clock (the
+        contract lets it be up to five minutes ahead) would otherwise outrank every report its agent sends
+        until that time comes, and freeze the agent's view meanwhile (issue 16 #9).
         """
         if self._restored_first_seen and not self._importing:
             self._settle_imported()
             self._restored_first_seen = {}
+        if seen is not None and timestamp > seen:
+            timestamp = seen
         key = (agent_id, section)
         old = self._held.get(key)
         if old is not None and (timestamp, order) < old.rank[:2]:
@@ -322,6 +328,10 @@ class Topology:
 
     def agents(self) -> list[str]:
         return sorted(self._agent_sections)
+
+    def host_agents(self, hostname: str) -> set[str]:
+        """The agents whose contributions are held under ``hostname`` (the host's reporters)."""
+        return {agent for agent, _section in self._host_held.get(hostname, ())}
 
     def _first_seen(self, node_id: str, seen: float) -> float:
         restored = self._restored_first_seen.get(node_id)

@@ -368,3 +368,15 @@ def test_numbers_the_server_could_not_keep_or_serve_again_are_422(http, raw, fie
     error = assert_error(response, 422)
     assert error["details"][0]["field"] == field and message in error["details"][0]["message"]
     assert http.get("/api/v1/query/topology").status_code == 200
+
+
+def test_a_report_dated_minutes_ahead_does_not_freeze_its_agents_view(http):
+    # Within the contract's five minutes ahead, so accepted; it must not outrank the agent's next reports
+    # until its date comes (issue 16 #9: one such report froze an agent's process view for 5 minutes).
+    ahead = report(ts=time.time() + 290, processes_info={"processes": [{"pid": 1, "name": "from-the-future"}]})
+    assert post_report(http, ahead).status_code == 202
+    wait_node(http, "process:host-1:1")
+    now = report(processes_info={"processes": [{"pid": 2, "name": "now"}]})
+    assert post_report(http, now).status_code == 202
+    wait_node(http, "process:host-1:2")
+    assert "process:host-1:1" not in topology(http)["nodes"]

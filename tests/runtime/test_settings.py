@@ -155,3 +155,24 @@ def test_unknown_orchestrator_variables_are_invalid_settings(tmp_path, name):
 def test_the_probes_variables_are_not_server_settings(tmp_path):
     env = {"ORCHESTRATOR_AGENT_TOKEN": "t", "ORCHESTRATOR_ENVIRONMENT": "prod"}
     assert load(tmp_path, env=env).server.port == 8080
+
+
+def test_agent_tokens_may_be_bound_in_the_file_and_in_the_environment(tmp_path):
+    bound = {"token": "t1", "agent_ids": ["web-*"], "hostnames": ["web-*.example"]}
+    s = load(tmp_path, file={"auth": {"agent_tokens": ["plain", bound]}})
+    assert s.auth.agent_tokens[0] == "plain" and s.auth.agent_tokens[1].hostnames == ["web-*.example"]
+    env = {"ORCHESTRATOR_AUTH__AGENT_TOKENS": '["plain", {"token": "t2", "agent_ids": ["db-1"]}]'}
+    s = load(tmp_path, env=env)
+    assert s.auth.agent_tokens[1].agent_ids == ["db-1"] and s.auth.agent_tokens[1].hostnames is None
+    assert s.redacted()["auth"]["agent_tokens"] == ["***", {"token": "***", "agent_ids": ["db-1"], "hostnames": None}]
+
+
+def test_a_bad_bound_token_is_one_line_without_the_token(tmp_path):
+    for entry, expected in (
+        ({"token": "s3cret", "agent_id": ["a"]}, "known keys here: agent_ids, hostnames, token"),
+        ({"token": "s3cret", "hostnames": []}, "auth.agent_tokens.0.hostnames=[]"),
+        (3, "must be a token, or a mapping"),
+    ):
+        with pytest.raises(SettingsError) as exc:
+            load(tmp_path, file={"auth": {"agent_tokens": [entry]}})
+        assert expected in str(exc.value) and "s3cret" not in str(exc.value)
