@@ -106,7 +106,11 @@ def merge_report(report, context):
     Clocks: the report's ``timestamp`` orders contributions (the newest report wins each field); the
     server's receipt time sets liveness (nodes' and edges' ``first_seen``/``last_seen``).
     ``context.contribute`` passes both, so a probe with a skewed clock never shows as seen at its own
-    clock's time.
+    clock's time; a timestamp ahead of the receipt time ranks as the receipt time.
+
+    Owner wins: a ``container:`` node that another host's contributions already hold is left out of the
+    contribution (nodes naming it as parent are re-parented to the reporting host, its addresses dropped),
+    and an address another host claimed first stays that host's for every other host's view.
 
     :param report: the validated :class:`orchestrator.contract.models.Report`.
     :param context: a :class:`orchestrator.pipeline.ingest.MergeContext` with

@@ -12,6 +12,7 @@ from orchestrator.pipeline.ingest import Ingest
 from orchestrator.runtime.metrics import create_metrics
 from orchestrator.settings import Settings
 from orchestrator.state import State
+from orchestrator.state.conflicts import ConflictLog
 
 
 def build_state(settings: Settings, extra_plugins: Iterable[tuple[str, Any]] = ()) -> State:
@@ -23,4 +24,5 @@ def build_state(settings: Settings, extra_plugins: Iterable[tuple[str, Any]] = (
     state.hooks = Hooks(pm, settings.pipeline.order, state.metrics)
     state.ingest = Ingest(state)
     state.hub = Hub(state)
+    state.topology.on_conflict = ConflictLog(state.metrics)
     return state

@@ -21,6 +21,7 @@ HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTI
 KNOWN_LABELS = {
     "agents": ("online", "stale"),
     "reports_rejected": ("validation", "agent_limit"),
+    "conflicting_claims": ("ip", "container"),
     "websocket_closes": ("slow", "shutdown", "invalid_view", "capacity"),
     "cleanup_removed": ("archived", "deleted"),
 }
@@ -39,6 +40,7 @@ class Metrics:
     reports_received: Counter
     reports_rejected: Counter
     identity_refused: Counter
+    conflicting_claims: Counter
     reports_throttled: Counter
     ingest_queue: Gauge
     ingest_queue_capacity: Gauge
@@ -90,6 +92,12 @@ def create_metrics() -> Metrics:
             "app_identity_refused_total",
             "Writes refused 403 because the agent token may not speak for the agent or host they name",
             ["endpoint", "field"],
+            registry=r,
+        ),
+        conflicting_claims=Counter(
+            "app_conflicting_claims_total",
+            "Claims ignored because another host owns the address or container (owner wins)",
+            ["kind"],
             registry=r,
         ),
         reports_throttled=Counter(

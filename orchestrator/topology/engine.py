@@ -17,6 +17,13 @@ the latest ``seen`` of its connections' reports, and a published version's times
 accepted. Receipt time is an input like the report: everything published is a function of the sequence
 of ``contribute`` calls only -- never of the wall clock or of when :meth:`Topology.publish` runs.
 
+Owner wins (issue 16 #9): a container belongs to the host whose contributions hold it first; another host's
+contribution naming it (a docker_info entry, a process's container) leaves it out -- its processes stay
+under their own host -- for as long as the owner holds it. An address claimed by several hosts stays with
+the host that claimed it first for every other host's view (``resolve.py``). Both are reported to
+:attr:`Topology.on_conflict` when a live contribution makes the claim, and both are functions of the
+contributions and their order only, so replicas fed the same reports build the same topology.
+
 Each ``contribute`` updates the indexes by the difference between the agent's old and new contribution
 for the section and re-resolves only the connections that changed or that looked at a changed listener,
 address owner or process node (``resolve.py``), so its cost follows the contribution, not the topology.
@@ -25,14 +32,15 @@ address owner or process node (``resolve.py``), so its cost follows the contribu
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import replace
 
 from orchestrator.contract.models import BUILTIN_SECTIONS
 from orchestrator.runtime.collector import paused as paused_gc
 from orchestrator.runtime.slicing import TimeSlice
 
-from .model import ConnectionIn, Contribution, NodeIn, rfc3339, type_from_id
-from .resolve import WILDCARD, Conn, Record, Resolver, classify, conn_key, record_order
+from .model import ConnectionIn, Contribution, NodeIn, host_id, rfc3339, type_from_id
+from .resolve import WILDCARD, Conn, Record, Resolver, classify, conn_key, established, record_order
 from .views import Publication, Published, multi_add, multi_discard
 
 # Snapshots kept per seq (each level and host= asked since the last publish); beyond, the oldest goes.
@@ -76,12 +84,15 @@ class _Held:
     """A held contribution. Its sockets are kept classified (listeners, connection records) instead of as
     ``ConnectionIn`` objects: the records are what resolution needs, and one copy is all memory allows."""
 
-    __slots__ = ("contribution", "hostname", "listens", "rank", "records", "seen")
+    __slots__ = ("contribution", "hostname", "ignored", "listens", "rank", "records", "seen")
 
-    def __init__(self, rank: tuple, seen: float, hostname: str, contribution: Contribution, key: tuple) -> None:
+    def __init__(
+        self, rank: tuple, seen: float, hostname: str, contribution: Contribution, key: tuple, ignored: tuple = ()
+    ) -> None:
         self.rank = rank
         self.seen = seen  # receipt time: not in the rank, so it never decides which contribution wins
         self.hostname = hostname
+        self.ignored = ignored  # ids of the containers it claimed that another host owns (not held)
         self.listens, self.records = _classify(key, rank, seen, hostname, contribution.connections)
         self.contribution = replace(contribution, connections=()) if contribution.connections else contribution
 
@@ -222,10 +233,17 @@ class Topology:
         self._edges: dict[str, _Edge] = {}
         self._listeners: dict[tuple, dict[str, Counter]] = {}
         self._owners: dict[str, Counter] = {}
+        # Addresses claimed by several hosts: ip -> {hostname: since}, the arrival order of the report that
+        # made the claim (0: older than every rival's). The earliest is the established owner.
+        self._contested: dict[str, dict[str, int]] = {}
+        self._restored_claims: dict[tuple[str, str], int] = {}  # (ip, hostname) -> since, while restoring
+        # Called as (kind, value, agent, hostname, owner) when a live contribution claims an address or a
+        # container another host owns (kind "ip" or "container"); the claim then does not count for it.
+        self.on_conflict: Callable[[str, str, str, str, str], None] | None = None
         self._conns: dict[tuple, Conn] = {}
         self._deps: dict = {}  # dependency key -> conn keys (multi_add: one key or a set)
         self._interned: dict[tuple, tuple] = {}
-        self._resolver = Resolver(self._listeners, self._owners, self._node_exists)
+        self._resolver = Resolver(self._listeners, self._owners, self._contested, self._node_exists)
         self._dirty_conns: set[tuple] = set()
         self._triggers: set[tuple] = set()
         self._dirty_nodes: set[str] = set()
@@ -269,9 +287,9 @@ class Topology:
         contract lets it be up to five minutes ahead) would otherwise outrank every report its agent sends
         until that time comes, and freeze the agent's view meanwhile (issue 16 #9).
         """
-        if self._restored_first_seen and not self._importing:
+        if (self._restored_first_seen or self._restored_claims) and not self._importing:
             self._settle_imported()
-            self._restored_first_seen = {}
+            self._restored_first_seen, self._restored_claims = {}, {}
         if seen is not None and timestamp > seen:
             timestamp = seen
         key = (agent_id, section)
@@ -288,8 +306,11 @@ class Topology:
             return
         if seen is None:
             seen = timestamp
+        ignored: tuple = ()
+        if not self._importing:  # restored contributions were filtered when they were live
+            contribution, ignored = self._without_foreign_containers(agent_id, hostname, contribution, old)
         rank = (timestamp, order, contribution.priority, self.register_section(section))
-        new = _Held(rank, seen, hostname, contribution, key)
+        new = _Held(rank, seen, hostname, contribution, key, ignored)
         self._replace(key, old, new)
         self._held[key] = new
         self._index_host(key, old, new)
@@ -308,6 +329,45 @@ class Topology:
             self._index_host(key, old, None)
         self._agent_sections.pop(agent_id, None)
         self._settle()
+
+    def _without_foreign_containers(
+        self, agent_id: str, hostname: str, contribution: Contribution, old: _Held | None
+    ) -> tuple[Contribution, tuple]:
+        """``contribution`` without the containers another host's contributions hold (owner wins: a
+        container belongs to the host that reported it first, while it holds it), its nodes that named one
+        as parent re-parented to their own host, and the addresses of those containers left out. Returns
+        the ids left out too. Costs a look-up per container of the contribution."""
+        foreign: dict[str, str] = {}
+        for node in contribution.nodes:
+            if node.id.startswith("container:") and (state := self._nodes.get(node.id)) is not None:
+                owner = self._other_host(state, agent_id, hostname)
+                if owner is not None:
+                    foreign[node.id] = owner
+        if not foreign:
+            return contribution, ()
+        if self.on_conflict is not None:
+            before = old.ignored if old is not None else ()
+            for node_id, owner in foreign.items():
+                if node_id not in before:  # counted when claimed, not again in every report that repeats it
+                    self.on_conflict("container", node_id[10:], agent_id, hostname, owner)
+        own_host = host_id(hostname)
+        nodes = tuple(
+            node._replace(parent=own_host) if node.parent in foreign else node
+            for node in contribution.nodes
+            if node.id not in foreign
+        )
+        addresses = tuple(pair for pair in contribution.addresses if pair[1] not in foreign)
+        return replace(contribution, nodes=nodes, addresses=addresses), tuple(sorted(foreign))
+
+    def _other_host(self, state: _NodeState, agent_id: str, hostname: str) -> str | None:
+        """The host of a contribution holding the node that is not ``hostname`` (another agent's: an agent
+        moving to a new hostname does not conflict with itself), or None."""
+        for _rank, agent, section, _node, _seen in state.holders:
+            if agent != agent_id:
+                held = self._held[(agent, section)].hostname
+                if held != hostname:
+                    return held
+        return None
 
     def _index_host(self, key: tuple, old: _Held | None, new: _Held | None) -> None:
         if old is not None and (new is None or new.hostname != old.hostname):
@@ -345,7 +405,7 @@ class Topology:
 
     def _replace(self, key: tuple, old: _Held | None, new: _Held | None) -> None:
         self._replace_nodes(key, old, new)
-        self._replace_addresses(old, new)
+        self._replace_addresses(key, old, new)
         self._replace_connections(key, old, new)
 
     def _replace_nodes(self, key: tuple, old: _Held | None, new: _Held | None) -> None:
@@ -381,7 +441,7 @@ class Topology:
                 self._triggers.add(node_id)
             self._dirty_nodes.add(node_id)
 
-    def _replace_addresses(self, old: _Held | None, new: _Held | None) -> None:
+    def _replace_addresses(self, key: tuple, old: _Held | None, new: _Held | None) -> None:
         before = {(ip, old.hostname, node) for ip, node in old.contribution.addresses} if old else set()
         after = {(ip, new.hostname, node) for ip, node in new.contribution.addresses} if new else set()
         for ip, hostname, node in before - after:
@@ -392,11 +452,45 @@ class Topology:
                 self._triggers.add(("O", ip))
                 if not owners:
                     del self._owners[ip]
+                self._release_claim(ip, hostname)
         for ip, hostname, node in after - before:
             owners = self._owners.setdefault(ip, Counter())
             if (hostname, node) not in owners:
                 self._triggers.add(("O", ip))
+                self._claim(ip, hostname, owners, key[0], new.rank[1] if new is not None else 0)
             owners[(hostname, node)] += 1
+
+    def _claim(self, ip: str, hostname: str, owners: Counter, agent_id: str, order: int) -> None:
+        """``hostname`` starts claiming ``ip`` with the report numbered ``order``. When another host claims
+        it already, the address becomes contested and the earlier claim stays its owner for every other
+        host's view (the claimant's own connections still resolve on itself, as each Docker host's
+        ``172.17.0.1`` does). An uncontested address has one host among its owners, so this is O(1)."""
+        contest = self._contested.get(ip)
+        restored = self._restored_claims
+        if contest is None:
+            if not owners:
+                return
+            rival = next(iter(owners))[0]
+            if rival == hostname:
+                return
+            contest = self._contested[ip] = {rival: restored.get((ip, rival), 0)}
+        elif hostname in contest:
+            return
+        contest[hostname] = restored.get((ip, hostname), order)
+        owner = established(contest)
+        if owner != hostname and self.on_conflict is not None and not self._importing:
+            self.on_conflict("ip", ip, agent_id, hostname, owner)
+
+    def _release_claim(self, ip: str, hostname: str) -> None:
+        """``hostname`` dropped one of its claims on ``ip``; the contest ends when one host is left."""
+        contest = self._contested.get(ip)
+        if contest is None or hostname not in contest:
+            return
+        if any(claimant == hostname for claimant, _node in self._owners.get(ip, ())):
+            return  # still claimed by another of the host's nodes
+        del contest[hostname]
+        if len(contest) <= 1:
+            del self._contested[ip]
 
     def _replace_connections(self, key: tuple, old: _Held | None, new: _Held | None) -> None:
         old_listens = old.listens if old is not None else Counter()
@@ -818,7 +912,23 @@ class Topology:
                     "connections": _exported_sockets(held),
                 }
             )
-        return {"agent_id": agent_id, "sections": exported, "first_seen": self._agent_first_seen(agent_id)}
+        data = {"agent_id": agent_id, "sections": exported, "first_seen": self._agent_first_seen(agent_id)}
+        claims = self._agent_claims(agent_id)
+        if claims:
+            data["claims"] = claims
+        return data
+
+    def _agent_claims(self, agent_id: str) -> list[list]:
+        """``[ip, hostname, since]`` of the agent's contested addresses: who owns one must survive a restore
+        (the import order is not the order the claims were made in)."""
+        claims = set()
+        for section in self._agent_sections[agent_id]:
+            held = self._held[(agent_id, section)]
+            for ip, _node in held.contribution.addresses:
+                contest = self._contested.get(ip)
+                if contest is not None and held.hostname in contest:
+                    claims.add((ip, held.hostname, contest[held.hostname]))
+        return [list(claim) for claim in sorted(claims)]
 
     def _agent_first_seen(self, agent_id: str) -> dict[str, float]:
         """``first_seen`` of every node the agent holds and every external its connections reach."""
@@ -852,6 +962,11 @@ class Topology:
         function of the indexes, not of the order they were filled in)."""
         restored = data.get("first_seen") or {}
         self._restored_first_seen.update(restored)
+        for ip, hostname, since in data.get("claims") or ():
+            self._restored_claims[(ip, hostname)] = since
+            contest = self._contested.get(ip)
+            if contest is not None and hostname in contest:  # contested by an agent imported before this one
+                contest[hostname] = since
         self._importing = True
         try:
             self._import_sections(agent_id, data)

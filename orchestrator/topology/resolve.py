@@ -13,11 +13,13 @@ Rules (the contract's "Edges", made precise):
   record decides); failing that, the newest record's remote end is the server.
 - An end with a record resolves to that record's process (``process:<host>:<pid>``) when the process node
   exists, else to the record's host. An end without a record resolves through the address owners, seen
-  from the host of the newest record at the other end: the viewer's own address first, else the unique
-  owning host, else none -- an address owned by several other hosts (``172.17.0.1`` on every Docker host)
-  is ambiguous and is treated as unresolvable. A server end then resolves to the process listening on the
-  port on the owner's host (that address or the wildcard; the lowest pid when several share it), else to
-  the owning node (host or container); an unresolvable end is ``external:<ip>``.
+  from the host of the newest record at the other end: the viewer's own address first, else its owner --
+  the one host claiming it, or, when several other hosts claim it, the *established* one: the host whose
+  claim has held longest (owner wins, issue 16 #9: a host claiming another live host's address must not
+  take its edges; ``172.17.0.1`` on every Docker host resolves, from a host without it, to the first
+  claimant). A server end then resolves to the process listening on the port on the owner's host (that
+  address or the wildcard; the lowest pid when several share it), else to the owning node (host or
+  container); an address nobody claims is ``external:<ip>``.
 
 Every lookup a resolution makes is recorded as a dependency key, so a listener, an address owner or a
 process node that appears or disappears re-resolves the connections that looked at it. Keys are coarse
@@ -137,9 +139,10 @@ def edge_id(source: str, target: str, protocol: str) -> str:
 class Resolver:
     """Resolves one :class:`Conn` against the engine's indexes, collecting dependency keys."""
 
-    def __init__(self, listeners: dict, owners: dict, node_exists) -> None:
+    def __init__(self, listeners: dict, owners: dict, contested: dict, node_exists) -> None:
         self.listeners = listeners  # (host, protocol, port) -> {ip: {pid: refcount}}
         self.owners = owners  # ip -> {(hostname, node id): refcount}
+        self.contested = contested  # ip claimed by several hosts -> {hostname: since} (see established)
         self.node_exists = node_exists
 
     def resolve(self, conn: Conn) -> tuple[tuple, list]:
@@ -219,7 +222,14 @@ class Resolver:
         own = [node for (host, node) in owners if host == viewer]
         if own:
             return viewer, min(own)  # "container:" sorts before "host:": the more specific owner
-        hosts = {host for (host, _node) in owners}
-        if len(hosts) != 1:
-            return None  # owned by several other hosts: ambiguous
-        return min(owners)
+        contest = self.contested.get(ip)
+        if contest is None:
+            return min(owners)  # one host claims it
+        host = established(contest)
+        return host, min(node for (claimant, node) in owners if claimant == host)
+
+
+def established(contest: dict[str, int]) -> str:
+    """The owner of an address several hosts claim: the earliest claim (``since``: the arrival order of the
+    report that made it, 0 for a claim older than every rival's), the hostname breaking a tie."""
+    return min(contest, key=lambda host: (contest[host], host))

@@ -127,7 +127,7 @@ def host_c(second=0, **overrides):
         "processes_info": {"processes": [proc(700, "client")]},
         "network_info": {
             "connections": [
-                conn(700, ("10.0.0.3", 33000), ("172.17.0.1", 8000)),  # owned by a and b: ambiguous
+                conn(700, ("10.0.0.3", 33000), ("172.17.0.1", 8000)),  # claimed by a, then b: a's
                 conn(700, ("10.0.0.3", 33001), ("10.0.0.1", 53), "udp", ""),  # udp to host-a's wildcard
                 conn(700, ("10.0.0.3", 33002), ("172.17.0.2", 80)),  # container IP, nginx listens
                 conn(700, ("10.0.0.3", 33003), ("172.17.0.2", 9999)),  # container IP, nothing listens

@@ -269,7 +269,7 @@ def test_counts_describe_the_published_state():
     topology = scenario(Topology())
     assert topology.counts()["nodes"] == 0
     topology.publish(0)
-    assert topology.counts() == {"nodes": 14, "edges": 9, "hosts": 3, "containers": 2, "processes": 6, "externals": 3}
+    assert topology.counts() == {"nodes": 13, "edges": 9, "hosts": 3, "containers": 2, "processes": 6, "externals": 2}
 
 
 def test_same_reports_in_different_batches_publish_identical_bytes():

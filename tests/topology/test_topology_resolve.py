@@ -93,8 +93,14 @@ def test_container_address_resolves_to_the_listening_process_or_the_container():
     assert edges[f"process:host-c:700->container:{C1}"]["ports"] == [9999]
 
 
-def test_address_owned_by_several_other_hosts_is_ambiguous_and_external():
-    assert "process:host-c:700->external:172.17.0.1" in edges_of(scenario(Topology()))
+def test_address_claimed_by_several_other_hosts_resolves_to_the_first_claimant():
+    # Owner wins (issue 16 #9): 172.17.0.1 was host-a's before host-b claimed it too; nothing listens on 8000.
+    assert "process:host-c:700->host:host-a" in edges_of(scenario(Topology()))
+    topology = Topology()
+    merge(topology, host_b(0), 0)
+    merge(topology, host_a(0), 1)
+    merge(topology, host_c(0), 2)
+    assert "process:host-c:700->host:host-b" in edges_of(topology)
 
 
 def test_shared_address_owned_by_the_reporting_host_resolves_there():

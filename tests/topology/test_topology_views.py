@@ -41,8 +41,8 @@ def test_host_view_keeps_hosts_and_externals_and_rolls_edges_up(topology):
     assert {node["type"] for node in view["nodes"].values()} == {"host", "external"}
     edges = view["edges"]
     assert (edges["host:host-c->host:host-a"]["ports"], edges["host:host-c->host:host-a"]["connections"]) == (
-        [80, 9999],
-        2,
+        [80, 8000, 9999],
+        3,
     )
     assert edges["host:host-c->host:host-a/udp"]["ports"] == [53]
     assert "host:host-a->host:host-b" in edges and "external:10.0.0.9->host:host-b" in edges
