@@ -55,15 +55,22 @@ import shutil
 import sqlite3
 import tempfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypedDict
 
 import orjson
 import structlog
 
 from orchestrator.contract.times import parse_rfc3339
 from orchestrator.topology.views import Published, view_name
+
+if TYPE_CHECKING:
+    from orchestrator.settings import Settings
+    from orchestrator.state import State
+    from orchestrator.topology import Topology
+    from orchestrator.topology.views import Publication
 
 log = structlog.get_logger("orchestrator.state.history")
 
@@ -89,6 +96,48 @@ CREATE TABLE IF NOT EXISTS changes (
 );
 """
 
+# A node or edge as published (the contract's ``<node>``/``<edge>``), and a view's nodes or edges by id.
+Body: TypeAlias = dict[str, Any]
+Section: TypeAlias = dict[str, Body]
+# A publication's structural changes to a section: id -> the body as published then, None: gone.
+SectionChanges: TypeAlias = dict[str, Body | None]
+LevelChanges: TypeAlias = tuple[SectionChanges, SectionChanges]  # a kept level's (nodes, edges) changes
+
+
+class ChangedIds(TypedDict):
+    added: list[str]
+    removed: list[str]
+    updated: list[str]
+
+
+class TopologyAt(TypedDict):
+    """:meth:`History.topology_at`: a view as published at a time."""
+
+    nodes: Section
+    edges: Section
+    timestamp: str
+    seq: int
+
+
+class NetChanges(TypedDict):
+    """:meth:`History.changes`: the views at both ends (``(nodes, edges)``) and the ids that differ."""
+
+    from_seq: int
+    to_seq: int
+    before: tuple[Section, Section]
+    after: tuple[Section, Section]
+    nodes: ChangedIds
+    edges: ChangedIds
+
+
+class NodeEvent(TypedDict):
+    """One of :meth:`History.node_events`: ``node`` is the new body (the last one for ``removed``)."""
+
+    timestamp: str
+    seq: int
+    change: Literal["added", "removed", "updated"]
+    node: Body
+
 
 class HistoryUnavailable(LookupError):
     """A time before the oldest history still held (``oldest`` is the oldest time that can be asked for,
@@ -103,14 +152,14 @@ class UnknownNode(LookupError):
     """A node id never seen within the window asked for."""
 
 
-def node_changed(old: dict | None, new: dict | None) -> bool:
+def node_changed(old: Body | None, new: Body | None) -> bool:
     """Whether a node changed in identity or structure (appeared, vanished or a structural field)."""
     if old is None or new is None:
         return old is not new
     return any(old[name] != new[name] for name in NODE_FIELDS)
 
 
-def edge_changed(old: dict | None, new: dict | None) -> bool:
+def edge_changed(old: Body | None, new: Body | None) -> bool:
     if old is None or new is None:
         return old is not new
     return any(old[name] != new[name] for name in EDGE_FIELDS)
@@ -124,7 +173,7 @@ class Entry:
     seq: int
     ts: float
     stamp: str
-    changes: dict | None
+    changes: dict[str, LevelChanges] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +182,8 @@ class Keyframe:
     ts: float
     stamp: str
     reset: bool
-    views: dict  # level -> (nodes, edges): copies of the published views' dicts (the bodies are shared)
+    # level -> (nodes, edges): copies of the published views' dicts (the bodies are shared)
+    views: dict[str, tuple[Section, Section]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +216,7 @@ class History:
         self.oldest, self.latest, self._last_keyframe = _load_bounds(self.conn)
 
     @classmethod
-    def open(cls, settings) -> History:
+    def open(cls, settings: Settings) -> History:
         """``<data_dir>/history.sqlite``, or a temporary one when the state is not persisted."""
         history = settings.history
         if settings.storage.persist:
@@ -182,7 +232,7 @@ class History:
 
     # -- recording (on the loop, once per publication) -------------------------------------------------------
 
-    def record(self, publication, topology) -> None:
+    def record(self, publication: Publication, topology: Topology) -> None:
         """Keep ``publication`` (the latest; ``topology`` is its :class:`~orchestrator.topology.Topology`).
         Never raises: a failure is logged and the next publication is a reset keyframe."""
         try:
@@ -191,12 +241,12 @@ class History:
             self._reset_due = True
             log.error("history_record_failed", seq=publication.seq, error=repr(exc), exc_info=exc)
 
-    def _record(self, publication, topology) -> None:
+    def _record(self, publication: Publication, topology: Topology) -> None:
         seq = publication.seq
         ts = parse_rfc3339(publication.timestamp)
         if self.latest is not None:
             ts = max(ts, self.latest.ts)
-        changes = {}
+        changes: dict[str, LevelChanges] = {}
         count = 0
         for level in KEPT_LEVELS:
             node_changes, edge_changes = publication.changes(level)
@@ -215,7 +265,7 @@ class History:
         )
         point = Point(seq, ts, publication.timestamp)
         if due:
-            views = {}
+            views: dict[str, tuple[Section, Section]] = {}
             for level in KEPT_LEVELS:
                 snapshot = topology.snapshot(level)
                 views[level] = (snapshot["nodes"], snapshot["edges"])
@@ -281,7 +331,7 @@ class History:
         if self._temporary:
             shutil.rmtree(self.path.parent, ignore_errors=True)
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         files = [self.path, self.path.with_name(self.path.name + "-wal")]
         return {
             "path": str(self.path),
@@ -303,20 +353,20 @@ class History:
         if self.oldest is None or ts < self.oldest.ts:
             raise HistoryUnavailable(self.oldest.stamp if self.oldest else None)
 
-    async def topology_at(self, ts: float, level: str, external: str = "each") -> dict:
+    async def topology_at(self, ts: float, level: str, external: str = "each") -> TopologyAt:
         """A view (``level``, ``external`` as for the live topology) as published at ``ts``: ``{"nodes",
         "edges", "timestamp", "seq"}``, not filtered by host. :raises HistoryUnavailable:"""
         self.check_time(ts)
         return await asyncio.to_thread(self._reader().topology_at, ts, level, external)
 
-    async def changes(self, start: float, end: float, level: str, external: str = "each") -> dict:
+    async def changes(self, start: float, end: float, level: str, external: str = "each") -> NetChanges:
         """The net difference of the ``level`` view between ``start`` and ``end``: ``{"from_seq", "to_seq",
         "before", "after", "nodes", "edges"}`` where ``nodes``/``edges`` are ``{"added", "removed", "updated"}``
         id sets and ``before``/``after`` the views to take the bodies from. :raises HistoryUnavailable:"""
         self.check_time(start)
         return await asyncio.to_thread(self._reader().changes, start, end, level, external)
 
-    async def node_events(self, node_id: str, start: float | None, end: float) -> list[dict]:
+    async def node_events(self, node_id: str, start: float | None, end: float) -> list[NodeEvent]:
         """A node's structural events between ``start`` (the oldest history when None or earlier) and
         ``end``. :raises UnknownNode: when it never existed within the window."""
         if self.oldest is None:
@@ -325,7 +375,7 @@ class History:
         return await asyncio.to_thread(self._reader().node_events, node_id, start, end)
 
 
-def open_history(state) -> History:
+def open_history(state: State) -> History:
     """Open the state's history and keep every publication from now on (before the restore publishes the
     restored topology, so that one is kept too). Publications are numbered after the last one held."""
     history = state.history = History.open(state.settings)
@@ -342,7 +392,9 @@ class _Reader:
     """One query's view of the history: the file (its own read-only connection) plus a copy of what was
     recorded but not flushed yet. Runs in a worker thread."""
 
-    def __init__(self, path: Path, pending: tuple, keyframes: tuple, oldest: Point | None) -> None:
+    def __init__(
+        self, path: Path, pending: tuple[Entry, ...], keyframes: tuple[Keyframe, ...], oldest: Point | None
+    ) -> None:
         self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
         self.pending = pending
         self.pending_seqs = [entry.seq for entry in pending]
@@ -372,7 +424,12 @@ class _Reader:
         index = bisect.bisect_left(self.pending_seqs, seq)
         if index < len(self.pending) and self.pending[index].seq == seq:
             return self.pending[index].ts, self.pending[index].stamp
-        return self.conn.execute("SELECT ts, stamp FROM publications WHERE seq = ?", (seq,)).fetchone()
+        row: tuple[float, str] | None = self.conn.execute(
+            "SELECT ts, stamp FROM publications WHERE seq = ?", (seq,)
+        ).fetchone()
+        if row is None:
+            raise HistoryUnavailable(self.oldest.stamp if self.oldest else None)  # pruned meanwhile
+        return row
 
     # -- keyframes and entries
 
@@ -381,18 +438,19 @@ class _Reader:
         held = [keyframe.seq for keyframe in self.keyframes if keyframe.seq <= seq]
         if held:
             return max(held)
-        row = self.conn.execute("SELECT MAX(seq) FROM keyframes WHERE seq <= ?", (seq,)).fetchone()
-        if row[0] is None:
+        newest: int | None = self.conn.execute("SELECT MAX(seq) FROM keyframes WHERE seq <= ?", (seq,)).fetchone()[0]
+        if newest is None:
             raise HistoryUnavailable(self.oldest.stamp if self.oldest else None)
-        return row[0]
+        return newest
 
-    def keyframe(self, seq: int, level: str) -> tuple[dict, dict]:
+    def keyframe(self, seq: int, level: str) -> tuple[Section, Section]:
         """Copies of the nodes and edges of the keyframe at ``seq``."""
         for keyframe in self.keyframes:
             if keyframe.seq == seq:
-                nodes, edges = keyframe.views[level]
-                return dict(nodes), dict(edges)
-        nodes, edges = {}, {}
+                held_nodes, held_edges = keyframe.views[level]
+                return dict(held_nodes), dict(held_edges)
+        nodes: Section = {}
+        edges: Section = {}
         rows = self.conn.execute(
             "SELECT body FROM keyframes WHERE seq = ? AND level = ? ORDER BY part", (seq, level)
         ).fetchall()
@@ -404,7 +462,9 @@ class _Reader:
             edges.update(part["edges"])
         return nodes, edges
 
-    def entries(self, level: str, after: int, upto: int) -> Iterator[tuple[int, dict | None, dict | None]]:
+    def entries(
+        self, level: str, after: int, upto: int
+    ) -> Iterator[tuple[int, SectionChanges | None, SectionChanges | None]]:
         """``(seq, nodes, edges)`` of each publication in ``(after, upto]`` with structural changes, oldest
         first; ``nodes`` is None for a reset."""
         first_pending = self.pending[0].seq if self.pending else upto + 1
@@ -435,16 +495,19 @@ class _Reader:
         )
         return [row[0] for row in rows]
 
-    def state(self, level: str, seq: int) -> tuple[dict, dict]:
+    def state(self, level: str, seq: int) -> tuple[Section, Section]:
         """The nodes and edges of a kept level at ``seq``: the keyframe before it, replayed."""
         start = self.keyframe_seq(seq)
         nodes, edges = self.keyframe(start, level)
-        for _seq, node_changes, edge_changes in self.entries(level, start, seq):
-            _apply(nodes, node_changes)
-            _apply(edges, edge_changes)
+        for entry_seq, node_changes, edge_changes in self.entries(level, start, seq):
+            if node_changes is None or edge_changes is None:  # a reset (none after the newest keyframe)
+                nodes, edges = self.keyframe(entry_seq, level)
+            else:
+                _apply(nodes, node_changes)
+                _apply(edges, edge_changes)
         return nodes, edges
 
-    def view(self, level: str, external: str, seq: int) -> tuple[dict, dict]:
+    def view(self, level: str, external: str, seq: int) -> tuple[Section, Section]:
         """A view at ``seq``: a kept level as kept, the others rolled up from the nearest kept one (grouping
         public externals on the host level rolls the kept host level up: the same result, far less work)."""
         if external == "each" and level in KEPT_LEVELS:
@@ -455,7 +518,7 @@ class _Reader:
 
     # -- the three questions
 
-    def topology_at(self, ts: float, level: str, external: str) -> dict:
+    def topology_at(self, ts: float, level: str, external: str) -> TopologyAt:
         try:
             point = self.point_at(ts)
             nodes, edges = self.view(level, external, point.seq)
@@ -463,7 +526,7 @@ class _Reader:
         finally:
             self.close()
 
-    def changes(self, start: float, end: float, level: str, external: str) -> dict:
+    def changes(self, start: float, end: float, level: str, external: str) -> NetChanges:
         try:
             first, last = self.point_at(start), self.point_at(end)
             before = self.view(level, external, first.seq)
@@ -479,32 +542,38 @@ class _Reader:
         finally:
             self.close()
 
-    def node_events(self, node_id: str, start: float, end: float) -> list[dict]:
+    def node_events(self, node_id: str, start: float, end: float) -> list[NodeEvent]:
         try:
             return self._node_events(node_id, start, end)
         finally:
             self.close()
 
-    def _node_events(self, node_id: str, start: float, end: float) -> list[dict]:
+    def _node_events(self, node_id: str, start: float, end: float) -> list[NodeEvent]:
         first, last = self.point_at(start), self.point_at(end)
         kseq = self.keyframe_seq(first.seq)
         body = self.keyframe(kseq, "process")[0].get(node_id)
-        for _seq, nodes, _edges in self.entries("process", kseq, first.seq):
-            if node_id in nodes:
+        for seq, nodes, _edges in self.entries("process", kseq, first.seq):
+            if nodes is None:  # a reset (none after the newest keyframe): the node as that keyframe holds it
+                body = self.keyframe(seq, "process")[0].get(node_id)
+            elif node_id in nodes:
                 body = nodes[node_id]
         seen = body is not None
-        events = []
+        events: list[NodeEvent] = []
         for seq, nodes, _edges in self.entries("process", first.seq, last.seq):
+            new: Body | None
             if nodes is None:  # a reset: the node as that keyframe holds it
                 new = self.keyframe(seq, "process")[0].get(node_id)
             elif node_id in nodes:
                 new = nodes[node_id]
             else:
                 continue
-            if node_changed(body, new):
+            shown = new if new is not None else body  # a removed node is shown as it was last
+            if shown is not None and node_changed(body, new):
                 _ts, stamp = self.stamp_of(seq)
-                change = "added" if body is None else "removed" if new is None else "updated"
-                events.append({"timestamp": stamp, "seq": seq, "change": change, "node": new or body})
+                change: Literal["added", "removed", "updated"] = (
+                    "added" if body is None else "removed" if new is None else "updated"
+                )
+                events.append({"timestamp": stamp, "seq": seq, "change": change, "node": shown})
             body = new
             seen = True
         if not seen:
@@ -512,7 +581,7 @@ class _Reader:
         return events
 
 
-def _apply(items: dict, changes: dict) -> None:
+def _apply(items: Section, changes: SectionChanges) -> None:
     for item_id, body in changes.items():
         if body is None:
             items.pop(item_id, None)
@@ -520,7 +589,7 @@ def _apply(items: dict, changes: dict) -> None:
             items[item_id] = body
 
 
-def _net(before: dict, after: dict, changed) -> dict:
+def _net(before: Section, after: Section, changed: Callable[[Body, Body], bool]) -> ChangedIds:
     """Ids added, removed and structurally updated between two versions of a section."""
     added = [item_id for item_id in after if item_id not in before]
     removed = [item_id for item_id in before if item_id not in after]
@@ -528,14 +597,14 @@ def _net(before: dict, after: dict, changed) -> dict:
     return {"added": sorted(added), "removed": sorted(removed), "updated": sorted(updated)}
 
 
-def rolled_up(name: str, nodes: dict, edges: dict) -> tuple[dict, dict]:
+def rolled_up(name: str, nodes: Section, edges: Section) -> tuple[Section, Section]:
     """The view ``name`` (:func:`~orchestrator.topology.views.view_name`) of base ``nodes``/``edges``, by the
     live views' own one-pass build."""
     view = Published().build_view(name, nodes, edges)
     return view.nodes, view.edges
 
 
-def filter_host(nodes: dict, edges: dict, host: str) -> tuple[dict, dict]:
+def filter_host(nodes: Section, edges: Section, host: str) -> tuple[Section, Section]:
     """Only ``host``'s nodes and every edge with at least one end among them (the live ``host=`` filter)."""
     kept = {node_id: node for node_id, node in sorted(nodes.items()) if node["host"] == host}
     kept_edges = {eid: edge for eid, edge in sorted(edges.items()) if edge["source"] in kept or edge["target"] in kept}
@@ -620,7 +689,7 @@ def _write(conn: sqlite3.Connection, entries: list[Entry], keyframes: list[Keyfr
         conn.executemany("INSERT OR REPLACE INTO changes VALUES (?, ?, ?, ?)", blocks)
 
 
-def _keyframe_parts(nodes: dict, edges: dict) -> Iterator[bytes]:
+def _keyframe_parts(nodes: Section, edges: Section) -> Iterator[bytes]:
     """The keyframe in parts of at most :data:`PART_ITEMS` nodes or edges, each encoded and compressed on
     its own (the GIL is free between parts and during compression)."""
     yield zlib.compress(orjson.dumps({"nodes": {}, "edges": {}}), 6)  # an empty topology still has a part

@@ -64,10 +64,11 @@ import math
 import sqlite3
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeAlias, TypedDict, TypeVar
 
 import orjson
 import structlog
@@ -78,6 +79,10 @@ from orchestrator.runtime.slicing import TimeSlice
 from orchestrator.state.agents import Agent
 from orchestrator.state.archive import ArchivedAgent
 from orchestrator.state.latest import LatestReport
+
+if TYPE_CHECKING:
+    from orchestrator.settings import Settings
+    from orchestrator.state import State
 
 log = structlog.get_logger("orchestrator.state.persistence")
 
@@ -118,6 +123,26 @@ _UPSERT = {
 }
 
 
+# One row of each agent table, as written and as read back (a column SQLite may hold NULL is ``| None``).
+AgentRow: TypeAlias = tuple[str, bytes]  # agent_id, orjson of Agent.to_state()
+LatestRow: TypeAlias = tuple[str, float, bytes]  # agent_id, received_at, the compressed report
+TopologyRow: TypeAlias = tuple[str, bytes]  # agent_id, orjson of the contribution (zlib-compressed on disk)
+TimeseriesRow: TypeAlias = tuple[str, bytes]  # agent_id, TimeSeriesStore.export_agent() blob
+# agent_id, archived_at, agent (orjson), series, latest_received_at, latest_report
+ArchiveRow: TypeAlias = tuple[str, float, bytes, bytes | None, float | None, bytes | None]
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+class Meta(TypedDict):
+    """What a checkpoint writes to ``meta`` (besides ``saved_at``)."""
+
+    order: int
+    seq: int
+    seq_reserved: int
+
+
 class CorruptStore(Exception):
     """The data file cannot be trusted; the message says why."""
 
@@ -131,11 +156,11 @@ class AgentRows:
     """One agent's rows as gathered on the loop: ``None`` for a table means "delete its row"."""
 
     agent_id: str
-    agents: tuple | None
-    latest: tuple | None
-    topology: tuple | None
-    timeseries: tuple | None
-    archive: tuple | None
+    agents: AgentRow | None
+    latest: LatestRow | None
+    topology: TopologyRow | None
+    timeseries: TimeseriesRow | None
+    archive: ArchiveRow | None
 
     def is_empty(self) -> bool:
         return all(getattr(self, table) is None for table in _AGENT_TABLES)
@@ -216,7 +241,7 @@ class Store:
 
     # -- restore ----------------------------------------------------------------------------------------
 
-    def restore(self, state) -> dict[str, int]:
+    def restore(self, state: State) -> dict[str, int]:
         """Load everything stored into ``state`` (empty, before the server serves), reserve the next block
         of ``seq`` on disk, then publish the topology so queries see it at once. A row that cannot be
         decoded is logged and skipped.
@@ -226,7 +251,8 @@ class Store:
         """
         counts = dict.fromkeys(_AGENT_TABLES, 0) | {"skipped": 0}
         timings: dict[str, float] = {}
-        loaders = {
+        # A row comes out of SQLite untyped; each loader takes its table's row (AgentRow, LatestRow, ...).
+        loaders: dict[str, Callable[[State, Any], None]] = {
             "agents": _restore_agent,
             "latest": _restore_latest,
             "topology": _restore_topology,
@@ -248,7 +274,7 @@ class Store:
                     else:
                         counts[table] += 1
                 timings[f"{table}_ms"] = round((time.perf_counter() - started) * 1000, 1)
-            meta = dict(self.conn.execute("SELECT key, value FROM meta"))
+            meta: dict[str, str] = dict(self.conn.execute("SELECT key, value FROM meta"))
             state.order = max(state.order, int(meta.get("order", 0)))
             self._resume_seq(state, meta)
             started = time.perf_counter()
@@ -260,7 +286,7 @@ class Store:
         log.info("state_restored", path=str(self.path), order=state.order, seq=state.topology.seq, **counts, **timings)
         return counts
 
-    def _resume_seq(self, state, meta: dict) -> None:
+    def _resume_seq(self, state: State, meta: dict[str, str]) -> None:
         """Number on from the stored reservation (no client can have seen a seq beyond it), after
         reserving the next block on disk (before the first publication)."""
         if "seq_reserved" in meta:
@@ -275,13 +301,13 @@ class Store:
             self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('seq_reserved', ?)", (str(reserved),))
         self._reserved(state, reserved)
 
-    def _reserved(self, state, reserved: int) -> None:
+    def _reserved(self, state: State, reserved: int) -> None:
         self.seq_reserved = max(self.seq_reserved, reserved)
         state.topology.seq_ceiling = self.seq_reserved
 
     # -- checkpoints ------------------------------------------------------------------------------------
 
-    async def checkpoint(self, state, full: bool = False) -> CheckpointResult:
+    async def checkpoint(self, state: State, full: bool = False) -> CheckpointResult:
         """Write what changed since the last checkpoint (everything with ``full``) in bounded transactions.
 
         Never raises for a failed write: it is logged, counted in ``app_checkpoint_failures_total``, the
@@ -302,7 +328,11 @@ class Store:
             try:
                 rows, longest = await _gather(state, sorted(ids))
                 order = state.order  # after gathering: never below an order any gathered data carries
-                meta = {"order": order, "seq": state.topology.seq, "seq_reserved": max(reserve, self.seq_reserved)}
+                meta: Meta = {
+                    "order": order,
+                    "seq": state.topology.seq,
+                    "seq_reserved": max(reserve, self.seq_reserved),
+                }
                 outcomes = await _finish_in_thread(self._write_chunks, chunked(rows), meta)
             except BaseException as exc:
                 state.dirty_agents |= ids
@@ -337,13 +367,13 @@ class Store:
                 )
             return result
 
-    def _reservation_low(self, state) -> bool:
+    def _reservation_low(self, state: State) -> bool:
         return self.seq_reserved - state.topology.seq < seq_headroom(state.settings) // 2
 
     def _durable(self, wall: float, loop_time: float) -> None:
         self.durable_at, self._durable_loop_at = wall, loop_time
 
-    def _succeeded(self, state, seconds: float, size: int) -> None:
+    def _succeeded(self, state: State, seconds: float, size: int) -> None:
         if self.unavailable is not None:
             log.info("storage_available", path=str(self.path), failed_checkpoints=self.consecutive_failures)
         self.unavailable = None
@@ -355,7 +385,9 @@ class Store:
         state.metrics.checkpoint_seconds.observe(seconds)
         state.metrics.storage_available.set(1)
 
-    def _failed(self, state, agents, exc: BaseException, start: float, saved: int = 0) -> CheckpointResult:
+    def _failed(
+        self, state: State, agents: set[str] | int, exc: BaseException, start: float, saved: int = 0
+    ) -> CheckpointResult:
         count = agents if isinstance(agents, int) else len(agents)
         self.failures += 1
         self.consecutive_failures += 1
@@ -375,7 +407,7 @@ class Store:
         )
         return CheckpointResult(ok=False, written=saved, seconds=time.perf_counter() - start)
 
-    async def run(self, state) -> None:
+    async def run(self, state: State) -> None:
         """Checkpoint until cancelled, start to start: see :meth:`next_delay`."""
         loop = asyncio.get_running_loop()
         if self._durable_loop_at is None:
@@ -425,7 +457,7 @@ class Store:
 
     # -- internals --------------------------------------------------------------------------------------
 
-    def _take_ids(self, state, full: bool) -> set[str]:
+    def _take_ids(self, state: State, full: bool) -> set[str]:
         dirty, state.dirty_agents = state.dirty_agents, set()
         live = _live_ids(state)
         ids = dirty | (self._stored_ids - live)
@@ -441,13 +473,15 @@ class Store:
                 written += 1
         return written
 
-    def _write_chunks(self, chunks: list[list[AgentRows]], meta: dict) -> list[tuple[list, Exception | None, int]]:
+    def _write_chunks(
+        self, chunks: list[list[AgentRows]], meta: Meta
+    ) -> list[tuple[list[AgentRows], sqlite3.Error | None, int]]:
         """Each chunk in its own transaction, the meta rows in each (runs in a worker thread): a chunk
         that does not fit fails alone. No rows at all still writes the meta rows (the reservation).
 
         :return: ``(chunk, error or None, bytes)`` per chunk.
         """
-        outcomes = []
+        outcomes: list[tuple[list[AgentRows], sqlite3.Error | None, int]] = []
         for chunk in chunks or [[]]:
             try:
                 outcomes.append((chunk, None, self._write_chunk(chunk, meta)))
@@ -455,7 +489,7 @@ class Store:
                 outcomes.append((chunk, exc, 0))
         return outcomes
 
-    def _write_chunk(self, rows: list[AgentRows], meta: dict) -> int:
+    def _write_chunk(self, rows: list[AgentRows], meta: Meta) -> int:
         """One transaction; returns the bytes of blobs written."""
         size = 0
         with self.conn:
@@ -476,7 +510,7 @@ class Store:
         return size
 
 
-def refuse_while_unavailable(state) -> None:
+def refuse_while_unavailable(state: State) -> None:
     """Refuse (503 + ``Retry-After``) a report or registration the data dir could not keep: called before
     the request is decoded, so a refusal costs next to nothing.
 
@@ -509,25 +543,27 @@ def chunked(rows: list[AgentRows]) -> list[list[AgentRows]]:
     return chunks
 
 
-def seq_headroom(settings) -> int:
+def seq_headroom(settings: Settings) -> int:
     """How far ahead of the published ``seq`` each checkpoint reserves: publications of eight checkpoint
     intervals (one per broadcast tick at most), so failing checkpoints hold publications back only after
     eight intervals of failures, not at once."""
-    return math.ceil(8 * settings.storage.checkpoint_interval / settings.websocket.broadcast_interval) + 64
+    interval: float = settings.storage.checkpoint_interval
+    tick: float = settings.websocket.broadcast_interval
+    return math.ceil(8 * interval / tick) + 64
 
 
-def seq_margin(settings) -> int:
+def seq_margin(settings: Settings) -> int:
     """For a file written before reservations existed: how far past its stored ``seq`` a restarted server
     numbers (the publications of one checkpoint interval after it, one per broadcast tick at most)."""
-    return math.ceil(settings.storage.checkpoint_interval / settings.websocket.broadcast_interval) + 1
+    interval: float = settings.storage.checkpoint_interval
+    tick: float = settings.websocket.broadcast_interval
+    return math.ceil(interval / tick) + 1
 
 
-async def _applied_until_now(state) -> None:
+async def _applied_until_now(state: State) -> None:
     """Wait until the ingest worker has applied every report accepted so far (bounded): what a checkpoint
     started now gathers then holds every report answered 202 before now."""
     ingest = state.ingest
-    if ingest is None:
-        return
     target = state.order
     deadline = time.monotonic() + INGEST_WAIT_SECONDS
     while ingest.backlog and ingest.applied_order < target:
@@ -549,7 +585,7 @@ def _rfc3339_or_none(at: float | None) -> str | None:
 # -- gathering (on the loop) ------------------------------------------------------------------------------
 
 
-async def _gather(state, ids: list[str]) -> tuple[list[AgentRows], float]:
+async def _gather(state: State, ids: list[str]) -> tuple[list[AgentRows], float]:
     """Each agent's rows, serialised on the loop (the state may not be read from another thread),
     yielding whenever a stretch exceeds the budget. Returns the rows and the longest stretch. An agent
     whose rows fail is left out (and stays dirty); everyone else is still written."""
@@ -569,7 +605,7 @@ async def _gather(state, ids: list[str]) -> tuple[list[AgentRows], float]:
     return rows, stretch.longest
 
 
-def agent_rows(state, agent_id: str) -> AgentRows:
+def agent_rows(state: State, agent_id: str) -> AgentRows:
     agent = state.registry.get(agent_id)
     latest = state.latest.get(agent_id)
     contribution = state.topology.export_agent(agent_id)
@@ -585,7 +621,7 @@ def agent_rows(state, agent_id: str) -> AgentRows:
     )
 
 
-def _archive_row(agent_id: str, archived: ArchivedAgent) -> tuple:
+def _archive_row(agent_id: str, archived: ArchivedAgent) -> ArchiveRow:
     latest = archived.latest
     return (
         agent_id,
@@ -597,17 +633,17 @@ def _archive_row(agent_id: str, archived: ArchivedAgent) -> tuple:
     )
 
 
-def _live_ids(state) -> set[str]:
+def _live_ids(state: State) -> set[str]:
     ids = {agent.agent_id for agent in state.registry.all()}
     ids.update(state.latest, state.archive, state.topology.agents(), state.timeseries.get_all_agents())
     return ids
 
 
-async def _finish_in_thread(func, *args) -> Any:
+async def _finish_in_thread(func: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
     """Run ``func`` in a worker thread; if cancelled meanwhile, wait for the thread to end before the
     cancellation goes on, so the connection is free when the caller's next step (the shutdown
     checkpoint) starts."""
-    future = asyncio.ensure_future(asyncio.to_thread(func, *args))
+    future = asyncio.ensure_future(asyncio.to_thread(func, *args, **kwargs))
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:
@@ -622,29 +658,31 @@ async def _finish_in_thread(func, *args) -> Any:
 # -- restoring rows ---------------------------------------------------------------------------------------
 
 
-def _restore_agent(state, row) -> None:
+def _restore_agent(state: State, row: AgentRow) -> None:
     state.registry.restore(Agent(**orjson.loads(row[1])))
 
 
-def _restore_latest(state, row) -> None:
+def _restore_latest(state: State, row: LatestRow) -> None:
     state.latest[row[0]] = LatestReport(float(row[1]), bytes(row[2]))
 
 
-def _restore_topology(state, row) -> None:
+def _restore_topology(state: State, row: TopologyRow) -> None:
     state.topology.import_agent(row[0], orjson.loads(zlib.decompress(row[1])))
 
 
-def _restore_timeseries(state, row) -> None:
+def _restore_timeseries(state: State, row: TimeseriesRow) -> None:
     state.timeseries.import_agent(row[0], bytes(row[1]))
 
 
-def _restore_archive(state, row) -> None:
+def _restore_archive(state: State, row: ArchiveRow) -> None:
     agent_id, archived_at, agent, series, latest_received_at, latest_report = row
+    latest = None
+    if latest_report is not None:
+        if latest_received_at is None:  # never written so: the row is skipped, as any undecodable one
+            raise ValueError("archive row has a latest report without its received_at")
+        latest = LatestReport(float(latest_received_at), bytes(latest_report))
     state.archive[agent_id] = ArchivedAgent(
-        Agent(**orjson.loads(agent)),
-        float(archived_at),
-        bytes(series) if series is not None else None,
-        LatestReport(float(latest_received_at), bytes(latest_report)) if latest_report is not None else None,
+        Agent(**orjson.loads(agent)), float(archived_at), bytes(series) if series is not None else None, latest
     )
 
 
