@@ -9,6 +9,7 @@ from typing import Any
 from sanic import Sanic
 
 from orchestrator.api import agents, health, history, query, reports
+from orchestrator.api.connections import ConnectionGuard
 from orchestrator.api.errors import handle_exception
 from orchestrator.api.http import setup_http
 from orchestrator.api.openapi import setup_openapi
@@ -36,6 +37,7 @@ def create_app(
     state = build_state(settings, extra_plugins)
     app.ctx.settings = settings
     app.ctx.state = state
+    app.ctx.connections = ConnectionGuard(settings.server, state.metrics)  # read by api/protocol.py
     app.ctx.tasks = []
     app.ctx.snapshots = SnapshotEncoder()  # whole views, encoded in slices with each item's JSON kept
 

@@ -82,12 +82,16 @@ class ServerSettings(_Section):
     # A registration is an agent id, a hostname and metadata: 64 KiB is generous, and 8 MiB held the loop 0.4 s.
     max_registration_size: int = Field(64 * 1024, ge=1024, le=1024 * MIB)
     max_processes: int = Field(10_000, ge=1)
-    max_connections: int = Field(50_000, ge=1)
+    max_connections: int = Field(50_000, ge=1)  # network connections in one report, not the server's own
     max_containers: int = Field(5_000, ge=1)
     ingest_queue_size: int = Field(500, ge=1)
     # A queued report holds its JSON and the parsed report, ~7× the JSON: 32 MiB of JSON is ~270 MB in memory.
     ingest_queue_bytes: int = Field(32 * MIB, ge=1024)
     retry_after: Duration(1.0, 3600.0) = 1.0
+    # Open HTTP and WebSocket connections at once; at start-up it is lowered to fit the descriptor limit.
+    max_open_connections: int = Field(20_000, ge=1)
+    # Bytes of request bodies not yet received whole, all connections together.
+    max_pending_body_bytes: int = Field(64 * MIB, ge=1024)
     request_timeout: Duration(0.1) = 60.0
     response_timeout: Duration(0.1) = 60.0
     keep_alive_timeout: Duration(0.1) = 75.0

@@ -51,8 +51,8 @@ def http(server):
 def server_process():
     procs = []
 
-    def start(*args: str, env: dict | None = None, port: int | None = None) -> ServerProcess:
-        proc = ServerProcess(*args, env=env, port=port)
+    def start(*args: str, env: dict | None = None, port: int | None = None, **options) -> ServerProcess:
+        proc = ServerProcess(*args, env=env, port=port, **options)
         procs.append(proc)
         return proc
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -130,7 +131,10 @@ def wait_for(predicate, timeout: float = 5.0, interval: float = 0.02):
 class ServerProcess:
     """``python -m orchestrator serve`` as a child process, for signals, exit codes and restarts."""
 
-    def __init__(self, *args: str, env: dict | None = None, port: int | None = None) -> None:
+    def __init__(
+        self, *args: str, env: dict | None = None, port: int | None = None, open_files: int | None = None
+    ) -> None:
+        """``open_files``: the soft and hard limit on descriptors the server runs under (it cannot raise it)."""
         self.port = port or free_port()  # a port of its own, or the one a restarted server had
         self.url = f"http://127.0.0.1:{self.port}"
         self._output: str | None = None
@@ -146,6 +150,9 @@ class ServerProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             cwd=REPO,
+            preexec_fn=None
+            if open_files is None
+            else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (open_files,) * 2),
         )
 
     def wait_healthy(self, timeout: float = 60.0, interval: float = 0.1) -> ServerProcess:

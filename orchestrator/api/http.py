@@ -12,6 +12,7 @@ import structlog
 from sanic import HTTPResponse, Request, Sanic
 
 from orchestrator.api.compression import setup_compression
+from orchestrator.api.connections import GONE
 from orchestrator.api.errors import error_response
 from orchestrator.api.identity import agent_credential, credentials
 from orchestrator.contract.errors import ApiError
@@ -134,10 +135,17 @@ async def _finish(request: Request, response: HTTPResponse) -> None:
     )
     response.headers["X-Request-Id"] = request.ctx.request_id
     # A 429 is flow control under overload (counted in app_reports_throttled_total): one line each would flood.
-    quiet = route in QUIET_ROUTES and (status < 400 or status == 429)
-    level = log.warning if status >= 500 else log.debug if quiet else log.info
+    quiet = (route in QUIET_ROUTES and (status < 400 or status == 429)) or _shed(request)
+    level = log.debug if quiet else log.warning if status >= 500 else log.info
     level("request", route=route, status=status, duration_ms=round(duration * 1000, 2))
     structlog.contextvars.clear_contextvars()
+
+
+def _shed(request: Request) -> bool:
+    """The guard cut this request's connection (deadline, cap, body budget): its rate-limited
+    ``connections_shed`` line and metric say so, one line per cut would let a flood flood the log."""
+    protocol = getattr(request.stream, "protocol", None)
+    return getattr(protocol, "phase", None) == GONE
 
 
 # Probes post and heartbeat every few seconds per host, monitors poll health and metrics: at fleet scale,

@@ -10,7 +10,7 @@ import time
 import structlog
 from sanic import Sanic
 
-from orchestrator.api.ws_deflate import DeflateWebSocketProtocol
+from orchestrator.api.protocol import GuardedProtocol
 from orchestrator.pipeline.host import plugin_names
 from orchestrator.runtime.collector import freeze_long_lived, tune_for_long_lived_heap
 from orchestrator.runtime.limits import raise_open_files_limit
@@ -26,14 +26,15 @@ log = structlog.get_logger("orchestrator.runtime.lifecycle")
 
 
 class Orchestrator(Sanic):
-    """Sanic, with WebSockets that can negotiate permessage-deflate (``api/ws_deflate.py``) however the
+    """Sanic, with every connection bounded (``api/protocol.py``: whole-request deadline, connection cap,
+    body budget) and WebSockets that can negotiate permessage-deflate (``api/ws_deflate.py``), however the
     server is started. (Stop signals are not Sanic's business here: see ``runtime/signals.py``.)"""
 
     def prepare(self, *args, protocol=None, **kwargs):
-        return super().prepare(*args, protocol=protocol or DeflateWebSocketProtocol, **kwargs)
+        return super().prepare(*args, protocol=protocol or GuardedProtocol, **kwargs)
 
     async def create_server(self, *args, protocol=None, **kwargs):
-        return await super().create_server(*args, protocol=protocol or DeflateWebSocketProtocol, **kwargs)
+        return await super().create_server(*args, protocol=protocol or GuardedProtocol, **kwargs)
 
 
 def setup_lifecycle(app: Sanic) -> None:
@@ -102,7 +103,8 @@ def open_storage(state: State) -> None:
 async def _start_up(app: Sanic) -> None:
     state: State = app.ctx.state
     settings = state.settings
-    raise_open_files_limit()
+    soft, _hard = raise_open_files_limit()
+    app.ctx.connections.fit_to_descriptors(soft)
     no_store = not settings.storage.persist or clustered(settings)  # a replica's data dir holds its snapshot
     if settings.history.enabled and state.history is None and no_store:
         open_history(state)  # in a temporary file (with persistence, open_storage opens it before the restore)

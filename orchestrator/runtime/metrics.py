@@ -24,6 +24,7 @@ KNOWN_LABELS = {
     "conflicting_claims": ("ip", "container"),
     "websocket_closes": ("slow", "shutdown", "invalid_view", "capacity"),
     "cleanup_removed": ("archived", "deleted"),
+    "connections_shed": ("idle", "slow", "refused", "request_timeout", "body_bytes"),
 }
 
 
@@ -36,6 +37,10 @@ def method_label(method: str) -> str:
 class Metrics:
     registry: CollectorRegistry
     http_duration: Histogram
+    connections_open: Gauge
+    connections_limit: Gauge
+    connections_shed: Counter
+    request_body_bytes: Gauge
     agents: Gauge
     reports_received: Counter
     reports_rejected: Counter
@@ -84,6 +89,29 @@ def create_metrics() -> Metrics:
             ["method", "route", "status"],
             registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        ),
+        connections_open=Gauge(
+            "app_http_connections_open",
+            "Open HTTP and WebSocket connections: idle (keep-alive, or nothing sent yet), arriving (a request "
+            "not received whole yet), busy (being handled or answered, WebSockets)",
+            ["state"],
+            registry=r,
+        ),
+        connections_limit=Gauge(
+            "app_http_connections_limit",
+            "Open connections allowed: server.max_open_connections, lowered to fit the descriptor limit",
+            registry=r,
+        ),
+        connections_shed=Counter(
+            "app_http_connections_shed_total",
+            "Connections closed or refused to keep the server reachable (cap, deadline, body budget)",
+            ["reason"],
+            registry=r,
+        ),
+        request_body_bytes=Gauge(
+            "app_http_request_body_pending_bytes",
+            "Bytes of request bodies held that have not arrived whole yet (server.max_pending_body_bytes)",
+            registry=r,
         ),
         agents=Gauge("app_agents_total", "Known agents", ["status"], registry=r),
         reports_received=Counter("app_reports_received_total", "Reports accepted (202)", registry=r),
