@@ -14,78 +14,32 @@ import argparse
 import asyncio
 import os
 import resource
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
 import orjson
 
-from benchmarks.common import REPO, free_port, machine, percentile
+from benchmarks.common import REPO, Server, machine, percentile
 
 REPORT = orjson.dumps(
     {"agent_id": "bench-1", "hostname": "bench-host-1", "timestamp": "2030-01-01T00:00:00Z"}
 )  # refused 422 (future) or accepted: either way an answer
 
 
-class Child:
-    """The server as a child process, from ``repo``, optionally under a descriptor limit it cannot raise."""
+class Child(Server):
+    """The server from ``repo``, killed at the end (a graceful stop would wait out the hostile connections)."""
 
     def __init__(self, repo: Path, env: dict | None = None, open_files: int | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._dir = tempfile.TemporaryDirectory(prefix="orch-bench-conns-")
-        full_env = {**os.environ, "ORCHESTRATOR_LOG_LEVEL": "warning", "PYTHONPATH": str(repo), **(env or {})}
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "orchestrator",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--data-dir",
-                self._dir.name,
-            ],
-            env=full_env,
-            cwd=repo,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            preexec_fn=None
-            if open_files is None
-            else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (open_files,) * 2),
-        )
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("server did not start")
-            time.sleep(0.1)
-
-    def rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
+        super().__init__(env, start_timeout=60, repo=repo, open_files=open_files)
 
     def open_fds(self) -> int:
         return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
 
-    def __enter__(self) -> Child:
-        return self
-
     def __exit__(self, *exc) -> None:
         self.proc.kill()
         self.proc.wait(30)
-        self._dir.cleanup()
+        self.stop()
 
 
 async def closed_after(port: int, every: float, duration: float, started: float) -> float:

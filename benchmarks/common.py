@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import resource
 import socket
 import subprocess
 import sys
@@ -27,8 +28,16 @@ class Server:
     """``python -m orchestrator serve`` on 127.0.0.1 with its own data dir; stopped (SIGTERM) on exit."""
 
     def __init__(
-        self, env: dict | None = None, persist: bool = True, data_dir: str | None = None, start_timeout: float = 30
+        self,
+        env: dict | None = None,
+        persist: bool = True,
+        data_dir: str | None = None,
+        start_timeout: float = 30,
+        repo: Path = REPO,
+        open_files: int | None = None,
     ) -> None:
+        """``repo``: the checkout whose server runs (to compare two on one machine); ``open_files``: the soft and
+        hard descriptor limit it runs under (so it cannot raise it)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         # A given data dir outlives the server (a restart restores from it); otherwise a temporary one.
@@ -55,9 +64,12 @@ class Server:
                 self.data_dir,
             ],
             env=full_env,
-            cwd=REPO,
+            cwd=repo,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            preexec_fn=None
+            if open_files is None
+            else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (open_files,) * 2),
         )
         deadline = time.monotonic() + start_timeout
         while True:
