@@ -21,18 +21,20 @@ import signal
 import tempfile
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import orjson
 from websockets.sync.client import connect
 
-from benchmarks.common import Server
+from benchmarks.common import REPO, Server
 from orchestrator.contract.times import parse_rfc3339
 from orchestrator.probe.fleet import Fleet
 
 
-def start(data_dir: str, interval: str) -> tuple[Server, str, int]:
-    server = Server(env={"ORCHESTRATOR_STORAGE__CHECKPOINT_INTERVAL": interval}, data_dir=data_dir, start_timeout=120)
+def start(data_dir: str, interval: str, repo: Path = REPO) -> tuple[Server, str, int]:
+    env = {"ORCHESTRATOR_STORAGE__CHECKPOINT_INTERVAL": interval}
+    server = Server(env=env, data_dir=data_dir, start_timeout=120, repo=repo)
     return server, server.url, server.port
 
 
@@ -88,18 +90,30 @@ def lost_ages(url: str, load: Load, killed_at: float) -> list[float]:
     return ages
 
 
-def main(rounds: int, interval: str, hosts: int, seed: int) -> None:
+def last_checkpoint_ms(url: str) -> float | None:
+    """How long the server's last checkpoint took (the window holds while it is under half the interval)."""
+    try:
+        stats = httpx.get(url + "/api/v1/query/stats", timeout=10).json()
+    except httpx.HTTPError:
+        return None
+    return (stats.get("storage", {}).get("checkpoint") or {}).get("last_checkpoint_ms")
+
+
+def run(rounds: int, interval: str, hosts: int, seed: int, repo: Path = REPO) -> list[tuple]:
+    """One row per round: (round, 202s, lost, oldest lost s, last seq seen, seq after restart, reused, restart s,
+    the last checkpoint's duration in ms before the kill)."""
     rng = random.Random(seed)
     data_dir = tempfile.mkdtemp(prefix="bench-crash-")
     fleet = Fleet(hosts, processes=30, containers=3, connections=40)
     counter = [0, 0.0]  # reports sent, the last report timestamp
     rows = []
-    proc, url, port = start(data_dir, interval)
+    proc, url, port = start(data_dir, interval, repo)
     for number in range(1, rounds + 1):
         load, watcher = Load(url, fleet, counter), Watcher(port)
         load.thread.start()
         watcher.thread.start()
         time.sleep(rng.uniform(3.0, 6.0))
+        checkpoint_ms = last_checkpoint_ms(url)
         killed_at = time.monotonic()
         proc.proc.send_signal(signal.SIGKILL)
         proc.proc.wait(10)
@@ -107,22 +121,31 @@ def main(rounds: int, interval: str, hosts: int, seed: int) -> None:
         load.thread.join(10)
         watcher.thread.join(10)
         started = time.monotonic()
-        proc, url, port = start(data_dir, interval)
+        proc, url, port = start(data_dir, interval, repo)
         restart = time.monotonic() - started
         ages = lost_ages(url, load, killed_at)
         with connect(f"ws://127.0.0.1:{port}/api/v1/ws?level=host&since={watcher.seen}", max_size=None) as ws:
             first = orjson.loads(ws.recv(timeout=30))
         reused = first["type"] != "topology_update" or first["seq"] <= watcher.seen
         accepted = sum(map(len, load.accepted.values()))
-        rows.append((number, accepted, len(ages), max(ages, default=0.0), watcher.seen, first["seq"], reused, restart))
+        oldest = max(ages, default=0.0)
+        rows.append((number, accepted, len(ages), oldest, watcher.seen, first["seq"], reused, restart, checkpoint_ms))
     proc.stop()
+    return rows
+
+
+def main(rounds: int, interval: str, hosts: int, seed: int) -> None:
+    rows = run(rounds, interval, hosts, seed)
     print(f"checkpoint_interval {interval}, {hosts} hosts, {rounds} SIGKILLs\n")
-    print("| round | 202s | lost | oldest lost (s) | last seq seen | seq after restart | seq reused | restart (s) |")
-    print("|---|---|---|---|---|---|---|---|")
-    for number, accepted, lost, oldest, seen, after, reused, restart in rows:
+    print(
+        "| round | 202s | lost | oldest lost (s) | last seq seen | seq after restart | seq reused | restart (s) "
+        "| last checkpoint (ms) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for number, accepted, lost, oldest, seen, after, reused, restart, checkpoint_ms in rows:
         print(
             f"| {number} | {accepted} | {lost} | {oldest:.2f} | {seen} | {after} | {'yes' if reused else 'no'} "
-            f"| {restart:.1f} |"
+            f"| {restart:.1f} | {checkpoint_ms} |"
         )
     worst = max(row[3] for row in rows)
     print(f"\noldest lost report over all rounds: {worst:.2f} s; seq reused in {sum(row[6] for row in rows)} rounds")

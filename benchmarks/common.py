@@ -35,9 +35,11 @@ class Server:
         start_timeout: float = 30,
         repo: Path = REPO,
         open_files: int | None = None,
+        stderr: Path | None = None,
     ) -> None:
-        """``repo``: the checkout whose server runs (to compare two on one machine); ``open_files``: the soft and
-        hard descriptor limit it runs under (so it cannot raise it)."""
+        """``repo``: the checkout whose server runs (to compare two on one machine), with its own
+        ``.venv/bin/python`` when it has one; ``open_files``: the soft and hard descriptor limit it runs under
+        (so it cannot raise it); ``stderr``: a file for the server's log lines (else discarded)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         # A given data dir outlives the server (a restart restores from it); otherwise a temporary one.
@@ -50,9 +52,11 @@ class Server:
             "ORCHESTRATOR_STORAGE__PERSIST": "true" if persist else "false",
             **(env or {}),
         }
+        own_python = repo / ".venv" / "bin" / "python"
+        self._log = open(stderr, "ab") if stderr is not None else None  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(
             [
-                sys.executable,
+                str(own_python) if repo != REPO and own_python.exists() else sys.executable,
                 "-m",
                 "orchestrator",
                 "serve",
@@ -66,7 +70,7 @@ class Server:
             env=full_env,
             cwd=repo,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=self._log or subprocess.DEVNULL,
             preexec_fn=None
             if open_files is None
             else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (open_files,) * 2),
@@ -121,6 +125,8 @@ class Server:
                 self.proc.wait(60)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+        if self._log is not None:
+            self._log.close()
         if self._dir is not None:
             self._dir.cleanup()
 
