@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import sys
 import tempfile
 import threading
 import time
@@ -35,7 +36,17 @@ class Options:
         return max(least, round(count * self.scale))
 
     def server(self, env: dict | None = None, **kwargs) -> Server:
-        return Server(env=env, start_timeout=120, repo=self.repo, **kwargs)
+        return Server(env=self.known(env or {}), start_timeout=120, repo=self.repo, **kwargs)
+
+    def known(self, env: dict) -> dict:
+        """``env`` without the settings another checkout does not have (it would refuse to start on them)."""
+        if self.repo == REPO:
+            return env
+        names = (self.repo / "orchestrator" / "settings.py").read_text()
+        kept = {k: v for k, v in env.items() if "__" not in k or k.rsplit("__", 1)[1].lower() in names}
+        for dropped in sorted(set(env) - set(kept)):
+            print(f"# {dropped} left out: {self.repo.name} has no such setting", file=sys.stderr)
+        return kept
 
 
 @dataclass

@@ -53,37 +53,33 @@ def identity_attacks(url: str, token: str | None) -> dict[str, str]:
     auth = {"Authorization": f"Bearer {token}"} if token else {}
     victim_auth = {"Authorization": "Bearer db-token"} if token else {}
     found = {}
+    evil_in_container = {"pid": 66, "name": "x", "container_id": VICTIM_CONTAINER}
+    injected = {"processes": [{"pid": 666}]}
     with httpx.Client(base_url=url, timeout=30) as client:
         if post(client, victim(), **victim_auth).status_code == 401:
             return {}  # the server read the bound tokens as plain strings: nobody's token matches
         post(client, app_client(), **({"Authorization": "Bearer app-token"} if token else {}))
         settled(url, "process:app:51")
-        claims = (
-            ("ip", report("agent-evil", "evil", host_info={"ip_addresses": ["10.0.0.6"]})),
-            (
-                "container",
-                report(
-                    "agent-evil",
-                    "evil",
-                    processes_info={"processes": [{"pid": 66, "name": "x", "container_id": VICTIM_CONTAINER}]},
-                ),
-            ),
-            (
-                "hostname",
-                report("agent-evil", "db", host_info={"os": "forged"}, processes_info={"processes": [{"pid": 666}]}),
-            ),
+        claims = (  # each from an agent of its own, so a later report of one does not replace another's claim
+            ("ip", report("agent-evil-ip", "evil", host_info={"ip_addresses": ["10.0.0.6"]})),
+            ("container", report("agent-evil-ct", "evil", processes_info={"processes": [evil_in_container]})),
+            ("hostname", report("agent-evil-host", "db", host_info={"os": "forged"}, processes_info=injected)),
         )
         for name, body in claims:
             found[name + " status"] = str(post(client, body, **auth).status_code)
-        post(client, report("agent-evil", "evil", processes_info={"processes": [{"pid": 1}]}), **auth)
-        view = settled(url, "process:evil:1")
-        nodes, edges = view["nodes"], view["edges"].values()
-        found["ip"] = ", ".join(e["target"] for e in edges if e["source"] == "process:app:51") or "no edge"
+        post(client, report("agent-x", "x", processes_info={"processes": [{"pid": 1}]}), **auth)
+        nodes = settled(url, "process:x:1")["nodes"]
         container = nodes.get(f"container:{VICTIM_CONTAINER}", {})
         found["container"] = f"under {container.get('parent')} (host {container.get('host')})"
         found["hostname"] = f"db os={nodes.get('host:db', {}).get('metadata', {}).get('os')}, process:db:666 " + (
             "injected" if "process:db:666" in nodes else "absent"
         )
+        # The owners report again, as probes do every interval: the client's connection is resolved anew.
+        post(client, victim(), **victim_auth)
+        post(client, app_client(), **({"Authorization": "Bearer app-token"} if token else {}))
+        post(client, report("agent-x", "x", processes_info={"processes": [{"pid": 2}]}), **auth)
+        edges = settled(url, "process:x:2")["edges"].values()
+        found["ip"] = ", ".join(e["target"] for e in edges if e["source"] == "process:app:51") or "no edge"
         post(
             client,
             report("agent-db", "db", time.time() + 290, processes_info={"processes": [{"pid": 7001}]}),
@@ -91,7 +87,7 @@ def identity_attacks(url: str, token: str | None) -> dict[str, str]:
         )
         settled(url, "process:db:7001")
         post(client, report("agent-db", "db", processes_info={"processes": [{"pid": 7002}]}), **victim_auth)
-        post(client, report("agent-x", "x", processes_info={"processes": [{"pid": 9}]}), **auth)
+        post(client, report("agent-x", "x", ts=time.time() + 1, processes_info={"processes": [{"pid": 9}]}), **auth)
         nodes = settled(url, "process:x:9")["nodes"]
         found["future"] = (
             "the view follows the next report" if "process:db:7002" in nodes else "the view stays on the future report"
@@ -107,7 +103,7 @@ def attack_identity(opts: Options) -> list[Row]:
         [
             {"token": "db-token", "hostnames": ["db"]},
             {"token": "app-token", "hostnames": ["app"]},
-            {"token": "evil-token", "agent_ids": ["agent-evil", "agent-x"], "hostnames": ["evil", "x"]},
+            {"token": "evil-token", "agent_ids": ["agent-evil*", "agent-x"], "hostnames": ["evil", "x"]},
         ]
     )
     try:

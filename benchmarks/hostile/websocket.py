@@ -148,8 +148,9 @@ def attack_views(opts: Options) -> list[Row]:
             wait_until(lambda: pinger.seq > 1, 60)
             alone, _ = cpu_per_publish(server, pinger, publishes)
             rtt_alone = pinger.take()
-            ready, stop, out = multiprocessing.Event(), multiprocessing.Event(), multiprocessing.Queue()
-            child = multiprocessing.Process(target=_view_clients, args=(server.port, count, ready, stop, out))
+            spawn = multiprocessing.get_context("spawn")  # not fork: this process has threads running
+            ready, stop, out = spawn.Event(), spawn.Event(), spawn.Queue()
+            child = spawn.Process(target=_view_clients, args=(server.port, count, ready, stop, out))
             opened = time.monotonic()
             child.start()
             ready.wait(600)
