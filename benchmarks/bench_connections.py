@@ -42,40 +42,47 @@ class Child(Server):
         self.stop()
 
 
-async def closed_after(port: int, every: float, duration: float, started: float) -> float:
-    """Send a request's header a byte every ``every`` s; seconds until the server closes (``duration`` if never)."""
+async def closed_after(port: int, every: float, end: float) -> float | None:
+    """Send a request's header a byte every ``every`` s until ``end``: the seconds from its first byte until the
+    server answered or closed, ``inf`` if it was still open at ``end``, None if it never connected."""
     try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    except OSError:
-        return 0.0
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection("127.0.0.1", port), max(0.1, end - time.monotonic())
+        )
+    except (OSError, TimeoutError):
+        return None
     header = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * 10_000
+    first = time.monotonic()
     try:
         for byte in header:
             writer.write(bytes([byte]))
             try:
                 await writer.drain()
                 if await asyncio.wait_for(reader.read(1), every) or reader.at_eof():
-                    break  # an answer (408/503) or the server closed
+                    return time.monotonic() - first  # an answer (408/503) or the server closed
             except TimeoutError:
                 pass
             except OSError:
-                break
-            if time.monotonic() - started > duration:
-                return duration
+                return time.monotonic() - first
+            if time.monotonic() > end:
+                return float("inf")
     finally:
         writer.close()
-    return time.monotonic() - started
+    return float("inf")
 
 
 async def trickle(repo: Path, connections: int, timeout: float, duration: float) -> None:
     env = {"ORCHESTRATOR_SERVER__REQUEST_TIMEOUT": f"{timeout:g}s"}
     with Child(repo, env) as server:
-        started = time.monotonic()
-        times = await asyncio.gather(*(closed_after(server.port, 1.0, duration, started) for _ in range(connections)))
-    still = sum(t >= duration for t in times)
+        end = time.monotonic() + duration
+        results = await asyncio.gather(*(closed_after(server.port, 1.0, end) for _ in range(connections)))
+    times = [t for t in results if t is not None]
+    cut = [t for t in times if t != float("inf")]
     print(
-        f"trickle: {connections} connections, a header byte a second, request_timeout {timeout:g} s, run {duration:g} s: "
-        f"open p50 {percentile(times, 50):.1f} s, max {max(times):.1f} s, still open at the end {still}"
+        f"trickle: {connections} connections ({len(times)} connected), a header byte a second, request_timeout "
+        f"{timeout:g} s, run {duration:g} s: cut {len(cut)}"
+        + (f" after p50 {percentile(cut, 50):.1f} s, max {max(cut):.1f} s of their first byte" if cut else "")
+        + f"; still open at the end {len(times) - len(cut)}"
     )
 
 
