@@ -44,7 +44,7 @@ log = structlog.get_logger("orchestrator.api.connections")
 IDLE, ARRIVING, BUSY, GONE = "idle", "arriving", "busy", "gone"
 SHED_REASONS = ("idle", "slow", "refused", "request_timeout", "body_bytes")
 LOG_EVERY = 10.0  # seconds between two connections_shed lines
-LINGER = 2.0  # seconds a refused connection is read (and discarded) so the client sees the 503, not a reset
+LINGER = 2.0  # seconds an answered 408/503 connection is read (and discarded) so the client sees it, not a reset
 
 
 class Guarded(Protocol):
@@ -176,10 +176,14 @@ class ConnectionGuard:
         else:
             conn.cut(error)
 
-    def refused(self, linger: bool) -> bool:
-        """A connection answered 503 at once; whether it may linger (read and discard for ``LINGER`` s)."""
+    def refused(self) -> None:
+        """A new connection answered 503 at once: nothing could be shed."""
         self._count("refused")
-        if linger and self.lingering < self.linger_limit:
+
+    def start_linger(self) -> bool:
+        """Whether an answered connection may stay open ``LINGER`` s more, reading and discarding (the
+        descriptors for that come out of the headroom kept below the descriptor limit)."""
+        if self.lingering < self.linger_limit:
             self.lingering += 1
             return True
         return False

@@ -34,6 +34,7 @@ class GuardedHttp(Http):
             try:
                 self.protocol.guard.hold_body(self.protocol, len(data))
             except ApiError:
+                self.protocol.cut_short = True
                 self.keep_alive = False
                 self.request_body = None  # answered and closed: the rest is not read
                 raise
@@ -47,7 +48,7 @@ class GuardedProtocol(DeflateWebSocketProtocol):
 
     HTTP_CLASS = GuardedHttp
     # Sanic's metaclass gives every class empty __slots__: what a connection keeps must be named here.
-    __slots__ = ("began", "body_held", "deadline", "guard", "lingering", "phase", "refused")
+    __slots__ = ("began", "body_held", "cut_short", "deadline", "guard", "lingering", "phase", "refused")
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -56,40 +57,56 @@ class GuardedProtocol(DeflateWebSocketProtocol):
         self.began = 0.0
         self.body_held = 0
         self.deadline: asyncio.TimerHandle | None = None
-        self.refused = False
+        self.refused = False  # answered 503 at once, never served
+        self.cut_short = False  # a request in progress answered 408/503 by the guard, the rest not read
         self.lingering = False
 
     def connection_made(self, transport) -> None:
         if self.guard.admit(self):
             super().connection_made(transport)
             return
-        # Nothing could be shed: answer 503 before reading anything, then read and discard what the client
-        # sends for a moment, so it reads the answer instead of a reset.
+        # Nothing could be shed: answer 503 before reading anything.
         self.refused = True
+        self.guard.refused()
         transport.write(self.guard.refusal)
-        if self.guard.refused(linger=transport.can_write_eof()):
-            self.lingering = True
-            transport.write_eof()
-            self.loop.call_later(LINGER, _abort, transport)
-        else:
+        if not self._linger(transport):
             transport.close()
 
+    def _linger(self, transport) -> bool:
+        """Half-close after the answer and read and discard what the client still sends for a moment: closing
+        with unread bytes would send a reset, and the client could lose the answer to it."""
+        if not transport.can_write_eof() or not self.guard.start_linger():
+            return False
+        self.lingering = True
+        transport.write_eof()
+        self.loop.call_later(LINGER, _abort, transport)
+        return True
+
+    def close(self, timeout: float | None = None) -> None:
+        if self.cut_short and self.websocket is None and self.transport is not None:
+            self.cut_short = False
+            if not self.transport.is_closing() and self._linger(self.transport):
+                if self._callback_check_timeouts:
+                    self._callback_check_timeouts.cancel()
+                return
+        super().close(timeout)
+
     def data_received(self, data: bytes) -> None:
-        if self.refused:
+        if self.refused or self.lingering:
             return
         if self.phase is IDLE and data:
             self.guard.begin(self)
         super().data_received(data)
 
     def eof_received(self) -> bool | None:
-        if self.refused:
+        if self.refused or self.lingering:
             return False  # the client is done too: close
         return super().eof_received()
 
     def connection_lost(self, exc) -> None:
+        if self.lingering:
+            self.guard.linger_done()
         if self.refused:
-            if self.lingering:
-                self.guard.linger_done()
             return
         self.guard.lost(self)
         super().connection_lost(exc)
@@ -109,6 +126,7 @@ class GuardedProtocol(DeflateWebSocketProtocol):
     def cut(self, error: ApiError) -> None:
         """End the request in progress: answered with ``error`` when a response can still be written, then
         closed without reading the rest."""
+        self.cut_short = True
         http = self._http
         if http is not None:
             http.exception = error
