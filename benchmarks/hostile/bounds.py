@@ -143,7 +143,7 @@ def attack_queue(opts: Options) -> list[Row]:
             thread.start()
         for thread in threads:
             thread.join()
-        with contextlib.suppress(RuntimeError):
+        with contextlib.suppress(RuntimeError, httpx.HTTPError):
             server.wait_drained(300)
         top = peak.stop()
     answered = ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items(), key=str))
@@ -316,9 +316,12 @@ def attack_stalls(opts: Options) -> list[Row]:
         )
         for name, before, call, drain in cases:
             with stall_during(server.url) as stall:
-                status, took = timed(call)
-                if drain:
-                    server.wait_drained(300)
+                try:
+                    status, took = timed(call)
+                    if drain:
+                        server.wait_drained(300)
+                except httpx.HTTPError as exc:  # a server that does not answer in time is a figure too
+                    status = type(exc).__name__
             rows.append(
                 Row(
                     f"{name} ({hosts}-host fleet): longest ping meanwhile", before, f"{stall[0]:.0f} ms (HTTP {status})"

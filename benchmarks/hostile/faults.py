@@ -113,7 +113,7 @@ def attack_fulldisk(opts: Options) -> list[Row]:
         start_full = None
         if disk is not None:
             fill(disk / "filler")
-            start_full = serve_once(opts, data_dir)
+            start_full = serve_once(opts, data_dir + "-new")  # a new data dir: nothing to restore, all to write
             (disk / "filler").unlink()
             subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], capture_output=True)
         with opts.server(data_dir=data_dir) as again:

@@ -11,6 +11,7 @@ import httpx
 import orjson
 from websockets.sync.client import connect as ws_connect
 
+from benchmarks.bench_identity import CONTAINER, app_client, victim
 from benchmarks.hostile import (
     Options,
     Row,
@@ -24,42 +25,18 @@ from benchmarks.hostile import (
 
 # -- 9: one agent rewriting another host ------------------------------------------------------------------------------
 
-VICTIM_CONTAINER = "d" * 64
-
-
-def victim() -> dict:
-    return report(
-        "agent-db",
-        "db",
-        host_info={"os": "linux", "ip_addresses": ["10.0.0.6"]},
-        docker_info={"containers": [{"id": VICTIM_CONTAINER, "name": "pg"}]},
-        processes_info={"processes": [{"pid": 5432, "name": "postgres", "container_id": VICTIM_CONTAINER}]},
-        network_info={"connections": [{"pid": 5432, "local_ip": "0.0.0.0", "local_port": 5432, "state": "LISTEN"}]},
-    )
-
-
-def app_client() -> dict:
-    connection = {"pid": 51, "local_ip": "10.0.0.5", "local_port": 43512, "remote_ip": "10.0.0.6", "remote_port": 5432}
-    return report(
-        "agent-app",
-        "app",
-        host_info={"ip_addresses": ["10.0.0.5"]},
-        processes_info={"processes": [{"pid": 51, "name": "api"}]},
-        network_info={"connections": [{**connection, "state": "ESTABLISHED"}]},
-    )
-
 
 def identity_attacks(url: str, token: str | None) -> dict[str, str]:
     auth = {"Authorization": f"Bearer {token}"} if token else {}
     victim_auth = {"Authorization": "Bearer db-token"} if token else {}
     found = {}
-    evil_in_container = {"pid": 66, "name": "x", "container_id": VICTIM_CONTAINER}
+    evil_in_container = {"pid": 66, "name": "x", "container_id": CONTAINER}
     injected = {"processes": [{"pid": 666}]}
     with httpx.Client(base_url=url, timeout=30) as client:
         if post(client, victim(), **victim_auth).status_code == 401:
             return {}  # the server read the bound tokens as plain strings: nobody's token matches
         post(client, app_client(), **({"Authorization": "Bearer app-token"} if token else {}))
-        settled(url, "process:app:51")
+        settled(url, "process:app:5120")
         claims = (  # each from an agent of its own, so a later report of one does not replace another's claim
             ("ip", report("agent-evil-ip", "evil", host_info={"ip_addresses": ["10.0.0.6"]})),
             ("container", report("agent-evil-ct", "evil", processes_info={"processes": [evil_in_container]})),
@@ -69,7 +46,7 @@ def identity_attacks(url: str, token: str | None) -> dict[str, str]:
             found[name + " status"] = str(post(client, body, **auth).status_code)
         post(client, report("agent-x", "x", processes_info={"processes": [{"pid": 1}]}), **auth)
         nodes = settled(url, "process:x:1")["nodes"]
-        container = nodes.get(f"container:{VICTIM_CONTAINER}", {})
+        container = nodes.get(f"container:{CONTAINER}", {})
         found["container"] = f"under {container.get('parent')} (host {container.get('host')})"
         found["hostname"] = f"db os={nodes.get('host:db', {}).get('metadata', {}).get('os')}, process:db:666 " + (
             "injected" if "process:db:666" in nodes else "absent"
@@ -79,7 +56,7 @@ def identity_attacks(url: str, token: str | None) -> dict[str, str]:
         post(client, app_client(), **({"Authorization": "Bearer app-token"} if token else {}))
         post(client, report("agent-x", "x", processes_info={"processes": [{"pid": 2}]}), **auth)
         edges = settled(url, "process:x:2")["edges"].values()
-        found["ip"] = ", ".join(e["target"] for e in edges if e["source"] == "process:app:51") or "no edge"
+        found["ip"] = ", ".join(e["target"] for e in edges if e["source"] == "process:app:5120") or "no edge"
         post(
             client,
             report("agent-db", "db", time.time() + 290, processes_info={"processes": [{"pid": 7001}]}),
