@@ -103,7 +103,7 @@ def replica_process(nats_server):
             },
         )
         procs.append(proc)
-        return proc.wait_healthy(timeout=30)
+        return proc.wait_healthy(timeout=60)
 
     yield start
     for proc in procs:

@@ -119,6 +119,6 @@ def test_a_retried_report_is_stored_once_whichever_replica_gets_the_retry(start_
     assert [a.status_code for a in answers] == [202, 202, 202]
     assert len({a.json()["report_id"] for a in answers}) == 1
     seq = report_seq(answers[0])
-    view = wait_for(lambda: converged([first.url, second.url], seq), timeout=20)
+    view = wait_for(lambda: converged([first.url, second.url], seq), timeout=60)
     assert [a["reports_received"] for a in view["agents"]] == [1]
     assert all(cluster_stats(url)["applied_seq"] >= seq for url in (first.url, second.url))

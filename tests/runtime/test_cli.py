@@ -120,7 +120,7 @@ def test_docker_entrypoint_command_starts_the_server(tmp_path):
                 assert proc.poll() is None, proc.stdout.read().decode()
                 return False
 
-        wait_for(healthy, 20, 0.1)
+        wait_for(healthy, 60, 0.1)
         assert (tmp_path / "orchestrator.db").exists()
         # The image's health check, as Docker runs it (exec form), finds the server by its settings.
         check = json.loads(dockerfile.split("HEALTHCHECK", 1)[1].split("CMD", 1)[1].splitlines()[0])

@@ -139,12 +139,12 @@ def test_a_full_disk_refuses_until_space_is_freed_and_loses_no_accepted_report(t
                     accepted.append(f"agent-{i}")
                     if health(server.url).status_code == 503:
                         break
-                body = wait_for(lambda: (r := health(server.url)).status_code == 503 and r.json(), timeout=20)
+                body = wait_for(lambda: (r := health(server.url)).status_code == 503 and r.json(), timeout=60)
                 assert body["status"] == "storage_unavailable" and "full" in body["reason"]
                 assert_refused_with_503(client)
 
                 (disk / "filler").unlink()  # the operator frees space: the next checkpoint succeeds
-                wait_for(lambda: health(server.url).status_code == 200, timeout=20)
+                wait_for(lambda: health(server.url).status_code == 200, timeout=60)
                 for i in range(3):
                     assert post_report(client, big_report(f"agent-after-{i}")).status_code == 202
                     accepted.append(f"agent-after-{i}")

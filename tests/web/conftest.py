@@ -92,7 +92,7 @@ def open_page(browser):
         context = browser.new_context(viewport={"width": 1400, "height": 900})
         contexts.append(context)
         page = context.new_page()
-        page.set_default_timeout(15_000)
+        page.set_default_timeout(30_000)
         watch = PageWatch(server.url, allow)
         watch.attach(page)
         watches.append(watch)
