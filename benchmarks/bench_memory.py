@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Functions (by name) whose allocations are nodes' (everything else in the engine is connections and edges').
 NODE_FUNCTIONS = {
     "process_contribution",
+    "_process_nodes",
     "_metadata",
     "host_contribution",
     "docker_contribution",

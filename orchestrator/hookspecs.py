@@ -115,8 +115,10 @@ def merge_report(report, context):
     :param report: the validated :class:`orchestrator.contract.models.Report`.
     :param context: a :class:`orchestrator.pipeline.ingest.MergeContext` with
         ``contribute(section, contribution)`` (an :class:`orchestrator.topology.Contribution`, or ``None``
-        to remove the section; it calls :meth:`orchestrator.topology.Topology.contribute` for the report's
-        agent), ``container_id(process)`` (cached extraction through ``extract_container_id``), ``order``
+        to remove the section; :meth:`orchestrator.topology.Topology.contribute` for the report's agent,
+        run when the hook returns, in steps that let the event loop serve requests in between: a
+        contribution's ``nodes`` and ``connections`` may be generators, consumed in those steps, so that a
+        section of thousands of items is not built in one go either), ``container_id(process)`` (cached extraction through ``extract_container_id``), ``order``
         (the arrival counter that breaks timestamp ties) and ``received_at`` (the server's clock, epoch
         seconds, when the report was accepted).
     """

@@ -13,7 +13,8 @@ SECTION = "network_info"
 
 def network_contribution(hostname: str, network_info) -> Contribution:
     intern = sys.intern  # the same few addresses repeat across thousands of sockets
-    connections = tuple(
+    # A generator: the engine consumes it in steps (a report may hold 50,000 connections).
+    connections = (
         ConnectionIn(c.pid, c.protocol, intern(c.local_ip), c.local_port, intern(c.remote_ip), c.remote_port, c.state)
         for c in network_info.connections
     )

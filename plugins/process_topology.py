@@ -8,6 +8,8 @@ it is long, repeated per process and already reduced to the container id.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from orchestrator.hookspecs import hookimpl
 from orchestrator.topology import (
     Contribution,
@@ -24,8 +26,13 @@ _NOT_METADATA = {"pid", "name", "cgroup", "container_id", *_METRICS}
 
 
 def process_contribution(hostname: str, processes_info, container_of) -> Contribution:
+    # The nodes as a generator: the engine consumes it in steps (a report may hold 10,000 processes).
+    return Contribution(nodes=_process_nodes(hostname, processes_info, container_of))
+
+
+def _process_nodes(hostname: str, processes_info, container_of) -> Iterator[NodeIn]:
     host_node = host_id(hostname)
-    nodes = [host_stub(hostname)]
+    yield host_stub(hostname)
     containers: dict[str, NodeIn] = {}
     for process in processes_info.processes:
         fields = _metadata(process)
@@ -37,19 +44,16 @@ def process_contribution(hostname: str, processes_info, container_of) -> Contrib
             fields["container_id"] = full_id
             if parent not in containers:
                 containers[parent] = NodeIn(id=parent, type="container", parent=host_node, host=hostname)
-        nodes.append(
-            NodeIn(
-                id=process_id(hostname, process.pid),
-                type="process",
-                name=process.name,
-                parent=parent,
-                host=hostname,
-                metadata=fields,
-                metrics=metrics,
-            )
+        yield NodeIn(
+            id=process_id(hostname, process.pid),
+            type="process",
+            name=process.name,
+            parent=parent,
+            host=hostname,
+            metadata=fields,
+            metrics=metrics,
         )
-    nodes.extend(containers.values())
-    return Contribution(nodes=tuple(nodes))
+    yield from containers.values()
 
 
 def _metadata(process) -> dict:

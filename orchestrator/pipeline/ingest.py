@@ -24,7 +24,7 @@ import structlog
 from orchestrator.contract.errors import ApiError
 from orchestrator.contract.models import BUILTIN_SECTIONS, Process, Report, count_items
 from orchestrator.pipeline.host import Hooks
-from orchestrator.runtime.slicing import TimeSlice
+from orchestrator.runtime.slicing import TimeSlice, run_steps
 from orchestrator.topology import Contribution, Topology
 
 if TYPE_CHECKING:
@@ -48,19 +48,31 @@ class Accepted:
 class MergeContext:
     """What a ``merge_report`` hook gets besides the report: :meth:`contribute`, bound to this report, the
     live topology and both clocks; :meth:`container_id` (cached extraction); the report's arrival
-    ``order`` and ``received_at``, the server's clock when it was accepted."""
+    ``order`` and ``received_at``, the server's clock when it was accepted.
+
+    The ingest worker makes it with ``pending`` set: contributions are then kept there and applied in
+    steps right after the hook returns (:meth:`Ingest.merge_steps`), so a report of 50,000 connections
+    does not hold the event loop for the whole of its merge. Hooks cannot read the live topology, so
+    applying after the hook gives the same topology as applying inside it."""
 
     report: Report
     order: int
     received_at: float
     extract: Callable[[str], str | None]
     _topology: Topology
+    pending: list[tuple[str, Contribution | None]] | None = None
 
     def contribute(self, section: str, contribution: Contribution | None) -> None:
         """Replace the report's agent's contribution for ``section`` (``None`` removes it): the report's
         timestamp orders, its arrival order breaks ties, the receipt time sets ``first_seen``/``last_seen``."""
+        if self.pending is not None:
+            self.pending.append((section, contribution))
+        else:
+            run_steps(self.contribute_steps(section, contribution))
+
+    def contribute_steps(self, section: str, contribution: Contribution | None) -> Iterator[None]:
         report = self.report
-        self._topology.contribute(
+        return self._topology.contribute_steps(
             report.agent_id, report.hostname, section, report.epoch, self.order, contribution, seen=self.received_at
         )
 
@@ -197,21 +209,42 @@ class Ingest:
             stretch = TimeSlice(BATCH_SECONDS)
             last = self._batch[-1].order
             while self._batch:
-                async with self.state.topology_lock:  # a publish in slices reads the topology meanwhile
+                # A publish in slices, a cleanup batch and a checkpoint's gathering read the topology under
+                # the lock: held across a report merged in several steps, they never see half of one.
+                async with self.state.topology_lock:
                     stretch.restart()
                     while self._batch and not stretch.due():
-                        item = self._batch.popleft()
-                        self.apply(item, merge=item.order not in skip)
+                        await self._apply_first(skip, stretch)
                 await stretch.pause()
             self.applied_order = last
             self._show_backlog()
 
+    async def _apply_first(self, skip: set[int], stretch: TimeSlice) -> None:
+        """Apply the batch's first report, yielding the loop whenever the stretch is used up, then take it
+        off the batch (until then it counts in the backlog). Cancelled part-way (shutdown), it finishes the
+        report in one go first: a report is never left half-merged for the drain to apply again."""
+        item = self._batch[0]
+        steps = self.apply_steps(item, merge=item.order not in skip)
+        try:
+            for _ in steps:
+                if stretch.due():
+                    await stretch.pause()
+        except asyncio.CancelledError:
+            run_steps(steps)
+            raise
+        finally:
+            self._batch.popleft()
+
     def apply(self, item: Accepted, merge: bool = True) -> None:
+        """Apply one accepted report in one go (the shutdown drain, a cluster replica)."""
+        run_steps(self.apply_steps(item, merge))
+
+    def apply_steps(self, item: Accepted, merge: bool = True) -> Iterator[None]:
+        """Merge one report (in steps: it yields every few hundred items merged), then run its sinks."""
         state = self.state
         start = time.perf_counter()
         if merge:
-            context = MergeContext(item.report, item.order, item.received_at, self.extract, state.topology)
-            state.hooks.call_each("merge_report", report=item.report, context=context)
+            yield from self.merge_steps(item)
         else:
             state.metrics.reports_coalesced.inc()
         state.hooks.call_each(
@@ -227,6 +260,27 @@ class Ingest:
         state.metrics.ingest_queue_bytes.set(self.queued_bytes)
         state.metrics.ingest_seconds.observe(time.perf_counter() - start)
 
+    def merge_steps(self, item: Accepted) -> Iterator[None]:
+        """The ``merge_report`` hooks, one by one, each one's contributions applied right after it returns.
+        An exception from the hook or from applying what it contributed is the plugin's: logged with its
+        name and counted, and the other plugins still merge (as ``Hooks.call_each`` does)."""
+        hooks = self.state.hooks
+        pending: list[tuple[str, Contribution | None]] = []
+        context = MergeContext(item.report, item.order, item.received_at, self.extract, self.state.topology, pending)
+        kwargs = {"report": item.report, "context": context}
+        for impl in hooks.impls("merge_report"):
+            try:
+                impl.function(*[kwargs[arg] for arg in impl.argnames])
+            except Exception as exc:
+                hooks.failed(impl, "merge_report", exc)
+            while pending:
+                section, contribution = pending.pop(0)
+                try:
+                    yield from context.contribute_steps(section, contribution)
+                except Exception as exc:
+                    hooks.failed(impl, "merge_report", exc)
+            yield
+
     async def drain(self) -> None:
         """Refuse new reports and apply every accepted one, including a batch the worker was cut off in
         (graceful shutdown: a 202 is never lost)."""
@@ -235,8 +289,9 @@ class Ingest:
             self._batch.append(self.queue.get_nowait())
         skip = superseded(self._batch)
         while self._batch:
-            item = self._batch.popleft()
+            item = self._batch[0]
             self.apply(item, merge=item.order not in skip)
+            self._batch.popleft()
             self.applied_order = item.order
         self._show_backlog()
 

@@ -3,12 +3,15 @@
 Every loop-bound job that can grow with the fleet (applying a burst of reports, publishing a big change,
 a cleanup sweep, gathering a checkpoint) runs through one :class:`TimeSlice`: work while :meth:`due` is
 false, then :meth:`pause` (async code) or ``yield`` and :meth:`restart` (a generator driven by the loop).
+Work written as a generator of steps serves both ways: the loop drives it a slice at a time, and
+:func:`run_steps` runs it in one go where nothing waits (start-up, the shutdown drain, a benchmark).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 
 
 class TimeSlice:
@@ -36,3 +39,9 @@ class TimeSlice:
         self.restart()
         await asyncio.sleep(0)
         self.started = time.perf_counter()
+
+
+def run_steps(steps: Iterator[None]) -> None:
+    """Run a generator of steps to its end in one go."""
+    for _ in steps:
+        pass

@@ -588,18 +588,29 @@ def _rfc3339_or_none(at: float | None) -> str | None:
 async def _gather(state: State, ids: list[str]) -> tuple[list[AgentRows], float]:
     """Each agent's rows, serialised on the loop (the state may not be read from another thread),
     yielding whenever a stretch exceeds the budget. Returns the rows and the longest stretch. An agent
-    whose rows fail is left out (and stays dirty); everyone else is still written."""
+    whose rows fail is left out (and stays dirty); everyone else is still written. Each stretch holds the
+    topology lock: the ingest worker merges a large report in several steps under it, and an agent's
+    contributions are never read half-merged."""
     rows: list[AgentRows] = []
     stretch = TimeSlice(GATHER_BUDGET_SECONDS)
-    for agent_id in ids:
-        try:
-            rows.append(agent_rows(state, agent_id))
-        except Exception as exc:
-            # It stays dirty: tried again next time (its next report may fix it), logged and counted each time.
-            state.dirty_agents.add(agent_id)
-            state.metrics.checkpoint_failures.inc()
-            log.error("checkpoint_agent_failed", agent_id=agent_id, error=repr(exc))
-        if stretch.due():
+    pending = iter(ids)
+    more = True
+    while more:
+        async with state.topology_lock:
+            stretch.restart()
+            for agent_id in pending:
+                try:
+                    rows.append(agent_rows(state, agent_id))
+                except Exception as exc:
+                    # It stays dirty: tried again next time (its next report may fix it), logged and counted.
+                    state.dirty_agents.add(agent_id)
+                    state.metrics.checkpoint_failures.inc()
+                    log.error("checkpoint_agent_failed", agent_id=agent_id, error=repr(exc))
+                if stretch.due():
+                    break
+            else:
+                more = False
+        if more:
             await stretch.pause()
     stretch.restart()
     return rows, stretch.longest

@@ -32,12 +32,12 @@ address owner or process node (``resolve.py``), so its cost follows the contribu
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import replace
 
 from orchestrator.contract.models import BUILTIN_SECTIONS
 from orchestrator.runtime.collector import paused as paused_gc
-from orchestrator.runtime.slicing import TimeSlice
+from orchestrator.runtime.slicing import TimeSlice, run_steps
 
 from .model import ConnectionIn, Contribution, NodeIn, host_id, rfc3339, type_from_id
 from .resolve import WILDCARD, Conn, Record, Resolver, classify, conn_key, established, record_order
@@ -46,6 +46,9 @@ from .views import Publication, Published, multi_add, multi_discard
 # Snapshots kept per seq (each level and host= asked since the last publish); beyond, the oldest goes.
 MAX_CACHED_SNAPSHOTS = 64
 _PRUNE_SLACK = 16  # shared lists beyond twice the published bodies (plus this) trigger a prune
+# Items (nodes, sockets, connections resolved) between two yields of the stepped contribution: a few
+# milliseconds of work at most, so a driver checking its time slice at each yield stays close to it.
+STEP_ITEMS = 128
 
 
 class _NodeBody:
@@ -87,13 +90,13 @@ class _Held:
     __slots__ = ("contribution", "hostname", "ignored", "listens", "rank", "records", "seen")
 
     def __init__(
-        self, rank: tuple, seen: float, hostname: str, contribution: Contribution, key: tuple, ignored: tuple = ()
+        self, rank: tuple, seen: float, hostname: str, contribution: Contribution, sockets: tuple, ignored: tuple = ()
     ) -> None:
         self.rank = rank
         self.seen = seen  # receipt time: not in the rank, so it never decides which contribution wins
         self.hostname = hostname
         self.ignored = ignored  # ids of the containers it claimed that another host owns (not held)
-        self.listens, self.records = _classify(key, rank, seen, hostname, contribution.connections)
+        self.listens, self.records = sockets  # from _classify_steps
         self.contribution = replace(contribution, connections=()) if contribution.connections else contribution
 
 
@@ -287,8 +290,26 @@ class Topology:
         contract lets it be up to five minutes ahead) would otherwise outrank every report its agent sends
         until that time comes, and freeze the agent's view meanwhile (issue 16 #9).
         """
+        run_steps(self.contribute_steps(agent_id, hostname, section, timestamp, order, contribution, seen=seen))
+
+    def contribute_steps(
+        self,
+        agent_id: str,
+        hostname: str,
+        section: str,
+        timestamp: float,
+        order: int,
+        contribution: Contribution | None,
+        *,
+        seen: float | None = None,
+    ) -> Generator[None, None, None]:
+        """:meth:`contribute` as a generator that yields every few hundred nodes, sockets or connections
+        resolved, so the server can hand the loop to requests while a contribution of 50,000 connections
+        is applied. The result is that of :meth:`contribute`, whatever runs between the steps, provided
+        nothing else reads or changes the live topology before the generator is exhausted (the server holds
+        ``state.topology_lock`` throughout). Abandoned part-way it leaves the topology inconsistent."""
         if (self._restored_first_seen or self._restored_claims) and not self._importing:
-            self._settle_imported()
+            yield from self._settle_steps() if self._unsettled else ()
             self._restored_first_seen, self._restored_claims = {}, {}
         if seen is not None and timestamp > seen:
             timestamp = seen
@@ -298,20 +319,24 @@ class Topology:
             return
         if contribution is None:
             if old is not None:
-                self._replace(key, old, None)
+                yield from self._replace_steps(key, old, None)
                 del self._held[key]
                 self._index_host(key, old, None)
                 self._forget_section(agent_id, section)
-                self._settle()
+                yield from self._settle_steps()
             return
         if seen is None:
             seen = timestamp
+        if type(contribution.nodes) is not tuple:  # an iterator: built as it is consumed
+            nodes = yield from _collect_steps(contribution.nodes)
+            contribution = replace(contribution, nodes=nodes)
         ignored: tuple = ()
         if not self._importing:  # restored contributions were filtered when they were live
             contribution, ignored = self._without_foreign_containers(agent_id, hostname, contribution, old)
         rank = (timestamp, order, contribution.priority, self.register_section(section))
-        new = _Held(rank, seen, hostname, contribution, key, ignored)
-        self._replace(key, old, new)
+        sockets = yield from _classify_steps(key, rank, seen, hostname, contribution.connections)
+        new = _Held(rank, seen, hostname, contribution, sockets, ignored)
+        yield from self._replace_steps(key, old, new)
         self._held[key] = new
         self._index_host(key, old, new)
         self._agent_sections.setdefault(agent_id, {})[section] = None
@@ -319,13 +344,13 @@ class Topology:
         if self._importing:
             self._unsettled = True  # resolved once, by the next publish or live change
         else:
-            self._settle()
+            yield from self._settle_steps()
 
     def remove_agent(self, agent_id: str) -> None:
         for section in list(self._agent_sections.get(agent_id, ())):
             key = (agent_id, section)
             old = self._held.pop(key)
-            self._replace(key, old, None)
+            run_steps(self._replace_steps(key, old, None))
             self._index_host(key, old, None)
         self._agent_sections.pop(agent_id, None)
         self._settle()
@@ -378,13 +403,15 @@ class Topology:
         if new is not None:
             self._host_held.setdefault(new.hostname, {})[key] = None
 
-    def _host_conns(self, host: str, protocol: str, dirty: set) -> None:
+    def _host_conns(self, host: str, protocol: str, dirty: set) -> Generator[None, None, None]:
         """The connections with a record on ``host`` of ``protocol``: those whose direction check looked
         at the host's listeners (the ``("D", host, protocol)`` trigger)."""
         for key in self._host_held.get(host, ()):
-            for record in self._held[key].records:
+            for count, record in enumerate(self._held[key].records, 1):
                 if record.protocol == protocol:
                     dirty.add(conn_key(record.protocol, record.local_end, record.remote_end))
+                if not count % STEP_ITEMS:
+                    yield
 
     def agents(self) -> list[str]:
         return sorted(self._agent_sections)
@@ -403,17 +430,23 @@ class Topology:
         if not sections:
             self._agent_sections.pop(agent_id, None)
 
-    def _replace(self, key: tuple, old: _Held | None, new: _Held | None) -> None:
-        self._replace_nodes(key, old, new)
+    def _replace_steps(self, key: tuple, old: _Held | None, new: _Held | None) -> Generator[None, None, None]:
+        yield from self._replace_nodes(key, old, new)
         self._replace_addresses(key, old, new)
-        self._replace_connections(key, old, new)
+        yield from self._replace_connections(key, old, new)
 
-    def _replace_nodes(self, key: tuple, old: _Held | None, new: _Held | None) -> None:
+    def _replace_nodes(self, key: tuple, old: _Held | None, new: _Held | None) -> Generator[None, None, None]:
         agent, section = key
-        gone = {node.id: node for node in old.contribution.nodes} if old is not None else {}
+        gone = {}
+        for count, node in enumerate(old.contribution.nodes if old is not None else (), 1):
+            gone[node.id] = node
+            if not count % STEP_ITEMS:
+                yield
         if new is not None:
             rank, seen = new.rank, new.seen
-            for node in new.contribution.nodes:
+            for count, node in enumerate(new.contribution.nodes, 1):
+                if not count % STEP_ITEMS:
+                    yield
                 gone.pop(node.id, None)
                 state = self._nodes.get(node.id)
                 if state is None:
@@ -433,7 +466,9 @@ class Topology:
                     else:
                         state.holders = [entry]  # sized 1 (most nodes have one holder)
                 self._dirty_nodes.add(node.id)
-        for node_id in gone:
+        for count, node_id in enumerate(gone, 1):
+            if not count % STEP_ITEMS:
+                yield
             state = self._nodes[node_id]
             state.holders = [h for h in state.holders if h[1] != agent or h[2] != section]
             if not state.holders:
@@ -492,15 +527,21 @@ class Topology:
         if len(contest) <= 1:
             del self._contested[ip]
 
-    def _replace_connections(self, key: tuple, old: _Held | None, new: _Held | None) -> None:
+    def _replace_connections(self, key: tuple, old: _Held | None, new: _Held | None) -> Generator[None, None, None]:
         old_listens = old.listens if old is not None else Counter()
         new_listens = new.listens if new is not None else Counter()
         if old_listens != new_listens:
-            self._update_listeners(old_listens, new_listens)
+            yield from self._update_listeners(old_listens, new_listens)
         # Keyed by the socket itself (protocol and both ends as reported): no conn key per old record.
-        gone = {(r.protocol, r.local_end, r.remote_end): r for r in old.records} if old is not None else {}
+        gone = {}
+        for count, r in enumerate(old.records if old is not None else (), 1):
+            gone[(r.protocol, r.local_end, r.remote_end)] = r
+            if not count % STEP_ITEMS:
+                yield
         conns, dirty = self._conns, self._dirty_conns
-        for record in new.records if new is not None else ():
+        for count, record in enumerate(new.records if new is not None else (), 1):
+            if not count % STEP_ITEMS:
+                yield
             _rank, _owner, host, protocol, pid, local_end, remote_end, _seen = record
             socket_key = conn_key(protocol, local_end, remote_end)
             previous = gone.pop((protocol, local_end, remote_end), None)
@@ -536,7 +577,9 @@ class Topology:
                 else:
                     conn.records.append(record)
             dirty.add(socket_key)
-        for record in gone.values():
+        for count, record in enumerate(gone.values(), 1):
+            if not count % STEP_ITEMS:
+                yield
             socket_key = conn_key(record.protocol, record.local_end, record.remote_end)
             conn = conns[socket_key]
             conn.records = [r for r in conn.records if r is not record]
@@ -554,8 +597,10 @@ class Topology:
                     self._externals[end].refresh(key, seen)
                     self._dirty_nodes.add(end)
 
-    def _update_listeners(self, old: Counter, new: Counter) -> None:
-        for (host, protocol, port, ip, pid), count in (old - new).items():
+    def _update_listeners(self, old: Counter, new: Counter) -> Generator[None, None, None]:
+        for step, ((host, protocol, port, ip, pid), count) in enumerate((old - new).items(), 1):
+            if not step % STEP_ITEMS:
+                yield
             by_ip = self._listeners[(host, protocol, port)]
             pids = by_ip[ip]
             pids[pid] -= count
@@ -567,7 +612,9 @@ class Topology:
                     del by_ip[ip]
                     if not by_ip:
                         del self._listeners[(host, protocol, port)]
-        for (host, protocol, port, ip, pid), count in (new - old).items():
+        for step, ((host, protocol, port, ip, pid), count) in enumerate((new - old).items(), 1):
+            if not step % STEP_ITEMS:
+                yield
             pids = self._listeners.setdefault((host, protocol, port), {}).setdefault(ip, Counter())
             if pid not in pids:
                 self._triggers.add(("L", host, protocol, port))
@@ -586,12 +633,15 @@ class Topology:
 
     def _settle(self) -> None:
         """Re-resolve every connection that changed or depends on a changed index entry."""
+        run_steps(self._settle_steps())
+
+    def _settle_steps(self) -> Generator[None, None, None]:
         self._unsettled = False
         dirty = self._dirty_conns
         deps = self._deps
         for trigger in self._triggers:
             if type(trigger) is tuple and trigger[0] == "D":
-                self._host_conns(trigger[1], trigger[2], dirty)
+                yield from self._host_conns(trigger[1], trigger[2], dirty)
                 continue
             dependents = deps.get(trigger)
             if dependents is not None:
@@ -602,7 +652,9 @@ class Topology:
         self._triggers = set()
         self._dirty_conns = set()
         touched_externals: set[str] = set()
-        for key in dirty:
+        for count, key in enumerate(dirty, 1):
+            if not count % STEP_ITEMS:
+                yield
             conn = self._conns.get(key)
             if conn is None:
                 continue
@@ -997,12 +1049,14 @@ class Topology:
             )
 
 
-def _classify(key: tuple, rank: tuple, seen: float, host: str, connections) -> tuple[Counter, list]:
+def _classify_steps(key: tuple, rank: tuple, seen: float, host: str, connections) -> Generator[None, None, tuple]:
     """A contribution's sockets as listener counts and connection records (duplicates dropped)."""
     listens: Counter = Counter()
     records: dict = {}
     new_record = tuple.__new__  # Record(...) goes through a Python-level __new__: 3x slower
-    for connection in connections:
+    for count, connection in enumerate(connections, 1):
+        if not count % STEP_ITEMS:
+            yield
         kind = classify(connection, host)
         if kind is None:
             continue
@@ -1015,6 +1069,15 @@ def _classify(key: tuple, rank: tuple, seen: float, host: str, connections) -> t
                 Record, (rank, key, host, protocol, pid, local_end, remote_end, seen)
             )
     return listens, list(records.values())
+
+
+def _collect_steps(items) -> Generator[None, None, tuple]:
+    collected = []
+    for count, item in enumerate(items, 1):
+        collected.append(item)
+        if not count % STEP_ITEMS:
+            yield
+    return tuple(collected)
 
 
 def _owners(records: list):

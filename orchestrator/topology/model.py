@@ -6,7 +6,7 @@ A :class:`Contribution` is one agent's complete current view of one report secti
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, NamedTuple
@@ -49,16 +49,18 @@ class Contribution:
     """One agent's view of one section.
 
     :param nodes: the nodes it knows (stubs for parents it only references, e.g. a host or a container
-        seen through a cgroup, so no parent points at a missing node).
+        seen through a cgroup, so no parent points at a missing node). A tuple, or an iterator (a
+        generator) that the engine consumes once, in steps, while it applies the contribution: a merger of
+        thousands of items builds them without holding the event loop for the whole report.
     :param addresses: ``(ip, node id)`` pairs: the node owning the address (a host's or a container's IP).
-    :param connections: sockets seen on the reporting host.
+    :param connections: sockets seen on the reporting host; a tuple or an iterator, as ``nodes``.
     :param priority: breaks exact ``(timestamp, order)`` ties between sections of one report (higher wins),
         e.g. a kubernetes section re-parenting containers under pods beats docker's host parent.
     """
 
-    nodes: tuple[NodeIn, ...] = ()
+    nodes: tuple[NodeIn, ...] | Iterator[NodeIn] = ()
     addresses: tuple[tuple[str, str], ...] = ()
-    connections: tuple[ConnectionIn, ...] = ()
+    connections: tuple[ConnectionIn, ...] | Iterator[ConnectionIn] = ()
     priority: int = 0
 
 

@@ -1,5 +1,7 @@
 """Test plugins that record the order they were called in, and one that always fails."""
 
+import threading
+
 from orchestrator.hookspecs import hookimpl
 
 CALLS: list[str] = []
@@ -40,3 +42,20 @@ class RejectOdd:
             for i, p in enumerate(report.processes_info.processes)
             if p.pid % 2
         ] or None
+
+
+class MergeWatch:
+    """Marks when the ingest worker starts merging a report (this merger runs first) and when the report's
+    sinks run (every merger is done): the window in which a sliced merge must still answer requests."""
+
+    def __init__(self) -> None:
+        self.merging = threading.Event()
+        self.applied = threading.Event()
+
+    @hookimpl(tryfirst=True)
+    def merge_report(self, report, context):
+        self.merging.set()
+
+    @hookimpl
+    def receive_report(self, report, raw, state):
+        self.applied.set()
