@@ -11,6 +11,7 @@ from sanic.response import json
 from orchestrator import __version__
 from orchestrator.contract.durations import format_duration
 from orchestrator.runtime.readiness import readiness
+from orchestrator.runtime.slicing import run_sliced
 
 bp = Blueprint("health")
 
@@ -30,7 +31,7 @@ async def health(request: Request) -> HTTPResponse:
         "version": __version__,
         "uptime": format_duration(round(uptime)),
         "uptime_seconds": round(uptime, 3),
-        "agents": sum(state.agent_counts(state.clock()).values()),
+        "agents": sum((await run_sliced(state.agent_counts(state.clock()))).values()),
         "ingest_queue": state.ingest.backlog if state.ingest else 0,
     }
     if unavailable:
@@ -64,7 +65,7 @@ async def ping(request: Request) -> HTTPResponse:
 @bp.get("/metrics")
 async def metrics(request: Request) -> HTTPResponse:
     state = request.app.ctx.state
-    counts = state.agent_counts(state.clock())
+    counts = await run_sliced(state.agent_counts(state.clock()))
     for status, count in counts.items():
         state.metrics.agents.labels(status).set(count)
     return HTTPResponse(generate_latest(state.metrics.registry), content_type=CONTENT_TYPE_LATEST)

@@ -14,7 +14,7 @@ import asyncio
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
@@ -70,7 +70,7 @@ class MergeContext:
         else:
             run_steps(self.contribute_steps(section, contribution))
 
-    def contribute_steps(self, section: str, contribution: Contribution | None) -> Iterator[None]:
+    def contribute_steps(self, section: str, contribution: Contribution | None) -> Generator[None, None, None]:
         report = self.report
         return self._topology.contribute_steps(
             report.agent_id, report.hostname, section, report.epoch, self.order, contribution, seen=self.received_at
@@ -156,7 +156,7 @@ class Ingest:
         return None
 
     @contextmanager
-    def admission(self, wire_bytes: int) -> Iterator[None]:
+    def admission(self, wire_bytes: int) -> Generator[None, None, None]:
         """Hold a report's place in the backlog from the door until :meth:`submit` queues it (or it fails),
         so that the bodies being read and validated meanwhile cannot overfill the queue."""
         if (refused := self.refusal()) is not None:
@@ -239,7 +239,7 @@ class Ingest:
         """Apply one accepted report in one go (the shutdown drain, a cluster replica)."""
         run_steps(self.apply_steps(item, merge))
 
-    def apply_steps(self, item: Accepted, merge: bool = True) -> Iterator[None]:
+    def apply_steps(self, item: Accepted, merge: bool = True) -> Generator[None, None, None]:
         """Merge one report (in steps: it yields every few hundred items merged), then run its sinks."""
         state = self.state
         start = time.perf_counter()
@@ -260,7 +260,7 @@ class Ingest:
         state.metrics.ingest_queue_bytes.set(self.queued_bytes)
         state.metrics.ingest_seconds.observe(time.perf_counter() - start)
 
-    def merge_steps(self, item: Accepted) -> Iterator[None]:
+    def merge_steps(self, item: Accepted) -> Generator[None, None, None]:
         """The ``merge_report`` hooks, one by one, each one's contributions applied right after it returns.
         An exception from the hook or from applying what it contributed is the plugin's: logged with its
         name and counted, and the other plugins still merge (as ``Hooks.call_each`` does)."""

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
+from typing import TypeVar
+
+T = TypeVar("T")
+SLICE_SECONDS = 0.005  # what one stretch of a request's sliced work may take
 
 
 class TimeSlice:
@@ -41,7 +45,23 @@ class TimeSlice:
         self.started = time.perf_counter()
 
 
-def run_steps(steps: Iterator[None]) -> None:
-    """Run a generator of steps to its end in one go."""
-    for _ in steps:
-        pass
+def run_steps(steps: Generator[None, None, T]) -> T:
+    """Run a generator of steps to its end in one go; its return value."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+
+async def run_sliced(steps: Generator[None, None, T], seconds: float = SLICE_SECONDS) -> T:
+    """Run a generator of steps on the loop, yielding it to others whenever a stretch has used ``seconds``;
+    its return value."""
+    stretch = TimeSlice(seconds)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        if stretch.due():
+            await stretch.pause()

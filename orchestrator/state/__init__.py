@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypedDict
 
@@ -19,7 +19,7 @@ import structlog
 from orchestrator.contract.times import format_rfc3339
 from orchestrator.runtime.metrics import Metrics
 from orchestrator.settings import Settings
-from orchestrator.state.agents import Agent, AgentRegistry
+from orchestrator.state.agents import COUNT_STEP, Agent, AgentRegistry
 from orchestrator.state.archive import ArchivedAgent
 from orchestrator.state.latest import LatestReport
 from orchestrator.state.timeseries import TimeSeriesStore
@@ -156,11 +156,24 @@ class State:
         agents += [self.archive[agent_id] for agent_id in sorted(self.archive) if agent_id not in self.registry]
         return agents
 
-    def agent_counts(self, now: float) -> dict[str, int]:
-        """Known agents by status, the archived ones (still listed) among the stale."""
-        counts = self.registry.count_by_status(now, self.settings.agents.stale_threshold)
-        counts["stale"] += sum(1 for agent_id in self.archive if agent_id not in self.registry)
+    def agent_counts(self, now: float) -> Generator[None, None, dict[str, int]]:
+        """Known agents by status, the archived ones (still listed) among the stale: in steps, for
+        ``run_sliced`` (a request handler) or ``run_steps``."""
+        counts = yield from self.registry.count_by_status(now, self.settings.agents.stale_threshold)
+        for index, agent_id in enumerate(list(self.archive), 1):
+            counts["stale"] += agent_id not in self.registry
+            if not index % COUNT_STEP:
+                yield
         return counts
+
+    def latest_reports_bytes(self) -> Generator[None, None, int]:
+        """The latest reports' compressed size, in steps."""
+        total = 0
+        for index, entry in enumerate(list(self.latest.values()), 1):
+            total += len(entry.compressed)
+            if not index % COUNT_STEP:
+                yield
+        return total
 
     def latest_report(self, agent_id: str) -> LatestReport | None:
         """The agent's newest report as submitted; a stale agent's last word comes from the archive."""

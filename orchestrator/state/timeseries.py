@@ -12,9 +12,14 @@ Storage
                               ``container_count``, ``connection_count``
     ====  ==================  ====================================================================
 
-    Bucket ``b`` lives in slot ``b % capacity``. Memory is fixed at creation and never grows:
-    240 × 11 × 8 B = 21,120 B of data per agent plus one ndarray header (~112 B) and its dict entry,
-    so 1,000 agents take about 21 MB. A missing metric is NaN in storage and ``None`` in the output.
+    An agent's array starts with :data:`FIRST_ROWS` rows at its first point and doubles when a bucket
+    it still retains would otherwise be overwritten, up to ``capacity``; bucket ``b`` lives in slot
+    ``b % rows``. So memory follows what the agent has reported: an agent that reported once takes
+    4 × 11 × 8 B = 352 B of data (plus one ndarray header, ~112 B, and its dict entry), one that has
+    reported every 15 s for an hour 240 × 11 × 8 B = 21,120 B, and never more: 1,000 agents take at most
+    about 21 MB, 100,000 agents that reported once about 50 MB. Once allocated, a ring is written in
+    place; growing copies its rows once per doubling (at most six times per agent at the default
+    retention). A missing metric is NaN in storage and ``None`` in the output.
 
 Bucket rules
     - A report lands in the bucket of its *own* timestamp, so out-of-order reports go to their own
@@ -25,7 +30,9 @@ Bucket rules
       (the server clock). A report for an older bucket adds no point. A report for a newer bucket that
       wraps the ring clears the slot's whole row (NaN) before writing, so nothing of the old bucket
       survives in it. A report whose slot already holds a *newer* bucket (only possible after
-      future-dated reports) is refused rather than destroy newer data.
+      future-dated reports) is refused rather than destroy newer data. A ring smaller than ``capacity``
+      behaves exactly like the full one: where two retained buckets would share a slot only because the
+      ring is small, it grows first; a slot holding an expired bucket is reused.
 
 Rates
     ``net_rx_rate``/``net_tx_rate`` are computed at read time from the stored counters: Δcounter / Δt
@@ -113,6 +120,9 @@ _BLOB_MAGIC = b"OTSB"
 _BLOB_VERSION = 1
 _BLOB_HEADER = struct.Struct("<4sBBHdI")
 _BLOB_DTYPE = np.dtype("<f8")
+_ROW_BYTES = _NCOLS * np.dtype(np.float64).itemsize
+#: Rows of an agent's array at its first point; doubled as needed, up to the store's capacity.
+FIRST_ROWS = 4
 
 
 class TimeSeriesStore:
@@ -129,6 +139,9 @@ class TimeSeriesStore:
         self.capacity = math.ceil(max_data_age / resolution - 1e-9)
         self._buffers: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
+        # Kept as the buffers change, so stats() costs the same at 100 agents and at 100,000.
+        self._points = 0  # filled slots (expired ones included, until purged)
+        self._bytes = 0  # the arrays' data
 
     # -- writing ------------------------------------------------------------------------------------
 
@@ -159,13 +172,21 @@ class TimeSeriesStore:
             return False
         buf = self._buffers.get(agent_id)
         if buf is None:
-            buf = self._buffers[agent_id] = np.full((self.capacity, _NCOLS), np.nan)
-        slot = bucket % self.capacity
-        row = buf[slot].tolist()
-        held = row[_COL_BUCKET]
+            buf = self._buffers[agent_id] = self._new_buffer(min(FIRST_ROWS, self.capacity))
+        if buf.shape[0] < self.capacity and not self._clear_full_ring_slot(buf, bucket):
+            return False
+        while True:
+            slot = bucket % buf.shape[0]
+            row = buf[slot].tolist()
+            held = row[_COL_BUCKET]
+            if not self._must_grow(buf, held, bucket, now):
+                break
+            buf = self._grow(agent_id, buf, now)
         if held != bucket:  # empty slot (NaN) or another bucket
             if held > bucket:
                 return False
+            if held != held:  # NaN: a slot filled for the first time
+                self._points += 1
             row = [math.nan] * _NCOLS
             row[_COL_BUCKET] = float(bucket)
         for column, value in updates:
@@ -190,6 +211,7 @@ class TimeSeriesStore:
                 with self._lock:
                     buf[expired] = np.nan
                 cleared += count
+        self._points -= cleared
         return cleared
 
     # -- reading ------------------------------------------------------------------------------------
@@ -239,7 +261,7 @@ class TimeSeriesStore:
         if agent_id not in self._buffers:
             return None
         blob = self.export_agent(agent_id)
-        self._buffers.pop(agent_id, None)
+        self._forget(self._buffers.pop(agent_id))
         return blob
 
     def export_agent(self, agent_id: str) -> bytes:
@@ -258,33 +280,87 @@ class TimeSeriesStore:
         if rows.shape[0]:
             newest = rows[-1, _COL_BUCKET]
             rows = rows[rows[:, _COL_BUCKET] > newest - self.capacity]
-        buf = np.full((self.capacity, _NCOLS), np.nan)
-        buf[rows[:, _COL_BUCKET].astype(np.int64) % self.capacity] = rows
+        buckets = rows[:, _COL_BUCKET].astype(np.int64)
+        size = min(FIRST_ROWS, self.capacity)
+        while size < self.capacity and np.unique(buckets % size).size < buckets.size:
+            size = min(2 * size, self.capacity)
+        buf = self._new_buffer(size)
+        buf[buckets % size] = rows
+        self._points += rows.shape[0]
         with self._lock:
+            old = self._buffers.get(agent_id)
             self._buffers[agent_id] = buf
+        if old is not None:
+            self._forget(old)
 
     # -- stats --------------------------------------------------------------------------------------
 
     @property
     def bytes_per_agent(self) -> int:
-        return self.capacity * _NCOLS * np.dtype(np.float64).itemsize
+        """The most one agent's array takes (a full ring: ``capacity`` rows); most take less."""
+        return self.capacity * _ROW_BYTES
 
     def memory_bytes(self) -> int:
-        return sum(buf.nbytes for buf in list(self._buffers.values()))
+        return self._bytes
 
     def stats(self) -> dict[str, object]:
-        buffers = list(self._buffers.values())
-        points = sum(int(np.count_nonzero(~np.isnan(buf[:, _COL_BUCKET]))) for buf in buffers)
+        """Agents, points and memory, kept up to date as the arrays change: no pass over the agents."""
         return {
-            "agents": len(buffers),
-            "points": points,
-            "memory_bytes": sum(buf.nbytes for buf in buffers),
+            "agents": len(self._buffers),
+            "points": self._points,
+            "memory_bytes": self._bytes,
             "bytes_per_agent": self.bytes_per_agent,
             "resolution": format_duration(self.resolution),
             "max_data_age": format_duration(self.max_data_age),
         }
 
     # -- internals ----------------------------------------------------------------------------------
+
+    def _new_buffer(self, rows: int) -> np.ndarray:
+        self._bytes += rows * _ROW_BYTES
+        return np.full((rows, _NCOLS), np.nan)
+
+    def _forget(self, buf: np.ndarray) -> None:
+        self._bytes -= buf.nbytes
+        self._points -= int(np.count_nonzero(~np.isnan(buf[:, _COL_BUCKET])))
+
+    def _clear_full_ring_slot(self, buf: np.ndarray, bucket: int) -> bool:
+        """In a ring smaller than ``capacity``, what the full ring does with the slot ``bucket`` shares with
+        another bucket (``capacity`` buckets apart: only across future-dated reports): ``False`` when that
+        bucket is newer (the report is refused), else that bucket's row is cleared."""
+        buckets = buf[:, _COL_BUCKET]
+        with np.errstate(invalid="ignore"):
+            shared = np.flatnonzero((buckets != bucket) & (np.mod(buckets - bucket, self.capacity) == 0))
+        if not shared.size:
+            return True
+        if buckets[shared[0]] > bucket:
+            return False
+        with self._lock:
+            buf[shared[0]] = np.nan
+        self._points -= 1
+        return True
+
+    def _must_grow(self, buf: np.ndarray, held: float, bucket: int, now: float) -> bool:
+        """Whether writing ``bucket`` into the slot holding ``held`` would lose a point the full ring keeps
+        (in another slot): a ring smaller than ``capacity`` whose slot holds another bucket, still retained."""
+        if buf.shape[0] >= self.capacity or held != held or held == bucket:  # full ring, empty slot, same bucket
+            return False
+        return held >= self._oldest_bucket(now)
+
+    def _grow(self, agent_id: str, buf: np.ndarray, now: float) -> np.ndarray:
+        """The agent's rows in an array twice the size (at most ``capacity``), expired ones dropped. Buckets
+        in distinct slots of the smaller ring are in distinct slots of the doubled one, and the retained
+        buckets of a ring (never two a ``capacity`` apart) in distinct slots of the full one."""
+        size = min(2 * buf.shape[0], self.capacity)
+        rows = buf[~np.isnan(buf[:, _COL_BUCKET])]
+        kept = rows[rows[:, _COL_BUCKET] >= self._oldest_bucket(now)]
+        grown = self._new_buffer(size)
+        grown[kept[:, _COL_BUCKET].astype(np.int64) % size] = kept
+        self._points += kept.shape[0]
+        with self._lock:
+            self._buffers[agent_id] = grown
+        self._forget(buf)
+        return grown
 
     def _oldest_bucket(self, now: float) -> int:
         return math.floor(now / self.resolution) - self.capacity + 1

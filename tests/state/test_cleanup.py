@@ -17,6 +17,7 @@ from structlog.testing import capture_logs
 from orchestrator.contract.models import Report
 from orchestrator.contract.times import format_rfc3339
 from orchestrator.runtime.build import build_state
+from orchestrator.runtime.slicing import run_steps
 from orchestrator.settings import Settings
 from orchestrator.state import State, cleanup
 from orchestrator.state.cleanup import run_cleanup, sweep
@@ -331,7 +332,7 @@ async def test_archived_agents_count_as_stale_and_keep_their_time_series(tmp_pat
     await sweep(state, now=T0)
 
     assert fully_archived(state, "agent-1")
-    assert state.agent_counts(T0) == {"online": 1, "stale": 1}
+    assert run_steps(state.agent_counts(T0)) == {"online": 1, "stale": 1}
     archived = state.timeseries_of("agent-1")
     assert archived is not None and archived.get_recent_points("agent-1", 3600) == points != []
     assert state.timeseries_of("agent-2") is state.timeseries  # live: not in the archive

@@ -8,7 +8,10 @@ import threading
 import tracemalloc
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from orchestrator.state import timeseries
 from orchestrator.state.timeseries import POINT_METRICS, REPORT_METRICS, TimeSeriesStore
 
 T0 = 1_760_313_600.0  # 2025-10-13T00:00:00Z, a bucket boundary
@@ -320,7 +323,7 @@ def test_stats_report_agents_points_and_memory():
     assert store.stats() == {
         "agents": 2,
         "points": 3,
-        "memory_bytes": 2 * 240 * 11 * 8,
+        "memory_bytes": 2 * 4 * 11 * 8,  # two agents, each ring at its first four rows
         "bytes_per_agent": 240 * 11 * 8,
         "resolution": "15s",
         "max_data_age": "1h",
@@ -422,7 +425,7 @@ def test_import_rejects_a_malformed_blob(make_blob):
 # -- memory and threads -------------------------------------------------------------------------------
 
 
-def test_memory_per_agent_is_fixed_and_1000_agents_stay_under_25_mb():
+def test_memory_follows_what_an_agent_has_reported_up_to_a_full_ring():
     tracemalloc.start()
     try:
         store = TimeSeriesStore()
@@ -431,9 +434,65 @@ def test_memory_per_agent_is_fixed_and_1000_agents_stay_under_25_mb():
         allocated, _peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert store.bytes_per_agent == 240 * 11 * 8
-    assert store.memory_bytes() == 1_000 * store.bytes_per_agent
-    assert allocated < 25 * 1024 * 1024
+    assert store.memory_bytes() == 1_000 * 4 * 11 * 8  # one point each: four rows, not 240
+    assert allocated < 1024 * 1024
+    for bucket in range(240):  # a full hour of points
+        store.add_report("agent-0", NOW - 15 * bucket, all_metrics(1.0), now=NOW)
+    assert store.stats()["points"] == 999 + 240
+    assert store.memory_bytes() == 999 * 4 * 11 * 8 + store.bytes_per_agent
+    assert store.bytes_per_agent == 240 * 11 * 8  # never more, however long it reports
+    store.add_report("agent-0", NOW + 15, all_metrics(2.0), now=NOW + 15)
+    assert store.memory_bytes() == 999 * 4 * 11 * 8 + store.bytes_per_agent
+
+
+# Reports relative to the server clock, in buckets: old ones, in retention, ahead (future-dated: a full ring
+# then holds buckets a whole retention apart in one slot).
+writes = st.lists(
+    st.tuples(
+        st.integers(0, 3),  # buckets the server clock moves first
+        st.integers(-24, 24),  # the report's bucket relative to the clock's
+        st.sampled_from(["a", "b"]),
+        st.floats(0, 100),
+        st.booleans(),  # with network counters
+    ),
+    max_size=80,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(writes)
+def test_a_ring_grown_on_demand_keeps_exactly_what_a_full_ring_keeps(writes):
+    # Retention of 20 buckets: rings of 4, 8, 16 rows, then the full 20.
+    grown = TimeSeriesStore(max_data_age=300.0)
+    full = TimeSeriesStore(max_data_age=300.0)
+    original = timeseries.FIRST_ROWS
+    now = NOW
+    for advance, offset, agent, value, counters in writes:
+        now += 15 * advance
+        metrics = {"cpu_percent": value, **({"net_rx_bytes": value * 1e6} if counters else {})}
+        timestamp = now + 15 * offset
+        written = grown.add_report(agent, timestamp, metrics, now=now)
+        timeseries.FIRST_ROWS = full.capacity  # the full ring from the first point, as before
+        try:
+            assert full.add_report(agent, timestamp, metrics, now=now) == written
+        finally:
+            timeseries.FIRST_ROWS = original
+    for agent in ("a", "b"):
+        assert grown.has_agent(agent) == full.has_agent(agent)
+        if full.has_agent(agent):
+            assert grown.get_recent_points(agent, now=now) == full.get_recent_points(agent, now=now)
+    # A small ring reuses a slot whose bucket has expired where the full ring leaves it until the purge.
+    grown.purge_expired(now=now + 150)
+    full.purge_expired(now=now + 150)
+    assert grown.stats()["points"] == full.stats()["points"]
+    assert grown.stats()["points"] == sum(len(store_points(grown, agent)) for agent in grown.get_all_agents())
+
+
+def store_points(store: TimeSeriesStore, agent: str) -> list:
+    """The agent's stored rows, expired ones included (what ``stats()`` counts until a purge)."""
+    blob = store.export_agent(agent)
+    rows = struct.unpack_from("<I", blob, struct.calcsize("<4sBBHd"))[0]
+    return [None] * rows
 
 
 def test_reader_thread_never_sees_a_torn_row_while_reports_are_written():
