@@ -208,6 +208,10 @@ class PipelineSettings(_Section):
 class LoggingSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console"] = "console"
+    # Refused and failed requests: at most sample_lines request lines per route and status per sample_window,
+    # then one requests_not_logged line with the count (0s: a line for every request).
+    sample_window: Duration(0.0, 86400.0) = 60.0
+    sample_lines: int = Field(10, ge=1, le=1_000_000)
 
 
 class ClusterSettings(_Section):

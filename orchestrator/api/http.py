@@ -15,9 +15,11 @@ from orchestrator.api.compression import setup_compression
 from orchestrator.api.connections import GONE
 from orchestrator.api.errors import error_response
 from orchestrator.api.identity import agent_credential, credentials
+from orchestrator.contract.durations import format_duration
 from orchestrator.contract.errors import ApiError
 from orchestrator.pipeline.decode import decode_body
 from orchestrator.runtime.metrics import method_label
+from orchestrator.runtime.sampling import LineSampler
 
 log = structlog.get_logger("orchestrator.http")
 
@@ -35,7 +37,20 @@ def setup_http(app: Sanic) -> None:
     app.ctx.agent_credentials = credentials(app.ctx.settings.auth)
     app.register_middleware(_start, "request")
     app.register_middleware(_finish, "response")
+    logging = app.ctx.settings.logging
+    app.ctx.error_lines = LineSampler(logging.sample_lines, logging.sample_window, _log_left_out)
+    app.register_listener(_flush_error_lines, "after_server_stop")
     setup_compression(app)
+
+
+def _log_left_out(key, suppressed: int, window: float) -> None:
+    route, status = key
+    level = log.warning if status >= 500 else log.info
+    level("requests_not_logged", route=route, status=status, count=suppressed, window=format_duration(window))
+
+
+async def _flush_error_lines(app: Sanic) -> None:
+    app.ctx.error_lines.flush()
 
 
 def _cors_origin(request: Request) -> str | None:
@@ -137,7 +152,9 @@ async def _finish(request: Request, response: HTTPResponse) -> None:
     # A 429 is flow control under overload (counted in app_reports_throttled_total): one line each would flood.
     quiet = (route in QUIET_ROUTES and (status < 400 or status == 429)) or _shed(request)
     level = log.debug if quiet else log.warning if status >= 500 else log.info
-    level("request", route=route, status=status, duration_ms=round(duration * 1000, 2))
+    # Refused and failed requests are sampled per route and status (the metric above counts every one).
+    if quiet or status < 400 or request.app.ctx.error_lines.admit((route, status)):
+        level("request", route=route, status=status, duration_ms=round(duration * 1000, 2))
     structlog.contextvars.clear_contextvars()
 
 

@@ -253,3 +253,37 @@ def test_readyz_is_503_until_start_up_is_done_and_while_shutting_down(settings):
         release.set()
         starting.join(15)
         server.stop()
+
+
+def test_a_thousand_bad_requests_log_ten_lines_and_one_count_while_the_metric_counts_all(start_server, all_levels):
+    from structlog.testing import capture_logs
+
+    server = start_server(make_settings(logging={"sample_window": "1h"}))
+    with capture_logs() as events, httpx.Client(base_url=server.url) as client:
+        for _ in range(1_000):
+            response = client.post("/api/v1/reports", content=b"{", headers={"Content-Type": "application/json"})
+            assert response.status_code == 400
+        assert client.post("/api/v1/agents/heartbeat/nobody").status_code == 404  # another route: its own lines
+        metrics = client.get("/metrics").text
+        logged = [e for e in events if e["event"] == "request" and e["status"] >= 400]
+        assert [e["route"] for e in logged] == ["/api/v1/reports"] * 10 + ["/api/v1/agents/heartbeat/<agent_id:str>"]
+        assert not [e for e in events if e["event"] == "requests_not_logged"]  # the window is still open
+        server.stop()  # a stopping server says what its open windows left out
+    (left_out,) = [e for e in events if e["event"] == "requests_not_logged"]
+    assert left_out["route"] == "/api/v1/reports" and left_out["status"] == 400 and left_out["count"] == 990
+    assert left_out["window"] == "1h" and left_out["log_level"] == "info"
+    assert 'route="/api/v1/reports",status="400"} 1000.0' in metrics
+
+
+def test_when_a_window_ends_the_count_of_requests_left_out_is_logged(start_server, all_levels):
+    from structlog.testing import capture_logs
+
+    from tests.support import wait_for
+
+    server = start_server(make_settings(logging={"sample_window": "1s", "sample_lines": 2}))
+    with capture_logs() as events, httpx.Client(base_url=server.url) as client:
+        for _ in range(5):
+            assert client.post("/api/v1/agents/heartbeat/nobody").status_code == 404
+        (left_out,) = wait_for(lambda: [e for e in events if e["event"] == "requests_not_logged"], timeout=30)
+    assert left_out["count"] == 5 - len([e for e in events if e["event"] == "request" and e["status"] == 404])
+    assert left_out["count"] >= 1 and "request_id" not in left_out  # nobody's request
