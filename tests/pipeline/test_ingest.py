@@ -12,17 +12,19 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from orchestrator.contract.errors import ApiError
-from orchestrator.contract.models import IP_PATTERN
+from orchestrator.contract.models import IP_PATTERN, Report, error_details
 from orchestrator.contract.times import parse_rfc3339
 from orchestrator.pipeline.decode import decode_body, parse_report, parse_report_sliced
 from orchestrator.pipeline.ingest import superseded
+from orchestrator.probe.fleet import Fleet
 from tests.support import post_report, report, wait_for
 
 LIMIT = 1024 * 1024
 GOOD = {"agent_id": "agent-1", "hostname": "host-1", "timestamp": "2025-10-13T00:00:00Z"}
+NOW = 1_760_313_600.0
 
 
 def parse(body: dict, sections=None, depth=32):
@@ -149,6 +151,44 @@ async def test_sliced_parse_checks_every_unknown_value_and_names_the_first_bad_o
     with pytest.raises(ApiError) as err:
         await parse_report_sliced(orjson.dumps({**GOOD, "extra": [many, deep]}), {}, 16)
     assert err.value.details[0]["field"] == "extra.1" + ".x" * 11  # the report's own level counts too
+
+
+@pytest.fixture(scope="module")
+def long_report() -> dict:
+    # More processes and connections than one validation step takes: they are validated in steps.
+    body = Fleet(2, seed=5, processes=2_500, connections=2_600).report(0, NOW)
+    body["processes_info"]["processes"][1_700]["gpu"] = {"model": "x", "memory": [1, 2]}  # unknown fields kept
+    body["network_info"]["connections"][2_500]["inode"] = 4_242
+    return body
+
+
+def test_long_lists_validated_in_steps_give_the_report_validated_in_one_call(long_report):
+    raw = orjson.dumps(long_report)
+    whole = Report.model_validate_json(raw)
+    stepped = parse_report(raw, {}, 32)
+    assert stepped.model_dump() == whole.model_dump()
+    assert stepped.processes_info.processes[1_700].model_extra == {"gpu": {"model": "x", "memory": [1, 2]}}
+    assert stepped.network_info.connections[2_500].model_extra == {"inode": 4_242}
+
+
+@pytest.mark.parametrize(
+    ("section", "items", "index", "bad"),
+    [
+        ("processes_info", "processes", 1_999, {"pid": -1}),
+        ("network_info", "connections", 2_001, {"local_port": 70_000, "protocol": "sctp"}),
+        ("network_info", "connections", 5, {"remote_ip": "300.1.1.1"}),
+    ],
+)
+def test_a_bad_item_in_a_long_list_gets_the_error_of_a_validation_in_one_call(long_report, section, items, index, bad):
+    body = orjson.loads(orjson.dumps(long_report))
+    body[section][items][index].update(bad)
+    body["host_info"]["load_avg"] = {"not": "a list"}  # and an error elsewhere: all of them, in their order
+    raw = orjson.dumps(body)
+    with pytest.raises(ValidationError) as whole:
+        Report.model_validate_json(raw)
+    err = status_of(parse_report, raw, {}, 32)
+    assert err.status == 422 and err.details == error_details(whole.value)
+    assert any(detail["field"].startswith(f"{section}.{items}.{index}.") for detail in err.details)
 
 
 def test_json_array_instead_of_object_is_422():
