@@ -16,7 +16,9 @@ import pytest
 from tests.support import REPO, free_port, wait_for
 
 
-def run_cli(*args: str, env: dict | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
+def run_cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    # A bound on the process ending, not a speed check: on the loaded 2-core machine the imports alone took
+    # 27 s once, and a CLI call that fails at start-up waited them out past the 30 s this was.
     return subprocess.run(
         [sys.executable, "-m", "orchestrator", *args],
         capture_output=True,
