@@ -19,6 +19,7 @@ from types import SimpleNamespace
 
 import orjson
 
+from benchmarks.common import with_stall_probe
 from orchestrator.api.query import stats
 from orchestrator.contract.models import Report
 from orchestrator.contract.times import format_rfc3339
@@ -42,30 +43,6 @@ def tiny_report(index: int, now: float) -> bytes:
     )
 
 
-async def timed_with_longest_hold(coro) -> tuple[float, float]:
-    """Wall time of ``coro`` and the longest gap between two turns of a ticker task meanwhile."""
-    longest = 0.0
-
-    async def ticker() -> None:
-        nonlocal longest
-        last = time.perf_counter()
-        while True:
-            await asyncio.sleep(0)
-            now = time.perf_counter()
-            longest = max(longest, now - last)
-            last = now
-
-    ticking = asyncio.create_task(ticker())
-    await asyncio.sleep(0)
-    start = time.perf_counter()
-    await coro
-    elapsed = time.perf_counter() - start
-    for _ in range(2):  # the ticker's turn after the last stretch
-        await asyncio.sleep(0)
-    ticking.cancel()
-    return elapsed, longest
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--agents", type=int, default=100_000)
@@ -87,7 +64,7 @@ def main() -> None:
     gc.collect()
     after = rss_mb()
     request = SimpleNamespace(app=SimpleNamespace(ctx=SimpleNamespace(state=state, cluster=None)))
-    runs = [asyncio.run(timed_with_longest_hold(stats(request))) for _ in range(3)]
+    runs = [asyncio.run(with_stall_probe(stats(request)))[1:] for _ in range(3)]
     series = state.timeseries.stats()
     rows = [
         ("agents (one tiny report each)", f"{args.agents:,}"),

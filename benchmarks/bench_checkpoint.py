@@ -20,6 +20,7 @@ from pathlib import Path
 import orjson
 from structlog.testing import capture_logs
 
+from benchmarks.common import with_stall_probe
 from orchestrator.contract.models import Report
 from orchestrator.probe.fleet import Fleet
 from orchestrator.runtime.build import build_state
@@ -53,29 +54,6 @@ def populate(state: State, fleet: Fleet, now: float) -> None:
         for back in range(1, state.timeseries.capacity):  # the rest of the hour of history
             state.timeseries.add_report(report.agent_id, now - 15 * back, metrics, now=now)
     state.topology.publish(now)
-
-
-async def with_stall_probe(coro) -> tuple[object, float, float]:
-    """Run ``coro`` while a ticker measures the longest gap between its turns on the loop.
-    Returns the result, the wall time and the longest stall."""
-    longest = 0.0
-
-    async def ticker():
-        nonlocal longest
-        last = time.perf_counter()
-        while True:
-            await asyncio.sleep(0)
-            now = time.perf_counter()
-            longest = max(longest, now - last)
-            last = now
-
-    ticking = asyncio.create_task(ticker())
-    await asyncio.sleep(0)
-    start = time.perf_counter()
-    result = await coro
-    elapsed = time.perf_counter() - start
-    ticking.cancel()
-    return result, elapsed, longest
 
 
 def db_size(path: Path) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import platform
 import resource
@@ -168,3 +169,29 @@ def machine() -> str:
         f"{os.cpu_count()} cores ({cpu}), {mem / 1024 / 1024:.0f} GiB RAM, Linux {platform.release()}, "
         f"Python {platform.python_version()}"
     )
+
+
+async def with_stall_probe(coro) -> tuple[object, float, float]:
+    """Run ``coro`` while a ticker task measures the longest gap between its turns on the loop (the longest
+    stretch anything held the loop meanwhile, the last one included). Returns the result, the wall time and
+    the longest stall."""
+    longest = 0.0
+
+    async def ticker():
+        nonlocal longest
+        last = time.perf_counter()
+        while True:
+            await asyncio.sleep(0)
+            now = time.perf_counter()
+            longest = max(longest, now - last)
+            last = now
+
+    ticking = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    start = time.perf_counter()
+    result = await coro
+    elapsed = time.perf_counter() - start
+    for _ in range(2):  # the ticker's turn after the last stretch
+        await asyncio.sleep(0)
+    ticking.cancel()
+    return result, elapsed, longest
