@@ -22,7 +22,8 @@ def big_report(processes: int = 1500) -> dict:
 @pytest.fixture
 def busy(start_server):
     server = start_server()
-    with httpx.Client(base_url=server.url) as client:
+    # A bound on the answer, not a speed check: under load 12 this POST took more than httpx's default 5 s.
+    with httpx.Client(base_url=server.url, timeout=60) as client:
         assert post_report(client, big_report()).status_code == 202
         wait_for(lambda: len(client.get("/api/v1/query/topology").json()["topology"]["nodes"]) > 1000, 10)
     return server

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 from orchestrator.contract.errors import ApiError
 from orchestrator.contract.models import IP_PATTERN, Report, error_details
 from orchestrator.contract.times import parse_rfc3339
-from orchestrator.pipeline.decode import decode_body, parse_report, parse_report_sliced
+from orchestrator.pipeline.decode import STEPPED_BYTES, decode_body, parse_report, parse_report_sliced
 from orchestrator.pipeline.ingest import superseded
 from orchestrator.probe.fleet import Fleet
 from tests.support import post_report, report, wait_for
@@ -164,6 +164,7 @@ def long_report() -> dict:
 
 def test_long_lists_validated_in_steps_give_the_report_validated_in_one_call(long_report):
     raw = orjson.dumps(long_report)
+    assert len(raw) >= STEPPED_BYTES
     whole = Report.model_validate_json(raw)
     stepped = parse_report(raw, {}, 32)
     assert stepped.model_dump() == whole.model_dump()
