@@ -1,6 +1,9 @@
 """History benchmark: disk for 24 h, extra CPU per report, ``at=`` and ``changes`` latency over HTTP, 100 hosts.
 
-Run: ``python -m benchmarks.bench_history [--hosts 100] [--minutes 70] [--samples 40]``.
+Run: ``python -m benchmarks.bench_history [--hosts 100] [--minutes 70] [--samples 40] [--keep DIR | --reuse DIR]``.
+``--keep DIR`` also copies the simulated history into ``DIR`` (with ``run.json``, the simulation's figures);
+``--reuse DIR`` skips the simulation and measures the latencies on a copy of what ``--keep`` left there (the
+disk and CPU figures are those kept), so a change to the query side can be measured in a minute.
 
 1. **Simulated clock.** A :class:`~orchestrator.probe.fleet.Fleet` (process and container churn, short-lived
    connections) reports as real probes would, each host every 15 s (1/15 of the fleet per second), for
@@ -27,7 +30,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import json
 import random
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -123,15 +128,28 @@ def main() -> None:
     parser.add_argument("--hosts", type=int, default=100)
     parser.add_argument("--minutes", type=float, default=70)
     parser.add_argument("--samples", type=int, default=40)
+    kept = parser.add_mutually_exclusive_group()
+    kept.add_argument("--keep", type=Path, help="keep the simulated history (and its figures) in this directory")
+    kept.add_argument("--reuse", type=Path, help="measure the latencies on the history --keep left here")
     args = parser.parse_args()
-    seconds = int(args.minutes * 60)
-    start = time.time() - seconds - 60  # simulated history ending a minute ago (at= must not be in the future)
     with tempfile.TemporaryDirectory(prefix="orch-history-bench-") as directory:
         data_dir = Path(directory)
-        run = simulate(args.hosts, seconds, data_dir, start)
-        lat = latencies(data_dir, start, seconds, args.samples)
+        if args.reuse:
+            run = json.loads((args.reuse / "run.json").read_text())
+            shutil.copy(args.reuse / history_module.FILENAME, data_dir)  # the server writes to its copy only
+        else:
+            seconds = int(args.minutes * 60)
+            start = time.time() - seconds - 60  # a history ending a minute ago (at= must not be in the future)
+            run = simulate(args.hosts, seconds, data_dir, start)
+            run.update(hosts=args.hosts, seconds=seconds, start=start)
+            if args.keep:
+                args.keep.mkdir(parents=True, exist_ok=True)
+                shutil.copy(data_dir / history_module.FILENAME, args.keep)
+                (args.keep / "run.json").write_text(json.dumps(run))
+        lat = latencies(data_dir, run["start"], run["seconds"], args.samples)
     print(f"Machine: {machine()} (shared with other work while measuring)")
-    print(f"{args.hosts} hosts, {args.minutes:g} simulated minutes: {run['nodes']} nodes, {run['edges']} edges\n")
+    minutes = run["seconds"] / 60
+    print(f"{run['hosts']} hosts, {minutes:g} simulated minutes: {run['nodes']} nodes, {run['edges']} edges\n")
     print("| figure | measured | target |\n|---|---|---|")
     print(
         f"| disk for 24 h (extrapolated) | {run['day_mb']:.0f} MB ({run['size_mb']:.1f} MB after the run, "

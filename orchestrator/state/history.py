@@ -5,7 +5,8 @@ Most of what changes between two publications is metrics, ``last_seen``, ``agent
 
 - an **entry** per publication: its ``seq`` and timestamp, plus the nodes and edges whose identity or
   structure changed (appeared, vanished, or changed a structural field: a node's ``type``, ``name``,
-  ``parent``, ``host``, ``metadata``; an edge's ``source``, ``target``, ``protocol``, ``ports``), each with its
+  ``parent``, ``host``, ``metadata`` but for an interface's byte counters; an edge's ``source``, ``target``,
+  ``protocol``, ``ports``), each with its
   whole body as published then (``None``: gone). A publication that changed only metrics adds its seq and
   timestamp and nothing else. Recording one is a pass over the publication's own changes: proportional to
   the change, not to the topology.
@@ -16,10 +17,12 @@ Most of what changes between two publications is metrics, ``last_seen``, ``agent
   cost is spread over at least as many changes, and a replay never reads more than about two topologies).
 
 Two views are kept this way: ``process`` (everything) and ``host`` (the host level, rolled up as the live
-view does; it changes rarely, which makes the host view as of T cheap). ``container`` is rolled up from
-``process`` when asked. The topology at T is the newest keyframe at or before T, with the entries after it
-up to T applied. In a node or edge at T, the structural fields are exact; ``metrics``, ``first_seen``,
-``last_seen``, ``agent_ids`` and ``connections`` are as of the newer of the last keyframe and the node's last
+view does; it changes rarely, which makes the host view as of T cheap). A keyframe of ``process`` is one of
+every level; ``host`` also takes one of its own when its own changes reach its size (so its replays stay
+short while the process level's keyframes are far apart). ``container`` is rolled up from
+``process`` when asked. The topology at T is the level's newest keyframe at or before T, with the entries
+after it up to T applied. In a node or edge at T, the structural fields are exact; ``metrics``,
+``first_seen``, ``last_seen``, ``agent_ids``, interface byte counters and ``connections`` are as of the newer of the last keyframe and the node's last
 structural change before T.
 
 Every timestamp comes from the publications (their ``seq`` and ``timestamp``, forced non-decreasing), and
@@ -33,9 +36,10 @@ the state. Keyframes are stored in parts of :data:`PART_ITEMS` items, serialized
 worker thread part by part (the GIL is released between parts and while compressing), so the event loop
 is never held by a keyframe for more than the few milliseconds a part takes; on the loop, a keyframe costs
 two dict copies of the published views. Queries run in worker threads on their own read-only
-connections, with a copy of the entries not yet flushed. ::
+connections, with a copy of the entries not yet flushed; decoded keyframes and change blocks are shared
+between queries (:class:`Decoded`). ::
 
-    meta          key TEXT PRIMARY KEY, value TEXT      schema_version
+    meta          key TEXT PRIMARY KEY, value TEXT      schema_version (2: keyframes per level)
     publications  seq INTEGER PRIMARY KEY, ts REAL, stamp TEXT
     keyframes     seq, level, part, reset, body         zlib(orjson {"nodes": {...}, "edges": {...}})
     changes       level, first_seq, last_seq, body      zlib(orjson [[seq, stamp, {node id: body|null},
@@ -54,7 +58,9 @@ import bisect
 import shutil
 import sqlite3
 import tempfile
+import threading
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,12 +81,21 @@ if TYPE_CHECKING:
 log = structlog.get_logger("orchestrator.state.history")
 
 FILENAME = "history.sqlite"
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
+# Version 2 lets the host level keep keyframes of its own between the whole ones: a version 1 file (every
+# keyframe of every level) is a valid version 2 file, so migrating it is naming it so. A version 1 server
+# would misread a version 2 file (it looks keyframes up without a level), so the version changes.
+MIGRATIONS = {"1": ()}
 KEPT_LEVELS = ("process", "host")
 NODE_FIELDS = ("type", "name", "parent", "host", "metadata")
 EDGE_FIELDS = ("source", "target", "protocol", "ports")
+COUNTERS = frozenset({"rx_bytes", "tx_bytes"})  # an interface's counters in a host's metadata: metrics
 PART_ITEMS = 2000  # nodes or edges per keyframe part: ~1 MB of JSON, a few ms to encode or decode
 MIN_KEYFRAME_CHANGES = 1000
+# Nodes and edges of decoded keyframes and change blocks kept for the next queries, per level (a decoded item
+# takes ~1.2 KB: at most ~75 MB per level; at 100 hosts the process level holds one keyframe and its blocks,
+# the host level, ~18,000 items with its edges to externals, about three keyframes).
+DECODED_ITEMS = {"process": 60_000, "host": 60_000}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -102,6 +117,7 @@ Section: TypeAlias = dict[str, Body]
 # A publication's structural changes to a section: id -> the body as published then, None: gone.
 SectionChanges: TypeAlias = dict[str, Body | None]
 LevelChanges: TypeAlias = tuple[SectionChanges, SectionChanges]  # a kept level's (nodes, edges) changes
+BlockEntry: TypeAlias = tuple[int, SectionChanges, SectionChanges]  # (seq, nodes, edges) of a change block
 
 
 class ChangedIds(TypedDict):
@@ -153,10 +169,38 @@ class UnknownNode(LookupError):
 
 
 def node_changed(old: Body | None, new: Body | None) -> bool:
-    """Whether a node changed in identity or structure (appeared, vanished or a structural field)."""
+    """Whether a node changed in identity or structure (appeared, vanished or a structural field; in
+    ``metadata``, an interface's byte counters are metrics, not structure: see :func:`metadata_changed`)."""
     if old is None or new is None:
         return old is not new
-    return any(old[name] != new[name] for name in NODE_FIELDS)
+    return any(old[name] != new[name] for name in NODE_FIELDS[:-1]) or metadata_changed(
+        old["metadata"], new["metadata"]
+    )
+
+
+def metadata_changed(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """``metadata`` changed other than in its interfaces' byte counters. A host's ``interfaces`` (from its
+    ``network_info``) carry ``rx_bytes``/``tx_bytes``, which grow with every report: counted as structure,
+    every host would change at every report (most of what history kept, and an ``updated`` host in every
+    ``changes``). An interface appearing, vanishing or being renamed is a change."""
+    if old == new:
+        return False
+    if old.keys() != new.keys():
+        return True
+    return any(
+        old[key] != new[key] and (key != "interfaces" or _interfaces(old[key]) != _interfaces(new[key])) for key in old
+    )
+
+
+def _interfaces(interfaces: object) -> object:
+    if not isinstance(interfaces, list):
+        return interfaces
+    return [
+        {key: value for key, value in interface.items() if key not in COUNTERS}
+        if isinstance(interface, dict)
+        else interface
+        for interface in interfaces
+    ]
 
 
 def edge_changed(old: Body | None, new: Body | None) -> bool:
@@ -199,20 +243,29 @@ class History:
     """The history of one server. Owned by the event loop: :meth:`record` is called with each publication,
     :meth:`flush` writes, the query methods read (in worker threads)."""
 
-    def __init__(self, path: Path, retention: float, keyframe_interval: float, temporary: bool = False) -> None:
+    def __init__(
+        self,
+        path: Path,
+        retention: float,
+        keyframe_interval: float,
+        temporary: bool = False,
+        min_keyframe_changes: int = MIN_KEYFRAME_CHANGES,
+    ) -> None:
         self.path = Path(path)
         self.retention = retention
         self.keyframe_interval = keyframe_interval
+        self.min_keyframe_changes = min_keyframe_changes
         self._temporary = temporary
         self.conn = _connect(self.path)
         self._lock = asyncio.Lock()  # one writer at a time on self.conn
         self._pending: list[Entry] = []
         self._pending_keyframes: list[Keyframe] = []
         self._reset_due = True  # the first publication seen after opening is a reset keyframe
-        self._changes_since_keyframe = 0
-        self._keyframe_items = 0
+        self._changes_since_keyframe = dict.fromkeys(KEPT_LEVELS, 0)
+        self._keyframe_items = dict.fromkeys(KEPT_LEVELS, 0)
         self.flushes = 0
         self.pruned = 0
+        self.decoded = {level: Decoded(DECODED_ITEMS[level]) for level in KEPT_LEVELS}
         self.oldest, self.latest, self._last_keyframe = _load_bounds(self.conn)
 
     @classmethod
@@ -247,37 +300,45 @@ class History:
         if self.latest is not None:
             ts = max(ts, self.latest.ts)
         changes: dict[str, LevelChanges] = {}
-        count = 0
         for level in KEPT_LEVELS:
             node_changes, edge_changes = publication.changes(level)
             nodes = {node_id: new for node_id, old, new in node_changes if node_changed(old, new)}
             edges = {eid: new for eid, old, new in edge_changes if edge_changed(old, new)}
             changes[level] = (nodes, edges)
-            if level == "process":
-                count = len(nodes) + len(edges)
+            self._changes_since_keyframe[level] += len(nodes) + len(edges)
         reset = self._reset_due or self.latest is None or seq != self.latest.seq + 1
-        self._changes_since_keyframe += count
-        due = (
-            reset
-            or self._last_keyframe is None
-            or ts - self._last_keyframe.ts >= self.keyframe_interval
-            or self._changes_since_keyframe >= max(MIN_KEYFRAME_CHANGES, self._keyframe_items)
-        )
         point = Point(seq, ts, publication.timestamp)
-        if due:
+        levels = self._keyframe_levels(reset, ts)
+        if levels:
             views: dict[str, tuple[Section, Section]] = {}
-            for level in KEPT_LEVELS:
+            for level in levels:
                 snapshot = topology.snapshot(level)
                 views[level] = (snapshot["nodes"], snapshot["edges"])
+                self._changes_since_keyframe[level] = 0
+                self._keyframe_items[level] = len(snapshot["nodes"]) + len(snapshot["edges"])
             self._pending_keyframes.append(Keyframe(seq, ts, point.stamp, reset, views))
-            self._last_keyframe = point
-            self._changes_since_keyframe = 0
-            self._keyframe_items = sum(len(nodes) + len(edges) for nodes, edges in views.values())
+            if levels == KEPT_LEVELS:
+                self._last_keyframe = point
             if self.oldest is None:
                 self.oldest = point
         self._reset_due = False
         self._pending.append(Entry(seq, ts, point.stamp, None if reset else changes))
         self.latest = point
+
+    def _keyframe_levels(self, reset: bool, ts: float) -> tuple[str, ...]:
+        """The levels to take a keyframe of now: all of them at a reset, every ``keyframe_interval`` and when
+        the process level's structural changes since its last keyframe reach its size then; the host level
+        alone also when its own changes reach its own size (it is small, so its replay stays short)."""
+        since, items = self._changes_since_keyframe, self._keyframe_items
+        if (
+            reset
+            or self._last_keyframe is None
+            or ts - self._last_keyframe.ts >= self.keyframe_interval
+            or since["process"] >= max(self.min_keyframe_changes, items["process"])
+        ):
+            return KEPT_LEVELS
+        least = self.min_keyframe_changes
+        return tuple(level for level in KEPT_LEVELS[1:] if since[level] >= max(least, items[level]))
 
     # -- writing ---------------------------------------------------------------------------------------------
 
@@ -316,6 +377,9 @@ class History:
             deleted, oldest = await asyncio.to_thread(_prune, self.conn, cutoff)
         if oldest is not None:
             self.oldest = oldest
+        if deleted:
+            for decoded in self.decoded.values():
+                decoded.drop_before(oldest.seq if oldest else self.last_seq + 1)
         self.pruned += deleted
         if deleted:
             log.info("history_pruned", publications=deleted, oldest=self.oldest.stamp if self.oldest else None)
@@ -346,7 +410,7 @@ class History:
     # -- reading (each query in a worker thread) ---------------------------------------------------------------
 
     def _reader(self) -> _Reader:
-        return _Reader(self.path, tuple(self._pending), tuple(self._pending_keyframes), self.oldest)
+        return _Reader(self.path, tuple(self._pending), tuple(self._pending_keyframes), self.oldest, self.decoded)
 
     def check_time(self, ts: float) -> None:
         """:raises HistoryUnavailable: when ``ts`` lies before the oldest history held."""
@@ -388,14 +452,65 @@ def open_history(state: State) -> History:
 # -- reading ------------------------------------------------------------------------------------------------
 
 
+class Decoded:
+    """One level's decoded keyframes and change blocks, shared by the queries (worker threads): reading one
+    from the file costs decompressing and decoding it, and most queries ask for the same few. Keys name what
+    the file holds under them (``("keyframe", seq)``, ``("block", first_seq, last_seq)``), which never changes
+    while it is held; what pruning deletes is dropped (:meth:`drop_before`). Bounded by the number of nodes
+    and edges held, least recently used dropped first (one per level, so that full views do not push the
+    small host keyframes out). The values are shared: read only."""
+
+    def __init__(self, max_items: int) -> None:
+        self.max_items = max_items
+        self._held: OrderedDict[tuple[Any, ...], tuple[Any, int]] = OrderedDict()
+        self._items = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[Any, ...], read: Callable[[], Any]) -> Any:
+        """The value held under ``key``, else ``read()`` (outside the lock: two queries may both read it)."""
+        with self._lock:
+            held = self._held.get(key)
+            if held is not None:
+                self._held.move_to_end(key)
+                return held[0]
+        value = read()
+        size = _size(value)
+        with self._lock:
+            if key not in self._held and size <= self.max_items:
+                self._held[key] = (value, size)
+                self._items += size
+                while self._items > self.max_items:
+                    _key, (_value, dropped) = self._held.popitem(last=False)
+                    self._items -= dropped
+        return value
+
+    def drop_before(self, seq: int) -> None:
+        """Forget everything pruning deleted: keyframes before ``seq``, blocks ending before it."""
+        with self._lock:
+            for key in [key for key in self._held if key[-1] < seq]:
+                self._items -= self._held.pop(key)[1]
+
+
+def _size(value: Any) -> int:
+    if isinstance(value, tuple):  # a keyframe: (nodes, edges)
+        return len(value[0]) + len(value[1])
+    return sum(len(nodes) + len(edges) for _seq, nodes, edges in value)  # a block
+
+
 class _Reader:
     """One query's view of the history: the file (its own read-only connection) plus a copy of what was
     recorded but not flushed yet. Runs in a worker thread."""
 
     def __init__(
-        self, path: Path, pending: tuple[Entry, ...], keyframes: tuple[Keyframe, ...], oldest: Point | None
+        self,
+        path: Path,
+        pending: tuple[Entry, ...],
+        keyframes: tuple[Keyframe, ...],
+        oldest: Point | None,
+        decoded: dict[str, Decoded],
     ) -> None:
         self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        self.decoded = decoded
         self.pending = pending
         self.pending_seqs = [entry.seq for entry in pending]
         self.keyframes = keyframes
@@ -433,22 +548,29 @@ class _Reader:
 
     # -- keyframes and entries
 
-    def keyframe_seq(self, seq: int) -> int:
-        """The newest keyframe at or before ``seq``."""
-        held = [keyframe.seq for keyframe in self.keyframes if keyframe.seq <= seq]
+    def keyframe_seq(self, seq: int, level: str) -> int:
+        """The newest keyframe of ``level`` at or before ``seq``."""
+        held = [keyframe.seq for keyframe in self.keyframes if keyframe.seq <= seq and level in keyframe.views]
         if held:
             return max(held)
-        newest: int | None = self.conn.execute("SELECT MAX(seq) FROM keyframes WHERE seq <= ?", (seq,)).fetchone()[0]
+        newest: int | None = self.conn.execute(
+            "SELECT MAX(seq) FROM keyframes WHERE level = ? AND seq <= ?", (level, seq)
+        ).fetchone()[0]
         if newest is None:
             raise HistoryUnavailable(self.oldest.stamp if self.oldest else None)
         return newest
 
     def keyframe(self, seq: int, level: str) -> tuple[Section, Section]:
-        """Copies of the nodes and edges of the keyframe at ``seq``."""
+        """The nodes and edges of the keyframe of ``level`` at ``seq`` (shared with other queries: read only)."""
         for keyframe in self.keyframes:
-            if keyframe.seq == seq:
-                held_nodes, held_edges = keyframe.views[level]
-                return dict(held_nodes), dict(held_edges)
+            if keyframe.seq == seq and level in keyframe.views:
+                return keyframe.views[level]
+        held: tuple[Section, Section] = self.decoded[level].get(
+            ("keyframe", seq), lambda: self._read_keyframe(seq, level)
+        )
+        return held
+
+    def _read_keyframe(self, seq: int, level: str) -> tuple[Section, Section]:
         nodes: Section = {}
         edges: Section = {}
         rows = self.conn.execute(
@@ -466,15 +588,16 @@ class _Reader:
         self, level: str, after: int, upto: int
     ) -> Iterator[tuple[int, SectionChanges | None, SectionChanges | None]]:
         """``(seq, nodes, edges)`` of each publication in ``(after, upto]`` with structural changes, oldest
-        first; ``nodes`` is None for a reset."""
+        first; ``nodes`` is None for a reset. (The bodies are shared with other queries: read only.)"""
         first_pending = self.pending[0].seq if self.pending else upto + 1
         rows = self.conn.execute(
-            "SELECT body FROM changes WHERE level = ? AND last_seq > ? AND first_seq <= ? ORDER BY first_seq",
+            "SELECT first_seq, last_seq FROM changes WHERE level = ? AND last_seq > ? AND first_seq <= ?"
+            " ORDER BY first_seq",
             (level, after, min(upto, first_pending - 1)),
-        )
+        ).fetchall()
         resets = self._resets(after, min(upto, first_pending - 1))
-        for (body,) in rows:
-            for seq, _stamp, nodes, edges in orjson.loads(zlib.decompress(body)):
+        for first_seq, last_seq in rows:
+            for seq, nodes, edges in self.block(level, first_seq, last_seq):
                 while resets and resets[0] < seq:
                     yield resets.pop(0), None, None
                 if after < seq <= upto and seq < first_pending:
@@ -489,6 +612,18 @@ class _Reader:
                     if nodes or edges:
                         yield entry.seq, nodes, edges
 
+    def block(self, level: str, first_seq: int, last_seq: int) -> list[BlockEntry]:
+        """The entries of one change block, ``[(seq, nodes, edges), ...]``, decoded once for all queries."""
+
+        def read() -> list[BlockEntry]:
+            (body,) = self.conn.execute(
+                "SELECT body FROM changes WHERE level = ? AND first_seq = ?", (level, first_seq)
+            ).fetchone()
+            return [(seq, nodes, edges) for seq, _stamp, nodes, edges in orjson.loads(zlib.decompress(body))]
+
+        held: list[BlockEntry] = self.decoded[level].get(("block", first_seq, last_seq), read)
+        return held
+
     def _resets(self, after: int, upto: int) -> list[int]:
         rows = self.conn.execute(
             "SELECT DISTINCT seq FROM keyframes WHERE reset = 1 AND seq > ? AND seq <= ? ORDER BY seq", (after, upto)
@@ -497,11 +632,13 @@ class _Reader:
 
     def state(self, level: str, seq: int) -> tuple[Section, Section]:
         """The nodes and edges of a kept level at ``seq``: the keyframe before it, replayed."""
-        start = self.keyframe_seq(seq)
-        nodes, edges = self.keyframe(start, level)
+        start = self.keyframe_seq(seq, level)
+        held_nodes, held_edges = self.keyframe(start, level)
+        nodes, edges = dict(held_nodes), dict(held_edges)
         for entry_seq, node_changes, edge_changes in self.entries(level, start, seq):
             if node_changes is None or edge_changes is None:  # a reset (none after the newest keyframe)
-                nodes, edges = self.keyframe(entry_seq, level)
+                held_nodes, held_edges = self.keyframe(entry_seq, level)
+                nodes, edges = dict(held_nodes), dict(held_edges)
             else:
                 _apply(nodes, node_changes)
                 _apply(edges, edge_changes)
@@ -550,7 +687,7 @@ class _Reader:
 
     def _node_events(self, node_id: str, start: float, end: float) -> list[NodeEvent]:
         first, last = self.point_at(start), self.point_at(end)
-        kseq = self.keyframe_seq(first.seq)
+        kseq = self.keyframe_seq(first.seq, "process")
         body = self.keyframe(kseq, "process")[0].get(node_id)
         for seq, nodes, _edges in self.entries("process", kseq, first.seq):
             if nodes is None:  # a reset (none after the newest keyframe): the node as that keyframe holds it
@@ -593,7 +730,11 @@ def _net(before: Section, after: Section, changed: Callable[[Body, Body], bool])
     """Ids added, removed and structurally updated between two versions of a section."""
     added = [item_id for item_id in after if item_id not in before]
     removed = [item_id for item_id in before if item_id not in after]
-    updated = [item_id for item_id, body in after.items() if item_id in before and changed(before[item_id], body)]
+    updated = [
+        item_id
+        for item_id, body in after.items()
+        if item_id in before and before[item_id] is not body and changed(before[item_id], body)  # shared: unchanged
+    ]
     return {"added": sorted(added), "removed": sorted(removed), "updated": sorted(updated)}
 
 
@@ -641,6 +782,13 @@ def _open(path: Path) -> sqlite3.Connection:
                     conn.execute(statement)
                 conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
         version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
+        if version in MIGRATIONS:
+            with conn:
+                for statement in MIGRATIONS[version]:
+                    conn.execute(statement)
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
+            log.info("history_schema_migrated", path=str(path), from_version=version, to_version=SCHEMA_VERSION)
+            version = SCHEMA_VERSION
         if version != SCHEMA_VERSION:
             raise sqlite3.DatabaseError(f"unknown history schema version {version!r}")
     except BaseException:
@@ -656,11 +804,10 @@ def _load_bounds(conn: sqlite3.Connection) -> tuple[Point | None, Point | None, 
         row = conn.execute(sql).fetchone()
         return Point(*row) if row else None
 
-    oldest = point("SELECT p.seq, p.ts, p.stamp FROM publications p WHERE p.seq = (SELECT MIN(seq) FROM keyframes)")
+    whole = "(SELECT {}(seq) FROM keyframes WHERE level = 'process')"  # a process keyframe: of every level
+    oldest = point(f"SELECT p.seq, p.ts, p.stamp FROM publications p WHERE p.seq = {whole.format('MIN')}")
     latest = point("SELECT seq, ts, stamp FROM publications ORDER BY seq DESC LIMIT 1")
-    last_keyframe = point(
-        "SELECT p.seq, p.ts, p.stamp FROM publications p WHERE p.seq = (SELECT MAX(seq) FROM keyframes)"
-    )
+    last_keyframe = point(f"SELECT p.seq, p.ts, p.stamp FROM publications p WHERE p.seq = {whole.format('MAX')}")
     return oldest, latest, last_keyframe
 
 
@@ -702,7 +849,8 @@ def _keyframe_parts(nodes: Section, edges: Section) -> Iterator[bytes]:
 
 def _prune(conn: sqlite3.Connection, cutoff: float) -> tuple[int, Point | None]:
     row = conn.execute(
-        "SELECT MAX(k.seq) FROM keyframes k JOIN publications p ON p.seq = k.seq WHERE p.ts <= ?", (cutoff,)
+        "SELECT MAX(k.seq) FROM keyframes k JOIN publications p ON p.seq = k.seq WHERE k.level = 'process' AND p.ts <= ?",
+        (cutoff,),
     ).fetchone()
     if row[0] is None:
         return 0, None

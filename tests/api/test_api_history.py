@@ -181,6 +181,27 @@ def test_changes_ignore_metrics_last_seen_and_connection_counts(client, fleet):
     assert body["nodes"] == {"added": {}, "removed": {}, "updated": {}}
 
 
+def interfaces(*counted: tuple[str, int]) -> dict:
+    """A network section with interfaces ``(name, bytes so far)``."""
+    listed = [{"name": name, "rx_bytes": count, "tx_bytes": count // 2} for name, count in counted]
+    return {"network_info": {"connections": [], "interfaces": listed}}
+
+
+def test_interface_byte_counters_are_metrics_but_a_new_interface_is_a_change(client, fleet):
+    start = fleet.post(**interfaces(("eth0", 1_000)))
+    fleet.post(**interfaces(("eth0", 5_000)))
+    counted = fleet.post(**interfaces(("eth0", 9_000)))
+    assert counted["nodes"]["host:host-1"]["metadata"]["interfaces"][0]["rx_bytes"] == 9_000
+    window = {"from": start["timestamp"], "to": counted["timestamp"]}
+    assert client.get(CHANGES, params=window).json()["nodes"]["updated"] == {}
+    assert node_history(client, "host:host-1", **window).json()["events"] == []
+    added = fleet.post(**interfaces(("eth0", 12_000), ("docker0", 10)))
+    updated = client.get(CHANGES, params={"from": start["timestamp"]}).json()["nodes"]["updated"]
+    assert [i["name"] for i in updated["host:host-1"]["metadata"]["interfaces"]] == ["eth0", "docker0"]
+    events = node_history(client, "host:host-1", **{"from": start["timestamp"]}).json()["events"]
+    assert [(e["change"], e["seq"]) for e in events] == [("updated", added["seq"])]
+
+
 def test_changes_take_level_and_host(client, fleet):
     start = fleet.post(**processes("nginx"))
     fleet.post("agent-2", **processes("postgres"))

@@ -4,13 +4,15 @@ keyframes; and two servers fed the same publications answer byte for byte the sa
 
 from __future__ import annotations
 
+import sqlite3
+
 import orjson
 import pytest
 
 from orchestrator.contract.models import Report
 from orchestrator.contract.times import parse_rfc3339
 from orchestrator.probe.fleet import Fleet
-from orchestrator.state.history import EDGE_FIELDS, NODE_FIELDS, History
+from orchestrator.state.history import EDGE_FIELDS, NODE_FIELDS, SCHEMA_VERSION, History, HistoryUnavailable
 from orchestrator.topology import Topology
 from tests.topology.support import merge_parsed
 
@@ -19,30 +21,55 @@ VIEWS = [(level, external) for level in ("process", "container", "host") for ext
 
 
 def structure(snapshot: dict) -> tuple[dict, dict]:
-    """What history keeps exactly: the structural fields of each node and edge."""
-    nodes = {node_id: tuple(repr(node[f]) for f in NODE_FIELDS) for node_id, node in snapshot["nodes"].items()}
+    """What history keeps exactly: the structural fields of each node and edge (in a host's metadata, its
+    interfaces without their byte counters)."""
+    nodes = {
+        node_id: tuple(repr(structural(node, f)) for f in NODE_FIELDS) for node_id, node in snapshot["nodes"].items()
+    }
     edges = {eid: tuple(repr(edge[f]) for f in EDGE_FIELDS) for eid, edge in snapshot["edges"].items()}
     return nodes, edges
 
 
-def run_fleet(tmp_path, seconds: int, keyframe_interval: float = 20.0, every: int = 7):
-    """A small churning fleet reporting every 15 s, published every simulated second into a history;
-    returns it, and the live structure of every view at every ``every``-th publication."""
-    fleet = Fleet(3, seed=2, containers=3, processes=12, connections=12)
-    topology = Topology()
-    history = History(tmp_path / "history.sqlite", retention=86400.0, keyframe_interval=keyframe_interval)
-    topology.publish_listeners.append(history.record)
-    live = {}
-    order = 0
-    for second in range(seconds):
-        now = T0 + second * 5  # each host reports every 15 s: one in three each step
-        for host in range(second % 3, 3, 3):
-            order += 1
-            merge_parsed(topology, Report.model_validate_json(fleet.report_bytes(host, now)), order, now)
-        publication = topology.publish(now)
-        if publication is not None and publication.seq % every == 0:
-            live[publication.timestamp] = {view: structure(topology.snapshot(view[0], None, view[1])) for view in VIEWS}
-    return history, live
+class Churn:
+    """A small churning fleet reporting every 15 s, published every 5 simulated seconds into ``history``."""
+
+    def __init__(self, history: History) -> None:
+        self.fleet = Fleet(3, seed=2, containers=3, processes=12, connections=12)
+        self.topology = Topology()
+        self.topology.publish_listeners.append(history.record)
+        self.step = self.order = 0
+
+    def run(self, steps: int, every: int = 7) -> dict:
+        """``steps`` more steps; the live structure of every view at every ``every``-th publication."""
+        live = {}
+        for step in range(self.step, self.step + steps):
+            now = T0 + step * 5  # each host reports every 15 s: one in three each step
+            for host in range(step % 3, 3, 3):
+                self.order += 1
+                report = Report.model_validate_json(self.fleet.report_bytes(host, now))
+                merge_parsed(self.topology, report, self.order, now)
+            publication = self.topology.publish(now)
+            if publication is not None and publication.seq % every == 0:
+                live[publication.timestamp] = {
+                    view: structure(self.topology.snapshot(view[0], None, view[1])) for view in VIEWS
+                }
+        self.step += steps
+        return live
+
+
+def run_fleet(tmp_path, seconds: int, keyframe_interval: float = 20.0, every: int = 7, **options):
+    """A history of ``seconds`` steps of :class:`Churn`; returns it, and the live structure of every view at
+    every ``every``-th publication."""
+    history = History(tmp_path / "history.sqlite", retention=86400.0, keyframe_interval=keyframe_interval, **options)
+    return history, Churn(history).run(seconds, every)
+
+
+def structural(node: dict, field: str):
+    value = node[field]
+    if field == "metadata" and "interfaces" in value:
+        interfaces = [{k: v for k, v in i.items() if k not in ("rx_bytes", "tx_bytes")} for i in value["interfaces"]]
+        return {**value, "interfaces": interfaces}
+    return value
 
 
 async def answers(history: History, live: dict) -> dict:
@@ -80,3 +107,58 @@ async def test_the_same_publications_give_the_same_history(tmp_path):
     assert await first.changes(start, end, "process") == await second.changes(start, end, "process")
     first.close()
     second.close()
+
+
+async def assert_answers_are_live(history: History, live: dict) -> None:
+    for stamp, views in live.items():
+        for view, expected in views.items():
+            past = await history.topology_at(history_time(stamp), *view)
+            assert (past["timestamp"], structure(past)) == (stamp, expected), (stamp, view)
+
+
+@pytest.mark.parametrize("flushed", [False, True], ids=["in memory", "from the file"])
+async def test_host_keyframes_between_the_whole_ones_answer_every_view_alike(tmp_path, flushed):
+    # No interval keyframes: each level takes one when its changes reach its size (the host level alone, often).
+    history, live = run_fleet(tmp_path, 150, keyframe_interval=86400.0, every=5, min_keyframe_changes=5)
+    if flushed:
+        await history.flush()
+        with sqlite3.connect(history.path) as conn:
+            kept = dict(conn.execute("SELECT level, COUNT(DISTINCT seq) FROM keyframes GROUP BY level").fetchall())
+        assert kept["host"] > kept["process"]
+    await assert_answers_are_live(history, live)
+    history.close()
+
+
+async def test_decoded_keyframes_and_blocks_serve_no_stale_answer_after_new_keyframes_and_pruning(tmp_path):
+    history = History(tmp_path / "history.sqlite", retention=86400.0, keyframe_interval=20.0)
+    churn = Churn(history)
+    early = churn.run(60, every=3)
+    await history.flush()
+    await assert_answers_are_live(history, early)  # reads (and keeps) the keyframes and blocks they need
+    late = churn.run(60, every=3)  # new keyframes, entries and blocks after the ones kept
+    await history.flush()
+    await assert_answers_are_live(history, {**early, **late})
+    cutoff = min(late)
+    history.retention = history.latest.ts - history_time(cutoff)
+    assert await history.prune() > 0
+    for stamp in early:
+        if history_time(stamp) < history.oldest.ts:
+            with pytest.raises(HistoryUnavailable):
+                await history.topology_at(history_time(stamp), "process")
+    held = {stamp: views for stamp, views in {**early, **late}.items() if history_time(stamp) >= history.oldest.ts}
+    assert set(late) <= set(held)
+    await assert_answers_are_live(history, held)
+    history.close()
+
+
+async def test_a_version_1_file_is_migrated_and_answers_as_before(tmp_path):
+    history, live = run_fleet(tmp_path, 60, every=5)
+    await history.flush()
+    history.close()
+    with sqlite3.connect(tmp_path / "history.sqlite") as conn:  # what a version 1 server left
+        conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    again = History(tmp_path / "history.sqlite", retention=86400.0, keyframe_interval=20.0)
+    await assert_answers_are_live(again, live)
+    again.close()
+    with sqlite3.connect(tmp_path / "history.sqlite") as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (SCHEMA_VERSION,)
