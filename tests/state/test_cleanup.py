@@ -277,7 +277,9 @@ async def test_run_cleanup_sweeps_every_interval_and_stops_when_cancelled(tmp_pa
     apply_report(state, "agent-1", seen_at=time.time() - 5)
 
     task = asyncio.create_task(run_cleanup(state))
-    await asyncio.sleep(0.18)
+    deadline = time.monotonic() + 10  # a bounded wait for two sweeps (a fixed sleep failed on a loaded machine)
+    while sample(state, "app_cleanup_runs_total") < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
