@@ -20,7 +20,7 @@ from orchestrator.contract.models import (
     check_number,
     error_details,
 )
-from orchestrator.runtime.slicing import TimeSlice
+from orchestrator.runtime.slicing import run_sliced, run_steps
 
 SLICE_SECONDS = 0.005  # loop time one slice of checking unknown fields may take
 STEP_VALUES = 4096  # values checked between two chances to yield
@@ -96,29 +96,14 @@ def peek_identity(raw: bytes) -> tuple[str, str] | None:
 
 def parse_report(raw: bytes, sections: dict[str, type[BaseModel]], max_depth: int) -> Report:
     """Validate a report once, from its JSON bytes (pydantic parses and validates in one pass)."""
-    steps = report_steps(raw, sections, max_depth)
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            report: Report = done.value
-            return report
+    return run_steps(report_steps(raw, sections, max_depth))
 
 
 async def parse_report_sliced(raw: bytes, sections: dict[str, type[BaseModel]], max_depth: int) -> Report:
     """:func:`parse_report`, yielding the event loop every few milliseconds of checking unknown fields (a
     10 MB body can hold a million unknown values; the schema's own validation is one step in pydantic-core,
     which holds the GIL, so a thread would not help)."""
-    steps = report_steps(raw, sections, max_depth)
-    stretch = TimeSlice(SLICE_SECONDS)
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            report: Report = done.value
-            return report
-        if stretch.due():
-            await stretch.pause()
+    return await run_sliced(report_steps(raw, sections, max_depth), SLICE_SECONDS)
 
 
 def report_steps(raw: bytes, sections: dict[str, type[BaseModel]], max_depth: int) -> Generator[None, None, Report]:
