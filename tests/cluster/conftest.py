@@ -12,7 +12,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from orchestrator.app import create_app
 from tests.support import ServerProcess, ServerThread, free_port, make_settings, report, wait_for
 
 
@@ -68,21 +67,16 @@ def cluster_settings(nats_url: str, data_dir: Path | None = None, **cluster):
 
 
 @pytest.fixture
-def start_replica(nats_server):
+def start_replica(nats_server, start_server):
     """``start_replica(data_dir=None, **cluster_settings)`` → a healthy replica (:class:`ServerThread`)."""
-    started = []
 
     def start(data_dir: Path | None = None, healthy: bool = True, **cluster) -> ServerThread:
-        app = create_app(cluster_settings(nats_server.url, data_dir, **cluster))
-        replica = ServerThread(app, free_port()).start()
-        started.append(replica)
+        replica = start_server(cluster_settings(nats_server.url, data_dir, **cluster))
         if healthy:
             wait_healthy(replica.url)
         return replica
 
-    yield start
-    for replica in started:
-        replica.stop()
+    return start
 
 
 @pytest.fixture
