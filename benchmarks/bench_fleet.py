@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 
 import httpx
 
+from benchmarks import pinger
 from benchmarks.bench_ingest import Conn, build_bodies, fixed_rate, saturate
 from benchmarks.bench_query import fresh_view
 from benchmarks.common import REPO, Server, machine, percentile
@@ -75,10 +76,12 @@ def ready_seconds(server: Server, timeout: float = 600) -> float:
 
 
 async def reads_under_load(server: Server, bodies: list[bytes], seconds: float, rate: float) -> dict:
-    """Four clients fetch the full view in a loop, reports arrive at ``rate``, a fifth client pings."""
+    """Four clients fetch the full view in a loop, reports arrive at ``rate``, a pinger in its own process
+    (:mod:`benchmarks.pinger`: in this loop it would wait for the readers' bodies too) pings every 20 ms; the
+    server's own loop lag (``app_event_loop_lag_seconds``) over the same time says how long it held its loop."""
     views: list[float] = []
-    pings: list[float] = []
     deadline = time.perf_counter() + seconds
+    lag_before = server.histogram("app_event_loop_lag_seconds")
 
     async def reader(client: httpx.AsyncClient) -> None:
         while time.perf_counter() < deadline:
@@ -87,20 +90,12 @@ async def reads_under_load(server: Server, bodies: list[bytes], seconds: float, 
             assert response.status_code == 200
             views.append(time.perf_counter() - t)
 
-    async def pinger(client: httpx.AsyncClient) -> None:
-        while time.perf_counter() < deadline:
-            t = time.perf_counter()
-            await client.get("/api/v1/ping")
-            pings.append(time.perf_counter() - t)
-            await asyncio.sleep(0.02)
-
     limits = httpx.Limits(max_connections=8)
+    ping_process = pinger.start(server.url, seconds)
     async with httpx.AsyncClient(base_url=server.url, timeout=120, limits=limits) as client:
-        await asyncio.gather(
-            *(reader(client) for _ in range(4)),
-            pinger(client),
-            fixed_rate(server.port, bodies, rate, seconds),
-        )
+        await asyncio.gather(*(reader(client) for _ in range(4)), fixed_rate(server.port, bodies, rate, seconds))
+    pings = await asyncio.to_thread(pinger.collect, ping_process)
+    lag = histogram_delta(lag_before, server.histogram("app_event_loop_lag_seconds"))
     return {
         "reads": len(views),
         "view_p50_ms": percentile(views, 50) * 1000,
@@ -108,7 +103,22 @@ async def reads_under_load(server: Server, bodies: list[bytes], seconds: float, 
         "ping_p50_ms": percentile(pings, 50) * 1000,
         "ping_p99_ms": percentile(pings, 99) * 1000,
         "ping_max_ms": max(pings, default=float("nan")) * 1000,
+        "loop_lag_p99_le_ms": histogram_quantile(lag, 0.99) * 1000,
+        "loop_lag_max_le_ms": histogram_quantile(lag, 1.0) * 1000,
     }
+
+
+def histogram_delta(before: dict[float, float], after: dict[float, float]) -> dict[float, float]:
+    return {bound: count - before.get(bound, 0.0) for bound, count in after.items()}
+
+
+def histogram_quantile(buckets: dict[float, float], q: float) -> float:
+    """The upper bound of the bucket holding quantile ``q`` of a cumulative histogram (``{bound: count}``)."""
+    total = buckets.get(float("inf"), 0.0)
+    for bound in sorted(buckets):
+        if total and buckets[bound] >= q * total:
+            return bound
+    return float("nan")
 
 
 def views(server: Server, hosts: int, samples: int) -> dict:
@@ -175,7 +185,8 @@ def table(results: list[dict], rate: float, connections: int) -> str:
     lines = [
         f"| hosts | nodes / edges | CPU per accepted report (paced {rate:.0f}/s) | saturation ({connections} conn.): "
         "reports/s, 429s, CPU per accepted report | RSS | host view p95 (each / group) | full view p95 (size) | "
-        "4 readers of the full view: view p50 / p95, ping p50 / p99 / max | restore (empty start) |",
+        "4 readers of the full view: view p50 / p95, ping p50 / p99 / max, server loop lag p99 / max ≤ | "
+        "restore (empty start) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
@@ -187,10 +198,25 @@ def table(results: list[dict], rate: float, connections: int) -> str:
             f"{v['host']['p95_ms']:.0f} / {v['host_group']['p95_ms']:.0f} ms | "
             f"{v['full']['p95_ms']:.0f} ms ({v['full']['bytes'] / 1e6:.0f} MB) | "
             f"{u['view_p50_ms']:.0f} / {u['view_p95_ms']:.0f} ms, {u['ping_p50_ms']:.1f} / "
-            f"{u['ping_p99_ms']:.1f} / {u['ping_max_ms']:.0f} ms ({u['reads']} reads) | "
+            f"{u['ping_p99_ms']:.1f} / {u['ping_max_ms']:.0f} ms ({u['reads']} reads){lag_text(u)} | "
             f"{r['restore_s']:.1f} s ({r['empty_start_s']:.1f} s) |"
         )
     return "\n".join(lines)
+
+
+def lag_text(under_reads: dict) -> str:
+    if "loop_lag_p99_le_ms" not in under_reads:  # measured before the server's loop lag was read
+        return ""
+    return f", lag {under_reads['loop_lag_p99_le_ms']:.0f} / {under_reads['loop_lag_max_le_ms']:.0f} ms"
+
+
+def reads_only(hosts: int, seconds: float, connections: int, rate: float) -> dict:
+    """Only phases 1 and 6: the fleet loaded, then the full view read under load (``--reads-only``)."""
+    bodies = build_bodies(hosts, rounds=max(3, 3000 // hosts))
+    with Server() as server:
+        asyncio.run(load_all(server.port, bodies[:hosts], connections))
+        server.wait_drained(600)
+        return asyncio.run(reads_under_load(server, bodies[hosts:], seconds, max(1.0, rate / 4)))
 
 
 def plot(results: list[dict]) -> None:
@@ -237,7 +263,12 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=12, help="reads per view (the full view: a quarter)")
     parser.add_argument("--write", action="store_true", help="update RESULTS.md, fleet_results.json, fleet_cost.png")
     parser.add_argument("--replot", action="store_true", help="only redraw RESULTS.md's table and the curve from JSON")
+    parser.add_argument("--reads-only", action="store_true", help="only the full view read under load, printed")
     args = parser.parse_args()
+    if args.reads_only:
+        for hosts in args.sizes:
+            print(hosts, json.dumps(reads_only(hosts, args.seconds, args.connections, args.rate)), flush=True)
+        return
     if args.replot:
         saved = json.loads(DATA.read_text())
         write(table(saved["results"], saved["rate"], saved["connections"]), saved["measured"])
