@@ -38,7 +38,7 @@ import httpx
 from benchmarks import pinger
 from benchmarks.bench_ingest import Conn, build_bodies, fixed_rate, saturate
 from benchmarks.bench_query import fresh_view
-from benchmarks.common import REPO, Server, machine, percentile
+from benchmarks.common import REPO, Server, bucket_quantile, machine, percentile
 from orchestrator.probe.fleet import Fleet
 
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
@@ -95,7 +95,7 @@ async def reads_under_load(server: Server, bodies: list[bytes], seconds: float, 
     async with httpx.AsyncClient(base_url=server.url, timeout=120, limits=limits) as client:
         await asyncio.gather(*(reader(client) for _ in range(4)), fixed_rate(server.port, bodies, rate, seconds))
     pings = await asyncio.to_thread(pinger.collect, ping_process)
-    lag = histogram_delta(lag_before, server.histogram("app_event_loop_lag_seconds"))
+    lag_after = server.histogram("app_event_loop_lag_seconds")
     return {
         "reads": len(views),
         "view_p50_ms": percentile(views, 50) * 1000,
@@ -103,22 +103,9 @@ async def reads_under_load(server: Server, bodies: list[bytes], seconds: float, 
         "ping_p50_ms": percentile(pings, 50) * 1000,
         "ping_p99_ms": percentile(pings, 99) * 1000,
         "ping_max_ms": max(pings, default=float("nan")) * 1000,
-        "loop_lag_p99_le_ms": histogram_quantile(lag, 0.99) * 1000,
-        "loop_lag_max_le_ms": histogram_quantile(lag, 1.0) * 1000,
+        "loop_lag_p99_le_ms": bucket_quantile(lag_before, lag_after, 99) * 1000,
+        "loop_lag_max_le_ms": bucket_quantile(lag_before, lag_after, 100) * 1000,
     }
-
-
-def histogram_delta(before: dict[float, float], after: dict[float, float]) -> dict[float, float]:
-    return {bound: count - before.get(bound, 0.0) for bound, count in after.items()}
-
-
-def histogram_quantile(buckets: dict[float, float], q: float) -> float:
-    """The upper bound of the bucket holding quantile ``q`` of a cumulative histogram (``{bound: count}``)."""
-    total = buckets.get(float("inf"), 0.0)
-    for bound in sorted(buckets):
-        if total and buckets[bound] >= q * total:
-            return bound
-    return float("nan")
 
 
 def views(server: Server, hosts: int, samples: int) -> dict:

@@ -22,6 +22,10 @@ from sanic import Request, Sanic
 from sanic.response import BaseHTTPResponse
 
 LEVEL = 6  # ~12x on topology JSON; level 1 gives ~9x at a third of the CPU (see benchmarks/RESULTS.md)
+# Bodies of a megabyte or more (whole views, history answers) and streamed answers: level 1. A 10 MB full
+# view at 100 hosts took ~120 ms of CPU to compress at level 6 and ~40 ms at level 1, for 10 % more bytes.
+LARGE_LEVEL = 1
+LARGE_SIZE = 1 << 20
 THREAD_SIZE = 64 * 1024
 CACHE_ENTRIES = 8
 COMPRESSIBLE = ("application/json", "text/", "application/javascript", "image/svg+xml")
@@ -105,7 +109,10 @@ class GzipCache:
         return compressed
 
 
-def gzip_bytes(body: bytes, level: int = LEVEL) -> bytes:
+def gzip_bytes(body: bytes, level: int | None = None) -> bytes:
+    """``body`` as one gzip member: at ``level``, else :data:`LEVEL` (:data:`LARGE_LEVEL` from :data:`LARGE_SIZE`)."""
+    if level is None:
+        level = LARGE_LEVEL if len(body) >= LARGE_SIZE else LEVEL
     compressor = zlib.compressobj(level, zlib.DEFLATED, 31)  # 31: a gzip header and trailer
     return compressor.compress(body) + compressor.flush()
 
@@ -113,9 +120,9 @@ def gzip_bytes(body: bytes, level: int = LEVEL) -> bytes:
 class GzipChunks:
     """One gzip stream over the chunks of a streamed answer: ``headers()`` for ``request.respond``,
     ``compress(chunk)`` for each chunk, ``finish()`` for the last bytes. With ``enabled=False`` it
-    passes chunks through unchanged."""
+    passes chunks through unchanged. Level 1 by default: only whole views and lists are streamed."""
 
-    def __init__(self, enabled: bool, level: int = LEVEL) -> None:
+    def __init__(self, enabled: bool, level: int = LARGE_LEVEL) -> None:
         self.enabled = enabled
         self._compressor = zlib.compressobj(level, zlib.DEFLATED, 31) if enabled else None
 

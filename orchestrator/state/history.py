@@ -70,6 +70,7 @@ import orjson
 import structlog
 
 from orchestrator.contract.times import parse_rfc3339
+from orchestrator.runtime.collector import paused as paused_gc
 from orchestrator.topology.views import Published, view_name
 
 if TYPE_CHECKING:
@@ -92,6 +93,11 @@ EDGE_FIELDS = ("source", "target", "protocol", "ports")
 COUNTERS = frozenset({"rx_bytes", "tx_bytes"})  # an interface's counters in a host's metadata: metrics
 PART_ITEMS = 2000  # nodes or edges per keyframe part: ~1 MB of JSON, a few ms to encode or decode
 MIN_KEYFRAME_CHANGES = 1000
+# A level takes a keyframe when its structural changes since the last one reach this share of its size then:
+# a replay reads at most a quarter of a topology's worth of entries after its keyframe. (At the whole size,
+# a replay at 100 hosts read ~40,000 entries in ~150 blocks, 150-300 ms cold; a quarter costs ~1.3 MB more
+# disk an hour there, and a keyframe's CPU spread over 7,000 changes instead of 28,000.)
+KEYFRAME_SHARE = 0.25
 # Nodes and edges of decoded keyframes and change blocks kept for the next queries, per level (a decoded item
 # takes ~1.2 KB: at most ~75 MB per level; at 100 hosts the process level holds one keyframe and its blocks,
 # the host level, ~18,000 items with its edges to externals, about three keyframes).
@@ -250,11 +256,13 @@ class History:
         keyframe_interval: float,
         temporary: bool = False,
         min_keyframe_changes: int = MIN_KEYFRAME_CHANGES,
+        keyframe_share: float = KEYFRAME_SHARE,
     ) -> None:
         self.path = Path(path)
         self.retention = retention
         self.keyframe_interval = keyframe_interval
         self.min_keyframe_changes = min_keyframe_changes
+        self.keyframe_share = keyframe_share
         self._temporary = temporary
         self.conn = _connect(self.path)
         self._lock = asyncio.Lock()  # one writer at a time on self.conn
@@ -327,18 +335,22 @@ class History:
 
     def _keyframe_levels(self, reset: bool, ts: float) -> tuple[str, ...]:
         """The levels to take a keyframe of now: all of them at a reset, every ``keyframe_interval`` and when
-        the process level's structural changes since its last keyframe reach its size then; the host level
-        alone also when its own changes reach its own size (it is small, so its replay stays short)."""
-        since, items = self._changes_since_keyframe, self._keyframe_items
+        the process level's structural changes since its last keyframe reach ``keyframe_share`` of its size
+        then; the host level alone also when its own changes reach that share of its own size (it is small,
+        so its replay stays short)."""
+        since = self._changes_since_keyframe
+
+        def due(level: str) -> bool:
+            return since[level] >= max(self.min_keyframe_changes, self.keyframe_share * self._keyframe_items[level])
+
         if (
             reset
             or self._last_keyframe is None
             or ts - self._last_keyframe.ts >= self.keyframe_interval
-            or since["process"] >= max(self.min_keyframe_changes, items["process"])
+            or due("process")
         ):
             return KEPT_LEVELS
-        least = self.min_keyframe_changes
-        return tuple(level for level in KEPT_LEVELS[1:] if since[level] >= max(least, items[level]))
+        return tuple(level for level in KEPT_LEVELS[1:] if due(level))
 
     # -- writing ---------------------------------------------------------------------------------------------
 
@@ -634,54 +646,83 @@ class _Reader:
         """The nodes and edges of a kept level at ``seq``: the keyframe before it, replayed."""
         start = self.keyframe_seq(seq, level)
         held_nodes, held_edges = self.keyframe(start, level)
-        nodes, edges = dict(held_nodes), dict(held_edges)
-        for entry_seq, node_changes, edge_changes in self.entries(level, start, seq):
+        return self.replayed(level, (dict(held_nodes), dict(held_edges)), start, seq)[0]
+
+    def replayed(
+        self, level: str, state: tuple[Section, Section], after: int, upto: int
+    ) -> tuple[tuple[Section, Section], tuple[set[str], set[str]]]:
+        """``state`` (a kept level at ``after``, changed in place) with the entries in ``(after, upto]``
+        applied, and the ids those entries touched."""
+        nodes, edges = state
+        touched_nodes: set[str] = set()
+        touched_edges: set[str] = set()
+        for entry_seq, node_changes, edge_changes in self.entries(level, after, upto):
             if node_changes is None or edge_changes is None:  # a reset (none after the newest keyframe)
                 held_nodes, held_edges = self.keyframe(entry_seq, level)
+                touched_nodes.update(nodes, held_nodes)
+                touched_edges.update(edges, held_edges)
                 nodes, edges = dict(held_nodes), dict(held_edges)
             else:
                 _apply(nodes, node_changes)
                 _apply(edges, edge_changes)
-        return nodes, edges
+                touched_nodes.update(node_changes)
+                touched_edges.update(edge_changes)
+        return (nodes, edges), (touched_nodes, touched_edges)
 
     def view(self, level: str, external: str, seq: int) -> tuple[Section, Section]:
         """A view at ``seq``: a kept level as kept, the others rolled up from the nearest kept one (grouping
         public externals on the host level rolls the kept host level up: the same result, far less work)."""
-        if external == "each" and level in KEPT_LEVELS:
-            return self.state(level, seq)
-        if level == "host":
-            return rolled_up("process+group", *self.state("host", seq))
-        return rolled_up(view_name(level, external), *self.state("process", seq))
+        kept = _kept_level(level, external)
+        return _rolled_up(level, external, kept, self.state(kept, seq))
 
     # -- the three questions
 
     def topology_at(self, ts: float, level: str, external: str) -> TopologyAt:
         try:
-            point = self.point_at(ts)
-            nodes, edges = self.view(level, external, point.seq)
+            with paused_gc():  # decoding allocates ~1 KB per item, all acyclic: collector passes cost ~half
+                point = self.point_at(ts)
+                nodes, edges = self.view(level, external, point.seq)
             return {"nodes": nodes, "edges": edges, "timestamp": point.stamp, "seq": point.seq}
         finally:
             self.close()
 
     def changes(self, start: float, end: float, level: str, external: str) -> NetChanges:
         try:
-            first, last = self.point_at(start), self.point_at(end)
-            before = self.view(level, external, first.seq)
-            after = self.view(level, external, last.seq)
-            return {
-                "from_seq": first.seq,
-                "to_seq": last.seq,
-                "before": before,
-                "after": after,
-                "nodes": _net(before[0], after[0], node_changed),
-                "edges": _net(before[1], after[1], edge_changed),
-            }
+            with paused_gc():
+                return self._changes(start, end, level, external)
         finally:
             self.close()
 
+    def _changes(self, start: float, end: float, level: str, external: str) -> NetChanges:
+        """Both ends from one replay when no keyframe of the level lies between them (the view at ``end`` is
+        the one at ``start`` plus the entries between: what ``at=end`` answers, since it replays from the
+        same keyframe), and then only the ids those entries touched are compared."""
+        first, last = self.point_at(start), self.point_at(end)
+        kept = _kept_level(level, external)
+        before_state = self.state(kept, first.seq)
+        touched: tuple[set[str], set[str]] | None = None
+        if self.keyframe_seq(last.seq, kept) == self.keyframe_seq(first.seq, kept):
+            copied = dict(before_state[0]), dict(before_state[1])
+            after_state, touched = self.replayed(kept, copied, first.seq, last.seq)
+        else:
+            after_state = self.state(kept, last.seq)
+        before = _rolled_up(level, external, kept, before_state)
+        after = _rolled_up(level, external, kept, after_state)
+        if before is not before_state:  # rolled up: new bodies, which the touched ids do not name
+            touched = None
+        return {
+            "from_seq": first.seq,
+            "to_seq": last.seq,
+            "before": before,
+            "after": after,
+            "nodes": _net(before[0], after[0], node_changed, touched[0] if touched else None),
+            "edges": _net(before[1], after[1], edge_changed, touched[1] if touched else None),
+        }
+
     def node_events(self, node_id: str, start: float, end: float) -> list[NodeEvent]:
         try:
-            return self._node_events(node_id, start, end)
+            with paused_gc():
+                return self._node_events(node_id, start, end)
         finally:
             self.close()
 
@@ -726,16 +767,40 @@ def _apply(items: Section, changes: SectionChanges) -> None:
             items[item_id] = body
 
 
-def _net(before: Section, after: Section, changed: Callable[[Body, Body], bool]) -> ChangedIds:
-    """Ids added, removed and structurally updated between two versions of a section."""
-    added = [item_id for item_id in after if item_id not in before]
-    removed = [item_id for item_id in before if item_id not in after]
+def _net(
+    before: Section, after: Section, changed: Callable[[Body, Body], bool], ids: set[str] | None = None
+) -> ChangedIds:
+    """Ids added, removed and structurally updated between two versions of a section; ``ids``, when given,
+    holds every id whose body may differ (the others are the same objects in both)."""
+    if ids is not None:
+        added = [item_id for item_id in ids if item_id in after and item_id not in before]
+        removed = [item_id for item_id in ids if item_id in before and item_id not in after]
+        candidates: Iterator[str] | list[str] = [item_id for item_id in ids if item_id in after]
+    else:
+        added = [item_id for item_id in after if item_id not in before]
+        removed = [item_id for item_id in before if item_id not in after]
+        candidates = iter(after)
     updated = [
         item_id
-        for item_id, body in after.items()
-        if item_id in before and before[item_id] is not body and changed(before[item_id], body)  # shared: unchanged
-    ]
+        for item_id in candidates
+        if item_id in before and before[item_id] is not after[item_id] and changed(before[item_id], after[item_id])
+    ]  # a body shared by both versions is unchanged
     return {"added": sorted(added), "removed": sorted(removed), "updated": sorted(updated)}
+
+
+def _kept_level(level: str, external: str) -> str:
+    """The kept level a view is read from: itself, else the host level for host views (grouping public
+    externals on it is the same result as on the process level, for far less work), else the process level."""
+    if external == "each" and level in KEPT_LEVELS:
+        return level
+    return "host" if level == "host" else "process"
+
+
+def _rolled_up(level: str, external: str, kept: str, state: tuple[Section, Section]) -> tuple[Section, Section]:
+    """The view (``level``, ``external``) of ``state``, a kept level: itself when it is that view."""
+    if external == "each" and level == kept:
+        return state
+    return rolled_up("process+group" if level == "host" else view_name(level, external), *state)
 
 
 def rolled_up(name: str, nodes: Section, edges: Section) -> tuple[Section, Section]:
