@@ -34,8 +34,10 @@ from typing import Any, Protocol
 import orjson
 import structlog
 
+from orchestrator.api.snapshots import prepare_view
 from orchestrator.contract.durations import format_duration
 from orchestrator.contract.times import format_rfc3339
+from orchestrator.runtime.slicing import TimeSlice
 from orchestrator.topology import EXTERNALS, LEVELS
 
 log = structlog.get_logger("orchestrator.api.hub")
@@ -165,19 +167,14 @@ class Hub:
         """One publish + broadcast, a large publish spread over slices of the event loop (requests are
         served in between), holding ``state.topology_lock`` so the live topology stays still while it is
         read; CPU time measured when anything was published or sent."""
-        cpu = 0.0
         async with self.state.topology_lock:
-            steps = self.state.topology.publish_steps(now, PUBLISH_SLICE_SECONDS)
-            while True:
-                started = time.thread_time()
-                try:
-                    next(steps)
-                except StopIteration as done:
-                    publication = done.value
-                    break
-                finally:
-                    cpu += time.thread_time() - started
-                await asyncio.sleep(0)
+            publication, cpu = await _sliced(self.state.topology.publish_steps(now, PUBLISH_SLICE_SECONDS))
+            if publication is not None:
+                # A view watched but not read at seq - 1 (a client whose snapshot is still to come) has no
+                # changes in this publication: its diff builds it at seq - 1 first. Done here in slices, not
+                # in one go by _publish.
+                for view in list(self._views):
+                    cpu += (await _sliced(publication.catch_up_steps(view.level, view.external)))[1]
         self._broadcast(publication, now, time.thread_time() - cpu)
 
     def _broadcast(self, publication, now: float, started: float) -> None:
@@ -469,7 +466,12 @@ class Hub:
         try:
             while not client.closed:
                 if client.needs_snapshot:
-                    # Taken at the current seq; diffs after it queue up behind it from now on.
+                    view = client.view
+                    await prepare_view(self.state, view.level, view.external)  # a collapsed view: in slices
+                    if client.closed or client.view != view:
+                        continue  # gone, or subscribed to another view meanwhile: that one's snapshot is due
+                    # Taken at the current seq (no await since the view was made ready); diffs after it
+                    # queue up behind it from now on.
                     client.needs_snapshot = False
                     self._sent["topology_update"].inc()
                     await connection.send(self._snapshot_message(client.view))
@@ -504,6 +506,22 @@ class Hub:
             "broadcast_interval": format_duration(self.interval),
             **self._counts,
         }
+
+
+async def _sliced(steps) -> tuple[Any, float]:
+    """Run a generator of steps on the loop in slices of :data:`PUBLISH_SLICE_SECONDS` (other tasks run in
+    between); its return value and the thread CPU time its steps took."""
+    cpu = 0.0
+    stretch = TimeSlice(PUBLISH_SLICE_SECONDS)
+    while True:
+        started = time.thread_time()
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value, cpu + time.thread_time() - started
+        cpu += time.thread_time() - started
+        if stretch.due():
+            await stretch.pause()
 
 
 def _is_empty(diff: dict) -> bool:

@@ -11,7 +11,7 @@ from sanic.response import json
 from orchestrator.api import history
 from orchestrator.api.agents import list_agents
 from orchestrator.api.compression import StreamedAnswer
-from orchestrator.api.snapshots import SLICE_ITEMS
+from orchestrator.api.snapshots import SLICE_ITEMS, prepare_view
 from orchestrator.contract.durations import format_duration, parse_duration
 from orchestrator.contract.errors import ApiError
 from orchestrator.contract.times import format_rfc3339
@@ -32,7 +32,9 @@ async def topology(request: Request) -> HTTPResponse:
         past = await history.topology_at(request, level, host, external)
         if past is not None:
             return past
-    topology = request.app.ctx.state.topology
+    state = request.app.ctx.state
+    topology = state.topology
+    await prepare_view(state, level, external)  # a collapsed view's first read: built in slices
     if host is not None:
         # One host's part is small: serialized once per (seq, level, host, external), wrapped with a copy.
         return _raw_json(b'{"topology":' + topology.snapshot_json(level, host, external) + b"}")

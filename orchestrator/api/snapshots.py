@@ -8,6 +8,9 @@ the same sorted order as ``Topology.snapshot_json``, so the bytes are the same.
 
 The published snapshot a request starts from is immutable, so a response is one consistent seq even when
 publications happen while it is being sent.
+
+A collapsed view nobody read at the previous seq is built on its first read, a pass over the whole base
+(~0.3 s at 300 hosts): :func:`prepare_view` does it in slices too, before the snapshot is taken.
 """
 
 from __future__ import annotations
@@ -20,13 +23,26 @@ from itertools import islice
 
 import orjson
 
-from orchestrator.runtime.slicing import TimeSlice
+from orchestrator.runtime.slicing import TimeSlice, run_sliced
 
 SLICE_SECONDS = 0.005  # loop time one slice of encoding may take
 SLICE_ITEMS = 2_000  # and at most this many items, so that even a fast slice lets others in
 CHUNK_BYTES = 1 << 20  # what one write hands the transport
 SORT_RUN = 20_000  # keys sorted in one step when a view's key order is built from scratch
 PATCH_LIMIT = 256  # key changes applied to the kept order one by one (an insert moves the whole list); more: rebuilt
+
+
+async def prepare_view(state, level: str, external: str = "each") -> None:
+    """Make a snapshot of the view cheap to take right after this returns (no await in between): a
+    collapsed view not in use is built from the published version in slices of the loop, requests served
+    in between. Under ``state.topology_lock``, as a sliced publish: no publish lands while it is built, so
+    the view is the one of the seq it is kept under. Readers of a view being built wait on the lock and find
+    it built; a reader that goes away part-way leaves nothing half-built."""
+    topology = state.topology
+    if topology.view_in_use(level, external):
+        return
+    async with state.topology_lock:
+        await run_sliced(topology.view_steps(level, external))
 
 
 class _Section:

@@ -919,6 +919,17 @@ class Topology:
             value = cache[key] = build()
         return value
 
+    def view_in_use(self, level: str = "process", external: str = "each") -> bool:
+        """Whether a snapshot of the view costs no build now (a collapsed view is built on first read)."""
+        return self._published.in_use(level, external)
+
+    def view_steps(self, level: str = "process", external: str = "each") -> Generator[None, None, None]:
+        """The build a first :meth:`snapshot` of a collapsed view does, as a generator of steps (nothing when
+        the view is in use), so the server can serve requests while a 300-host view (~0.3 s) is built. The
+        published version must stay still meanwhile (the server holds ``state.topology_lock``); once the
+        steps end, a snapshot of the view at the current seq costs no build."""
+        yield from self._published.view_steps(level, external)
+
     def snapshot(self, level: str = "process", host: str | None = None, external: str = "each") -> dict:
         """The published topology for a view: ``{"nodes", "edges", "timestamp", "seq"}``.
 

@@ -7,13 +7,18 @@ copies) and rolls edges up onto the mapped ends: connections summed, ports merge
 self-loops dropped, the same id scheme.
 
 Collapsed views are lazy: one exists only while it is *in use*. :meth:`Published.view` (snapshots) builds
-a view that is not in use from the base in one pass (:meth:`Published.build_view`); from then on each
+a view that is not in use from the base in one pass over it (:meth:`Published.build_view`); from then on each
 publish maintains it incrementally (touching only the changed base nodes and edges, plus the edges of a
 node whose mapping changed) for as long as it keeps being read: a view not read (snapshot or diff) at
 seq ``s`` is dropped by the publish of ``s + 1``. :meth:`Publication.diff` of a view not in use at
 ``seq - 1`` rebuilds it at ``seq - 1`` from the base with the publication's changes reverted, then advances
 it like a publish would; so the first diff asked for a view costs one build, the next ones (the hub asks
 every publish while a view has clients) an incremental step, and a view nobody reads costs nothing.
+
+A build is a pass over the whole base (~0.3 s at 300 hosts), so each is also a generator of steps
+(:meth:`Published.view_steps`, :meth:`Published.catch_up_steps`) that yields every :data:`STEP_ITEMS` base
+nodes or edges: the server drives it on the event loop a slice at a time, serving requests in between; the
+one-pass methods run the same steps to the end (``run_steps``). A view is installed only once it is whole.
 
 Published dicts are never mutated: a change replaces the dict. A reader holding a snapshot or a node from
 an older version keeps seeing exactly that version.
@@ -23,12 +28,14 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from functools import lru_cache
+from typing import TypeVar
 
 import orjson
 
 from orchestrator.runtime.collector import paused as paused_gc
+from orchestrator.runtime.slicing import run_steps
 
 from .model import host_id, rfc3339
 from .resolve import edge_id as make_edge_id
@@ -37,6 +44,10 @@ LEVELS = ("process", "container", "host")
 EXTERNALS = ("each", "group")
 INTERNET = "external:internet"
 _UNCHANGED = ()
+# Base nodes or edges gone through between two yields of a stepped build (~1 ms of work at most), so a
+# driver checking its time slice at each yield stays close to it.
+STEP_ITEMS = 256
+T = TypeVar("T")
 
 
 def view_name(level: str, external: str = "each") -> str:
@@ -163,6 +174,12 @@ class Publication:
         self._published.mark_read(name, self.seq)
         return diff
 
+    def catch_up_steps(self, level: str, external: str = "each") -> Generator[None, None, None]:
+        """The catch-up :meth:`diff` would do for the view, as a generator of steps (nothing when this
+        publication carries the view's changes already): the server drives it on the loop in slices before
+        it asks the diffs. The published state must stay still meanwhile, as for a sliced publish."""
+        yield from self._published.catch_up_steps(view_name(level, external), self)
+
     def changes(self, name: str = "process") -> tuple[list, list]:
         """A view's changes from ``seq - 1`` to ``seq`` (``name`` as :func:`view_name` gives it): node changes
         and edge changes as ``(id, old, new)`` (``None``: absent), in id order; an edge whose end moved host
@@ -199,6 +216,26 @@ class Publication:
         nodes["removed"].sort()
         edges["removed"].sort()
         return {"from_seq": self.seq - 1, "nodes": nodes, "edges": edges}
+
+
+def _in_one_go(steps: Generator[None, None, T]) -> T:
+    """A build's steps run to the end with the cyclic collector off: many small acyclic objects, and
+    collector passes over a heap of millions would double the cost."""
+    with paused_gc():
+        return run_steps(steps)
+
+
+def _collector_paused(steps: Generator[None, None, T]) -> Generator[None, None, T]:
+    """A build's steps with the cyclic collector off while they run, and as it was between them: the
+    requests a driver serves between two steps allocate as usual (see ``Paused.lifted``)."""
+    with paused_gc() as collector:
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            with collector.lifted():
+                yield
 
 
 def _changes_by_host(node_changes: list, edge_changes: list) -> tuple[dict, dict]:
@@ -397,12 +434,28 @@ class Published:
         if seq == self.seq and name != "process":
             self.read_seq[name] = seq
 
+    def in_use(self, level: str, external: str = "each") -> bool:
+        """Whether the view is in use: reading it now costs no build (the process view always is)."""
+        return view_name(level, external) in self.views
+
     def view(self, level: str, external: str = "each") -> _View:
         """A view at the current seq, built from the base in one pass if it was not in use."""
+        return _in_one_go(self._view_steps(level, external))
+
+    def view_steps(self, level: str, external: str = "each") -> Generator[None, None, _View]:
+        """:meth:`view` as a generator of steps (its return value is the view). The published state must
+        stay still meanwhile (no publish: the server holds ``state.topology_lock``, as for a sliced publish);
+        the view is kept only once it is whole, so steps abandoned part-way leave nothing behind."""
+        return _collector_paused(self._view_steps(level, external))
+
+    def _view_steps(self, level: str, external: str) -> Generator[None, None, _View]:
         name = view_name(level, external)
         view = self.views.get(name)
         if view is None:
-            view = self.views[name] = self.build_view(name, self.nodes, self.edges)
+            seq = self.seq
+            view = yield from self._build_view_steps(name, self.nodes, self.edges)
+            self._check_still(seq, name)
+            view = self.views.setdefault(name, view)
         self.mark_read(name, self.seq)
         return view
 
@@ -410,6 +463,16 @@ class Published:
         """Make ``publication`` (the latest) carry the changes of a collapsed view that was not in use at
         ``seq - 1``: the view built from the base at ``seq - 1``, advanced incrementally to ``seq`` (the
         same code as a publish with the view in use), kept in use afterwards."""
+        _in_one_go(self._catch_up_steps(name, publication))
+
+    def catch_up_steps(self, name: str, publication: Publication) -> Generator[None, None, None]:
+        """:meth:`catch_up` as a generator of steps, under the same condition as :meth:`view_steps`; nothing
+        to do when ``publication`` carries the view's changes already."""
+        return _collector_paused(self._catch_up_steps(name, publication))
+
+    def _catch_up_steps(self, name: str, publication: Publication) -> Generator[None, None, None]:
+        if name in publication._changes:
+            return
         if publication.seq != self.seq:
             raise LookupError(
                 f"the {name!r} diff of seq {publication.seq} is no longer available "
@@ -417,39 +480,53 @@ class Published:
             )
         node_changes, edge_changes = publication._raw
         nodes, edges = dict(self.nodes), dict(self.edges)
-        for node_id, old, _new in node_changes:
+        for count, (node_id, old, _new) in enumerate(node_changes, 1):
             if old is None:
                 del nodes[node_id]
             else:
                 nodes[node_id] = old
-        for eid, old, _new in edge_changes:
+            if not count % STEP_ITEMS:
+                yield
+        for count, (eid, old, _new) in enumerate(edge_changes, 1):
             if old is None:
                 del edges[eid]
             else:
                 edges[eid] = old
-        view = self.build_view(name, nodes, edges)
+            if not count % STEP_ITEMS:
+                yield
+        view = yield from self._build_view_steps(name, nodes, edges)
         del nodes, edges
-        with paused_gc():
-            publication._changes[name] = self._view_changes(view, node_changes, edge_changes)
+        self._check_still(publication.seq, name)
+        if name in publication._changes:
+            return  # caught up meanwhile (a diff asked in one go between two steps)
+        publication._changes[name] = self._view_changes(view, node_changes, edge_changes)
         self.views[name] = view
         self.read_seq[name] = self.seq
 
-    def build_view(self, name: str, nodes: dict, edges: dict) -> _View:
-        # Many small acyclic objects: collector passes over a heap of millions would double the cost.
-        with paused_gc():
-            return self._build_view(name, nodes, edges)
+    def _check_still(self, seq: int, name: str) -> None:
+        if self.seq != seq:
+            raise RuntimeError(
+                f"seq {self.seq} was published while the {name!r} view of seq {seq} was being built "
+                "(publish and stepped builds must not overlap: hold state.topology_lock)"
+            )
 
-    def _build_view(self, name: str, nodes: dict, edges: dict) -> _View:
+    def build_view(self, name: str, nodes: dict, edges: dict) -> _View:
+        """The view ``name`` of base ``nodes``/``edges`` in one pass over each (see :meth:`_build_view_steps`)."""
+        return _in_one_go(self._build_view_steps(name, nodes, edges))
+
+    def _build_view_steps(self, name: str, nodes: dict, edges: dict) -> Generator[None, None, _View]:
         """A collapsed view of the base ``nodes``/``edges`` in one pass over each: every node mapped to
         its view node with one dict lookup, base edges grouped by (mapped source, mapped target,
         protocol), output dicts built once per view edge. The same state as maintaining the view
-        incrementally from an empty topology."""
+        incrementally from an empty topology. Yields every :data:`STEP_ITEMS` nodes or edges."""
         view = _View(name, self)
         view_nodes, nodes_by_host = view.nodes, view.nodes_by_host
         mapped: dict[str, str] = {}  # base node id -> view node id, for the nodes not in the view
         host_ids: dict[str, str] = {}
         container, process, internet = view.level == "container", view.level == "process", view.internet
-        for node_id, node in nodes.items():
+        for count, (node_id, node) in enumerate(nodes.items(), 1):
+            if not count % STEP_ITEMS:
+                yield
             kind, host = node["type"], node["host"]
             if internet is not None and kind == "external" and is_grouped(node_id):
                 mapped[node_id] = INTERNET
@@ -478,7 +555,7 @@ class Published:
         if internet is not None and internet.members:
             view_nodes[INTERNET] = internet.body()
         get = mapped.get
-        self._build_edges(view, edges, lambda node_id: get(node_id, node_id), record=False)
+        yield from self._build_edges_steps(view, edges, lambda node_id: get(node_id, node_id), record=False)
         return view
 
     def _apply_nodes(self, bodies: dict) -> list:
@@ -605,14 +682,23 @@ class Published:
             touched.add(INTERNET)
         nodes.append((INTERNET, old, new))
 
-    def _build_edges(self, view: _View, edges: dict, maps_to: Callable[[str], str], record: bool = True) -> list:
+    def _build_edges(self, view: _View, edges: dict, maps_to: Callable[[str], str]) -> list:
+        """Every edge of an empty collapsed view from the base ``edges`` in one pass (a first publish)."""
+        return run_steps(self._build_edges_steps(view, edges, maps_to))
+
+    def _build_edges_steps(
+        self, view: _View, edges: dict, maps_to: Callable[[str], str], record: bool = True
+    ) -> Generator[None, None, list]:
         """Every edge of an empty collapsed view from the base ``edges`` in one pass, each end mapped to its
         view node by ``maps_to``: the same edges as remapping and rolling up each base edge, at a fraction
-        of the cost per edge. Returns the changes in edge id order (none unless ``record``)."""
+        of the cost per edge. Returns the changes in edge id order (none unless ``record``); yields every
+        :data:`STEP_ITEMS` base edges and view edges."""
         groups: dict[str, list] = {}
         mapped: dict[str, str] = {}
         base_to_view = view.base_to_view
-        for eid, edge in edges.items():
+        for count, (eid, edge) in enumerate(edges.items(), 1):
+            if not count % STEP_ITEMS:
+                yield
             source, target = edge["source"], edge["target"]
             source = mapped.get(source) or mapped.setdefault(source, maps_to(source))
             target = mapped.get(target) or mapped.setdefault(target, maps_to(target))
@@ -627,7 +713,9 @@ class Published:
                 group.append(eid)
         changes = []
         nodes, edge_hosts, by_host = view.nodes, view.edge_hosts, view.edges_by_host
-        for veid in sorted(groups) if record else groups:
+        for count, veid in enumerate(sorted(groups) if record else groups, 1):
+            if not count % STEP_ITEMS:
+                yield
             source, target, *eids = groups[veid]
             members = [edges[eid] for eid in eids]
             first = members[0]

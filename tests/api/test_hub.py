@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import time
 from types import SimpleNamespace
 
 import orjson
 import pytest
 
-from orchestrator.api.hub import MAX_IDLE_VIEWS, Hub, View, ViewError
+from orchestrator.api.hub import MAX_IDLE_VIEWS, PUBLISH_SLICE_SECONDS, Hub, View, ViewError
 from orchestrator.runtime.metrics import create_metrics
 from orchestrator.settings import Settings
 
@@ -43,6 +44,9 @@ class FakePublication:
             "edges": {"added": {}, "updated": {}, "removed": []},
         }
 
+    def catch_up_steps(self, level: str, external: str = "each"):
+        yield from ()  # the fake's diffs need no view built first
+
 
 class FakeTopology:
     """The topology's publishing API over a dict of nodes (no edges)."""
@@ -71,6 +75,9 @@ class FakeTopology:
     def publish_steps(self, now: float, slice_seconds: float):
         yield  # one slice, so the hub's sliced driver is exercised too
         return self.publish(now)
+
+    def view_in_use(self, level: str = "process", external: str = "each") -> bool:
+        return True  # the fake's views are filters: nothing to build
 
     def snapshot(self, level: str = "process", host: str | None = None) -> dict:
         return {
@@ -226,6 +233,41 @@ async def test_diff_is_computed_and_serialized_once_per_view_for_all_its_clients
     assert hub.state.topology.publications[-1].diff_calls == 2  # one per view
     diffs = [conn.raw[-1] for conn in conns]
     assert all(message is diffs[0] for message in diffs)  # the very same bytes object
+
+
+async def test_a_watched_views_catch_up_runs_in_slices_before_its_diff(monkeypatch):
+    # A view whose client's snapshot is still to come was not read at seq - 1: its diff first builds it. The
+    # tick does that in slices of the loop (another task runs between them), then asks the diff.
+    hub = make_hub()
+    hub.connect(FakeConnection(), View("host"))
+    events: list = []
+    diff = FakePublication.diff
+
+    def catch_up_steps(publication, level, external="each"):
+        for step in range(3):
+            events.append(("catch_up", level, step))
+            time.sleep(PUBLISH_SLICE_SECONDS)  # a step of a large build: its slice is used up
+            yield
+
+    def recorded_diff(publication, level="process", host=None, external="each"):
+        events.append(("diff", level))
+        return diff(publication, level, host, external)
+
+    monkeypatch.setattr(FakePublication, "catch_up_steps", catch_up_steps)
+    monkeypatch.setattr(FakePublication, "diff", recorded_diff)
+
+    async def other_requests():
+        while True:
+            events.append("other")
+            await asyncio.sleep(0)
+
+    other = asyncio.get_running_loop().create_task(other_requests())
+    hub.state.topology.set("host:a", "a")
+    await hub.tick_in_slices(1.0)
+    other.cancel()
+    steps = [events.index(("catch_up", "host", step)) for step in range(3)]
+    assert "other" in events[steps[0] : steps[1]] and "other" in events[steps[1] : steps[2]]
+    assert events.index(("diff", "host")) > steps[2]
 
 
 async def test_empty_diff_still_sent_so_seq_chain_has_no_gaps():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.topology import Topology
-from tests.topology.support import apply_diff, host_a, merge, scenario
+from tests.topology.support import apply_diff, host_a, merge, merge_parsed, scenario
 from tests.topology.test_topology_views import _mutations, feed
 
 COLLAPSED = ("container", "host")
@@ -58,3 +58,97 @@ def test_a_diff_of_a_view_not_read_while_its_publication_was_the_latest_is_an_er
         first.diff("container")  # never asked while it was the latest, and the base moved on
     assert first.diff("host") == host_diff  # maintained at publish time: still there
     assert second.diff("container") is not None  # the latest: caught up on demand
+
+
+# -- built in steps ---------------------------------------------------------------------------------------------
+
+VIEWS = [(level, external) for level in COLLAPSED for external in ("each", "group")]
+NOW = 1_760_000_000.0
+
+
+@pytest.fixture(scope="module")
+def fleet_reports():
+    """``reports(at)``: the reports of 20 generated hosts (processes in containers, cross-host connections,
+    public and private externals) dated ``NOW + at``, parsed once."""
+    from functools import cache
+
+    from orchestrator.contract.models import Report
+    from orchestrator.probe.fleet import Fleet
+
+    fleet = Fleet(20, seed=3)
+
+    @cache
+    def reports(at: float = 0) -> list:
+        return [Report.model_validate_json(fleet.report_bytes(index, NOW + at)) for index in range(fleet.hosts)]
+
+    return reports
+
+
+def fleet_topology(reports) -> Topology:
+    topology = Topology()
+    for order, report in enumerate(reports(), 1):
+        merge_parsed(topology, report, order)
+    topology.publish(0)
+    return topology
+
+
+def drive(steps) -> int:
+    """Run a generator of steps to its end, as the server's loop would between requests; the yields."""
+    yields = 0
+    for _ in steps:
+        yields += 1
+    return yields
+
+
+@pytest.mark.parametrize(("level", "external"), VIEWS)
+def test_a_view_built_in_steps_is_the_view_built_in_one_pass(fleet_reports, level, external):
+    one_pass, stepped = fleet_topology(fleet_reports), fleet_topology(fleet_reports)
+    assert not stepped.view_in_use(level, external)
+    assert drive(stepped.view_steps(level, external)) > 10  # many steps: the loop gets its turn between them
+    assert stepped.view_in_use(level, external)
+    assert drive(stepped.view_steps(level, external)) == 0  # in use: nothing more to build
+    whole = one_pass.snapshot(level, None, external)
+    assert stepped.snapshot(level, None, external) == whole and len(whole["edges"]) > 200
+    assert stepped.snapshot_json(level, None, external) == one_pass.snapshot_json(level, None, external)
+    for host in ("sim-host-0", "sim-host-19", "nohost"):  # the per-host indexes too
+        assert stepped.snapshot_json(level, host, external) == one_pass.snapshot_json(level, host, external)
+
+
+@pytest.mark.parametrize(("level", "external"), VIEWS)
+def test_a_view_caught_up_in_steps_diffs_and_moves_on_as_one_caught_up_in_one_go(fleet_reports, level, external):
+    topologies = fleet_topology(fleet_reports), fleet_topology(fleet_reports)
+    publications = []
+    for topology in topologies:
+        for order, report in enumerate(fleet_reports(15)[:5], 100):  # the same hosts again, 15 s later
+            merge_parsed(topology, report, order)
+        publications.append(topology.publish(0))
+    one_go, stepped = publications
+    assert drive(stepped.catch_up_steps(level, external)) > 10
+    assert drive(stepped.catch_up_steps(level, external)) == 0  # caught up: the diff is here
+    diff = stepped.diff(level, None, external)
+    assert diff == one_go.diff(level, None, external) and diff["edges"]["updated"]
+    for topology in topologies:
+        merge_parsed(topology, fleet_reports(30)[7], 200)
+        topology.publish(0)  # maintained from here on, like any view in use
+    assert topologies[1].snapshot_json(level, None, external) == topologies[0].snapshot_json(level, None, external)
+
+
+def test_a_build_abandoned_part_way_leaves_no_view_behind(fleet_reports):
+    topology, reference = fleet_topology(fleet_reports), fleet_topology(fleet_reports)
+    steps = topology.view_steps("container")
+    for _ in range(5):
+        next(steps)
+    steps.close()  # a reader gone before the view was whole
+    assert not topology.view_in_use("container")
+    assert topology.snapshot_json("container") == reference.snapshot_json("container")
+
+
+def test_a_publish_between_the_steps_of_a_build_is_refused_not_mixed_in(fleet_reports):
+    topology = fleet_topology(fleet_reports)
+    steps = topology.view_steps("host")
+    next(steps)
+    merge_parsed(topology, fleet_reports(15)[0], 100)
+    topology.publish(0)  # what state.topology_lock rules out on the server
+    with pytest.raises(RuntimeError, match="while the 'host' view"):
+        drive(steps)
+    assert not topology.view_in_use("host")
