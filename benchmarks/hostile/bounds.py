@@ -1,5 +1,5 @@
 """Attacks on what one request or connection may cost: made-up methods (1), the ingest queue (3), slow and
-idle connections (4), single requests that stall the loop (6)."""
+idle connections (4), single requests that stall the loop (6), first reads of collapsed views (6)."""
 
 from __future__ import annotations
 
@@ -354,4 +354,40 @@ def attack_stalls(opts: Options) -> list[Row]:
     for row in rows:
         row.after += " (under load)"
     rows[0].bound = "items merged in slices; the loop yields every few ms"
+    return rows
+
+
+VIEWS = (("container", "each"), ("host", "each"), ("host", "group"))
+
+
+@attack("firstreads", "6")
+def attack_first_reads(opts: Options) -> list[Row]:
+    """The issue's fleet (300 hosts of 100 processes, 10 containers, 200 connections): the longest ping while
+    the first read of each collapsed view after a publish is answered, with history on (the default: it keeps
+    the host level in use, so that read builds nothing) and off (every collapsed view built on first read)."""
+    hosts = opts.n(300)
+    fleet = Fleet(hosts, seed=6)
+    rows = []
+    for history in ("on", "off"):
+        env = {} if history == "on" else {"ORCHESTRATOR_HISTORY__ENABLED": "false"}
+        with opts.server(env) as server, httpx.Client(base_url=server.url, timeout=300) as client:
+            now = time.time()
+            post_many(server.url, (orjson.dumps(fleet.report(h, now)) for h in range(hosts)))
+            server.wait_drained(300)
+            for round_, (level, external) in enumerate(VIEWS, 1):
+                post(client, fleet.report(1, now + 15 * round_))  # a change, then a publish (1 s interval)
+                server.wait_drained(60)
+                time.sleep(1.5)
+                params = {"level": level, "external": external}
+                with stall_during(server.url) as stall:
+                    status, took = timed(lambda params=params: client.get("/api/v1/query/topology", params=params))
+                name = f"level={level}" + ("&external=group" if external == "group" else "")
+                rows.append(
+                    Row(
+                        f"first `{name}` read after a publish, {hosts} hosts, history {history}: longest ping meanwhile",
+                        "0.27–0.36 s",
+                        f"{stall[0]:.0f} ms (HTTP {status}, read {took:.0f} ms)",
+                        "collapsed view built in slices under the topology lock",
+                    )
+                )
     return rows
