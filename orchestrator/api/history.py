@@ -12,14 +12,13 @@ from sanic import Blueprint, HTTPResponse, Request
 
 from orchestrator.contract.errors import ApiError
 from orchestrator.contract.times import format_rfc3339, parse_rfc3339
-from orchestrator.state.history import HistoryUnavailable, UnknownNode, filter_host
+from orchestrator.state.history import HistoryUnavailable, UnknownNode, encode_items, filter_host
 from orchestrator.topology import EXTERNALS
 from orchestrator.topology.views import LEVELS
 
 bp = Blueprint("history", url_prefix="/api/v1/query")
 
 MAX_AHEAD_SECONDS = 300.0  # a time further ahead of the server's clock than this is a mistake
-ENCODE_ITEMS = 1000  # nodes or edges encoded in one orjson call (about a millisecond, holding the GIL)
 
 
 def _raw_json(body: bytes) -> HTTPResponse:
@@ -76,30 +75,20 @@ async def topology_at(request: Request, level: str, host: str | None, external: 
     if history.latest is not None and at >= history.latest.ts:
         return None
     try:
+        if host is None:
+            return _raw_json(await history.topology_at_json(at, level, external))
         snapshot = await history.topology_at(at, level, external)
     except HistoryUnavailable as exc:
         raise _unavailable(exc) from None
     return _raw_json(await asyncio.to_thread(_topology_body, snapshot, host))
 
 
-def _topology_body(snapshot: dict, host: str | None) -> bytes:
-    """``{"topology": snapshot}`` with sorted keys, as the live answer is (in a worker thread: a whole view is
-    megabytes of JSON, encoded in parts so that the loop gets the GIL between them)."""
-    nodes, edges = snapshot["nodes"], snapshot["edges"]
-    if host is not None:
-        nodes, edges = filter_host(nodes, edges, host)
+def _topology_body(snapshot: dict, host: str) -> bytes:
+    """``{"topology": snapshot}`` filtered to ``host``, with sorted keys, as the live answer is (in a worker
+    thread, encoded in parts so that the loop gets the GIL between them)."""
+    nodes, edges = filter_host(snapshot["nodes"], snapshot["edges"], host)
     tail = orjson.dumps({"seq": snapshot["seq"], "timestamp": snapshot["timestamp"]}, option=orjson.OPT_SORT_KEYS)
     return b'{"topology":{"edges":' + encode_items(edges) + b',"nodes":' + encode_items(nodes) + b"," + tail[1:] + b"}"
-
-
-def encode_items(items: dict) -> bytes:
-    """``orjson.dumps(items, option=OPT_SORT_KEYS)``, :data:`ENCODE_ITEMS` items per call."""
-    keys = sorted(items)
-    parts = [
-        orjson.dumps({key: items[key] for key in keys[start : start + ENCODE_ITEMS]}, option=orjson.OPT_SORT_KEYS)[1:-1]
-        for start in range(0, len(keys), ENCODE_ITEMS)
-    ]
-    return b"{" + b",".join(parts) + b"}"
 
 
 @bp.get("/changes")

@@ -92,6 +92,8 @@ NODE_FIELDS = ("type", "name", "parent", "host", "metadata")
 EDGE_FIELDS = ("source", "target", "protocol", "ports")
 COUNTERS = frozenset({"rx_bytes", "tx_bytes"})  # an interface's counters in a host's metadata: metrics
 PART_ITEMS = 2000  # nodes or edges per keyframe part: ~1 MB of JSON, a few ms to encode or decode
+EDGES_PART, EDGES_PART_END, NODES_PART = b'{"edges":{', b'},"nodes":{}}', b'{"edges":{},"nodes":{'
+ENCODE_ITEMS = 1000  # nodes or edges an answer encodes in one orjson call (about a millisecond, holding the GIL)
 MIN_KEYFRAME_CHANGES = 1000
 # A level takes a keyframe when its structural changes since the last one reach this share of its size then:
 # a replay reads at most a quarter of a topology's worth of entries after its keyframe. (At the whole size,
@@ -275,6 +277,9 @@ class History:
         self.pruned = 0
         self.decoded = {level: Decoded(DECODED_ITEMS[level]) for level in KEPT_LEVELS}
         self.oldest, self.latest, self._last_keyframe = _load_bounds(self.conn)
+        self.sorted_from = int(
+            self.conn.execute("SELECT value FROM meta WHERE key = 'sorted_keyframes_from'").fetchone()[0]
+        )
 
     @classmethod
     def open(cls, settings: Settings) -> History:
@@ -422,7 +427,9 @@ class History:
     # -- reading (each query in a worker thread) ---------------------------------------------------------------
 
     def _reader(self) -> _Reader:
-        return _Reader(self.path, tuple(self._pending), tuple(self._pending_keyframes), self.oldest, self.decoded)
+        return _Reader(
+            self.path, tuple(self._pending), tuple(self._pending_keyframes), self.oldest, self.decoded, self.sorted_from
+        )
 
     def check_time(self, ts: float) -> None:
         """:raises HistoryUnavailable: when ``ts`` lies before the oldest history held."""
@@ -434,6 +441,12 @@ class History:
         "edges", "timestamp", "seq"}``, not filtered by host. :raises HistoryUnavailable:"""
         self.check_time(ts)
         return await asyncio.to_thread(self._reader().topology_at, ts, level, external)
+
+    async def topology_at_json(self, ts: float, level: str, external: str = "each") -> bytes:
+        """:meth:`topology_at` as the body of ``GET /api/v1/query/topology?at=``: ``{"topology": …}`` with
+        sorted keys, the bytes the live answer would have had. :raises HistoryUnavailable:"""
+        self.check_time(ts)
+        return await asyncio.to_thread(self._reader().topology_at_json, ts, level, external)
 
     async def changes(self, start: float, end: float, level: str, external: str = "each") -> NetChanges:
         """The net difference of the ``level`` view between ``start`` and ``end``: ``{"from_seq", "to_seq",
@@ -520,8 +533,10 @@ class _Reader:
         keyframes: tuple[Keyframe, ...],
         oldest: Point | None,
         decoded: dict[str, Decoded],
+        sorted_from: int,
     ) -> None:
         self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        self.sorted_from = sorted_from
         self.decoded = decoded
         self.pending = pending
         self.pending_seqs = [entry.seq for entry in pending]
@@ -685,6 +700,54 @@ class _Reader:
             return {"nodes": nodes, "edges": edges, "timestamp": point.stamp, "seq": point.seq}
         finally:
             self.close()
+
+    def topology_at_json(self, ts: float, level: str, external: str) -> bytes:
+        try:
+            with paused_gc():
+                point = self.point_at(ts)
+                sections = self._stored_view(level, external, point.seq)
+                if sections is None:
+                    nodes, edges = self.view(level, external, point.seq)
+                    sections = b'"edges":' + encode_items(edges) + b',"nodes":' + encode_items(nodes)
+            tail = orjson.dumps({"seq": point.seq, "timestamp": point.stamp}, option=orjson.OPT_SORT_KEYS)
+            return b'{"topology":{' + sections + b"," + tail[1:] + b"}"
+        finally:
+            self.close()
+
+    def _stored_view(self, level: str, external: str, seq: int) -> bytes | None:
+        """``"edges":{…},"nodes":{…}`` of a kept level at ``seq`` spliced from its keyframe's stored parts,
+        when nothing changed after that keyframe (the host level, nearly always): nothing is decoded or
+        encoded again. None when that does not hold or the keyframe is not stored in key order."""
+        if external != "each" or level not in KEPT_LEVELS:
+            return None
+        start = self.keyframe_seq(seq, level)
+        if start < self.sorted_from or any(k.seq == start for k in self.keyframes) or self._changed(level, start, seq):
+            return None
+        rows = self.conn.execute(
+            "SELECT body FROM keyframes WHERE seq = ? AND level = ? ORDER BY part", (start, level)
+        ).fetchall()
+        edges, nodes = [], []
+        for (body,) in rows[1:]:  # the first part is the empty topology
+            part = zlib.decompress(body)
+            if part.startswith(NODES_PART):  # first: an edge part's prefix is a node part's too
+                nodes.append(part[len(NODES_PART) : -2])
+            else:
+                edges.append(part[len(EDGES_PART) : -len(EDGES_PART_END)])
+        if not rows:
+            return None  # pruned meanwhile: the decoding path says so
+        return b'"edges":{' + b",".join(edges) + b'},"nodes":{' + b",".join(nodes) + b"}"
+
+    def _changed(self, level: str, after: int, upto: int) -> bool:
+        """Whether entries of ``level`` in ``(after, upto]`` may hold structural changes (a block that only
+        overlaps the range counts: the answer is then built the long way)."""
+        if any(
+            after < entry.seq <= upto and (entry.changes is None or any(entry.changes[level])) for entry in self.pending
+        ):
+            return True
+        row = self.conn.execute(
+            "SELECT 1 FROM changes WHERE level = ? AND last_seq > ? AND first_seq <= ? LIMIT 1", (level, after, upto)
+        ).fetchone()
+        return row is not None
 
     def changes(self, start: float, end: float, level: str, external: str) -> NetChanges:
         try:
@@ -856,6 +919,11 @@ def _open(path: Path) -> sqlite3.Connection:
             version = SCHEMA_VERSION
         if version != SCHEMA_VERSION:
             raise sqlite3.DatabaseError(f"unknown history schema version {version!r}")
+        if not conn.execute("SELECT 1 FROM meta WHERE key = 'sorted_keyframes_from'").fetchone():
+            # Keyframes written from here on are in key order (see _keyframe_parts); older ones may not be.
+            newest = conn.execute("SELECT MAX(seq) FROM keyframes").fetchone()[0]
+            with conn:
+                conn.execute("INSERT INTO meta VALUES ('sorted_keyframes_from', ?)", (str((newest or 0) + 1),))
     except BaseException:
         conn.close()
         raise
@@ -903,13 +971,27 @@ def _write(conn: sqlite3.Connection, entries: list[Entry], keyframes: list[Keyfr
 
 def _keyframe_parts(nodes: Section, edges: Section) -> Iterator[bytes]:
     """The keyframe in parts of at most :data:`PART_ITEMS` nodes or edges, each encoded and compressed on
-    its own (the GIL is free between parts and during compression)."""
+    its own (the GIL is free between parts and during compression). Items go in key order and keys are
+    sorted, as the live answer has them, so that a view the keyframe answers alone is its parts spliced
+    (:meth:`_Reader._stored_view`): edge parts are ``{"edges":{…},"nodes":{}}``, node parts
+    ``{"edges":{},"nodes":{…}}``."""
     yield zlib.compress(orjson.dumps({"nodes": {}, "edges": {}}), 6)  # an empty topology still has a part
     for name, section in (("nodes", nodes), ("edges", edges)):
-        items = list(section.items())
+        items = sorted(section.items())
         for start in range(0, len(items), PART_ITEMS):
             part = {"nodes": {}, "edges": {}, name: dict(items[start : start + PART_ITEMS])}
-            yield zlib.compress(orjson.dumps(part), 6)
+            yield zlib.compress(orjson.dumps(part, option=orjson.OPT_SORT_KEYS), 6)
+
+
+def encode_items(items: Section) -> bytes:
+    """``orjson.dumps(items, option=OPT_SORT_KEYS)``, :data:`ENCODE_ITEMS` items per call (a worker thread
+    lets the loop take the GIL between calls)."""
+    keys = sorted(items)
+    parts = [
+        orjson.dumps({key: items[key] for key in keys[start : start + ENCODE_ITEMS]}, option=orjson.OPT_SORT_KEYS)[1:-1]
+        for start in range(0, len(keys), ENCODE_ITEMS)
+    ]
+    return b"{" + b",".join(parts) + b"}"
 
 
 def _prune(conn: sqlite3.Connection, cutoff: float) -> tuple[int, Point | None]:
