@@ -12,7 +12,7 @@ from sanic import Sanic
 
 from orchestrator.api.protocol import GuardedProtocol
 from orchestrator.pipeline.host import plugin_names
-from orchestrator.runtime.collector import freeze_long_lived, tune_for_long_lived_heap
+from orchestrator.runtime.collector import freeze_long_lived, restoring, tune_for_long_lived_heap
 from orchestrator.runtime.limits import raise_open_files_limit
 from orchestrator.runtime.metrics import watch_loop_lag
 from orchestrator.runtime.readiness import RESTORING, STARTING
@@ -90,7 +90,8 @@ def open_storage(state: State) -> None:
         state.store = store
         if problem:
             log.error("data_file_set_aside", problem=problem, data_dir=data_dir)
-        store.restore(state)
+        with restoring(freeze=state.settings.server.tune_gc):
+            store.restore(state)
     except (OSError, sqlite3.Error) as exc:
         if state.store is not None:
             state.store.conn.close()
