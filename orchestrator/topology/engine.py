@@ -39,6 +39,7 @@ from orchestrator.contract.models import BUILTIN_SECTIONS
 from orchestrator.runtime.collector import paused as paused_gc
 from orchestrator.runtime.slicing import TimeSlice, run_steps
 
+from . import bulk
 from .model import ConnectionIn, Contribution, NodeIn, host_id, rfc3339, type_from_id
 from .resolve import WILDCARD, Conn, Record, Resolver, classify, conn_key, established, record_order
 from .views import Publication, Published, multi_add, multi_discard
@@ -512,8 +513,10 @@ class Topology:
         elif hostname in contest:
             return
         contest[hostname] = restored.get((ip, hostname), order)
+        if self.on_conflict is None or self._importing:
+            return  # no one to tell: the owner is not looked for (a pass over every claimant)
         owner = established(contest)
-        if owner != hostname and self.on_conflict is not None and not self._importing:
+        if owner != hostname:
             self.on_conflict("ip", ip, agent_id, hostname, owner)
 
     def _release_claim(self, ip: str, hostname: str) -> None:
@@ -1009,11 +1012,26 @@ class Topology:
                         first_seen[end] = self._externals[end].first_seen
         return dict(sorted(first_seen.items()))
 
-    def import_agents(self, agents) -> None:
-        """Restore many agents, ``(agent_id, data)`` pairs, resolving connections once at the end."""
+    def import_agents(self, agents, on_error: Callable[[str, Exception], None] | None = None) -> None:
+        """Restore many agents, ``(agent_id, data)`` pairs, resolving connections once at the end. Into an
+        empty engine (a restart, a replica's snapshot) in bulk (``bulk.py``): the state :meth:`import_agent`
+        per agent would build, without its incremental machinery.
+
+        :param on_error: called with the agent and the exception when an agent's data cannot be imported
+            (what was imported of it before the error stays, as with :meth:`import_agent`); the others are
+            imported all the same. None: the exception propagates.
+        """
         with paused_gc():  # millions of small acyclic objects: collector passes would cost more than the import
+            if not (self._held or self._nodes or self._conns or self._externals):
+                bulk.import_agents(self, agents, on_error)
+                return
             for agent_id, data in agents:
-                self.import_agent(agent_id, data)
+                try:
+                    self.import_agent(agent_id, data)
+                except Exception as exc:
+                    if on_error is None:
+                        raise
+                    on_error(agent_id, exc)
             self._settle_imported()
 
     def import_agent(self, agent_id: str, data: dict) -> None:

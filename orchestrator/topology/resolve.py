@@ -147,7 +147,9 @@ class Resolver:
 
     def resolve(self, conn: Conn) -> tuple[tuple, list]:
         protocol = conn.key[0]
-        records = sorted(conn.records, key=record_order)
+        records = conn.records
+        if len(records) > 1:
+            records = sorted(records, key=record_order)
         deps: list = []
         server_end = None
         listening = 0
@@ -164,7 +166,7 @@ class Resolver:
         by_end = {record.local_end: record for record in records}  # newest last wins
         source = self._end_node(protocol, client_end, server_end, by_end, False, deps)
         target = self._end_node(protocol, server_end, client_end, by_end, True, deps)
-        seen = max(record.seen for record in records)
+        seen = records[0].seen if len(records) == 1 else max(record.seen for record in records)
         resolved = (edge_id(source, target, protocol), source, target, protocol, server_end[1], seen)
         return resolved, deps
 

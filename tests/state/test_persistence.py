@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+import zlib
 
 import httpx
 import orjson
@@ -14,10 +15,12 @@ from structlog.testing import capture_logs
 
 from orchestrator.contract.models import Report
 from orchestrator.contract.times import format_rfc3339
+from orchestrator.probe.fleet import Fleet
 from orchestrator.runtime.build import build_state
 from orchestrator.settings import Settings
 from orchestrator.state import State, persistence
 from orchestrator.state.persistence import FILENAME, Store
+from orchestrator.topology import EXTERNALS, LEVELS
 from tests.support import post_report, report
 
 
@@ -123,6 +126,63 @@ async def test_round_trip_restores_agents_reports_topology_series_archive_and_or
     assert nodes_of(fresh) == nodes_of(state) != {}
     assert nodes_of(fresh).keys() >= {"host:host-1", "process:host-2:100"}
     assert fresh.timeseries.get_recent_points("agent-1") == state.timeseries.get_recent_points("agent-1")
+
+
+def apply_fleet_report(state: State, fleet: Fleet, host: int, now: float) -> None:
+    body = fleet.report_bytes(host, now)
+    state.ingest.submit(Report.model_validate_json(body), body, now + 0.5)
+    state.record_report(fleet.agent_id(host), f"sim-host-{host}", now + 0.5)
+    state.ingest.apply(state.ingest.queue.get_nowait())
+
+
+def readers_view(state: State) -> dict:
+    """What readers see of the topology, every level and a host's view, without the seq (numbered on)."""
+    views = {}
+    for level in LEVELS:
+        for external in EXTERNALS:
+            views[(level, external)] = orjson.loads(state.topology.snapshot_json(level, None, external))
+        views[(level, "sim-host-2")] = orjson.loads(state.topology.snapshot_json(level, "sim-host-2"))
+    for view in views.values():
+        view.pop("seq")
+    return views
+
+
+async def test_a_fleet_restores_every_level_agent_and_series_as_it_was(tmp_path, store):
+    fleet, now = Fleet(8, seed=2, processes=20, containers=3, connections=40), time.time()
+    state = make_state(tmp_path)
+    for host in range(8):
+        apply_fleet_report(state, fleet, host, now)
+    for host in (1, 4, 6):  # re-reports: first_seen kept, connections replaced
+        apply_fleet_report(state, fleet, host, now + 15)
+    state.topology.publish(now)
+    before, views = snapshot_of(state), readers_view(state)
+    assert (await store.checkpoint(state)).ok
+    store.close()
+
+    reopened, _problem = Store.open(tmp_path)
+    fresh = make_state(tmp_path)
+    counts = reopened.restore(fresh)
+    reopened.close()
+    assert counts["skipped"] == 0 and counts["topology"] == 8
+    assert readers_view(fresh) == views
+    assert snapshot_of(fresh) == before
+
+
+async def test_a_topology_row_that_cannot_be_imported_is_skipped_and_the_rest_restored(tmp_path, store):
+    state = make_state(tmp_path)
+    for agent_id in ("agent-1", "agent-2"):
+        apply_report(state, agent_id)
+    await store.checkpoint(state)
+    broken = zlib.compress(orjson.dumps({"agent_id": "agent-2", "sections": [{"section": "host_info"}]}))
+    with store.conn:
+        store.conn.execute("UPDATE topology SET contribution = ? WHERE agent_id = 'agent-2'", (broken,))
+
+    fresh = make_state(tmp_path)
+    with capture_logs() as logs:
+        counts = store.restore(fresh)
+    assert counts["skipped"] == 1 and counts["topology"] == 1 and counts["agents"] == 2
+    assert fresh.topology.agents() == ["agent-1"]
+    assert any(e["event"] == "restore_row_skipped" and e["agent_id"] == "agent-2" for e in logs)
 
 
 async def test_seq_after_a_crash_is_past_every_seq_the_crashed_server_could_publish(tmp_path, store):
