@@ -312,14 +312,16 @@ class History:
         ts = parse_rfc3339(publication.timestamp)
         if self.latest is not None:
             ts = max(ts, self.latest.ts)
+        reset = self._reset_due or self.latest is None or seq != self.latest.seq + 1
         changes: dict[str, LevelChanges] = {}
-        for level in KEPT_LEVELS:
+        # A reset keeps keyframes of every level and no changes: those of a restore's first publication (the
+        # whole topology) would cost a pass over it per level for nothing.
+        for level in () if reset else KEPT_LEVELS:
             node_changes, edge_changes = publication.changes(level)
             nodes = {node_id: new for node_id, old, new in node_changes if node_changed(old, new)}
             edges = {eid: new for eid, old, new in edge_changes if edge_changed(old, new)}
             changes[level] = (nodes, edges)
             self._changes_since_keyframe[level] += len(nodes) + len(edges)
-        reset = self._reset_due or self.latest is None or seq != self.latest.seq + 1
         point = Point(seq, ts, publication.timestamp)
         levels = self._keyframe_levels(reset, ts)
         if levels:
