@@ -414,11 +414,17 @@ class Published:
         self.read_seq: dict[str, int] = {}  # collapsed view name -> the last seq it was read at
 
     def publish(self, node_bodies: dict, edge_bodies: dict, timestamp: str) -> Publication | None:
-        node_changes = self._apply_nodes(node_bodies)
-        edge_changes = self._apply_edges(edge_bodies)
-        if not node_changes and not edge_changes:
-            return None
-        changes = {"process": self._base_changes(node_changes, edge_changes)}
+        if self.nodes or self.edges:
+            node_changes = self._apply_nodes(node_bodies)
+            edge_changes = self._apply_edges(edge_bodies)
+            if not node_changes and not edge_changes:
+                return None
+            changes = {"process": self._base_changes(node_changes, edge_changes)}
+        else:  # the first publish (a restore's: the whole topology at once)
+            node_changes, edge_changes, base_edges = self._fill(node_bodies, edge_bodies)
+            if not node_changes and not edge_changes:
+                return None
+            changes = {"process": (node_changes, base_edges)}
         for name, view in list(self.views.items()):
             if name == "process":
                 continue
@@ -558,6 +564,56 @@ class Published:
         yield from self._build_edges_steps(view, edges, lambda node_id: get(node_id, node_id), record=False)
         return view
 
+    def _fill(self, node_bodies: dict, edge_bodies: dict) -> tuple[list, list, list]:
+        """:meth:`_apply_nodes`, :meth:`_apply_edges` and :meth:`_base_changes` into an empty base, one pass
+        over each: the same state and change records, without comparing with old bodies that do not exist
+        or moving index entries that are not there."""
+        nodes, types = self.nodes, self.types
+        view = self.views["process"]
+        nodes_by_host = view.nodes_by_host
+        node_changes = []
+        for node_id in sorted(node_bodies):
+            new = node_bodies[node_id]
+            if new is None:
+                continue
+            nodes[node_id] = new
+            types[new["type"]] += 1
+            host = new["host"]
+            if host is not None:
+                ids = nodes_by_host.get(host)
+                if ids is None:
+                    nodes_by_host[host] = {node_id}
+                else:
+                    ids.add(node_id)
+            node_changes.append((node_id, None, new))
+        edges, incident = self.edges, self.incident
+        edge_hosts, edges_by_host = view.edge_hosts, view.edges_by_host
+        edge_changes, base_edges = [], []
+        for eid in sorted(edge_bodies):
+            new = edge_bodies[eid]
+            if new is None:
+                continue
+            edges[eid] = new
+            source, target = new["source"], new["target"]
+            multi_add(incident, source, eid)
+            multi_add(incident, target, eid)
+            edge_changes.append((eid, None, new))
+            # _indexed_change(view, eid, None, new), inlined
+            source_node, target_node = nodes.get(source), nodes.get(target)
+            source_host = source_node["host"] if source_node is not None else None
+            target_host = target_node["host"] if target_node is not None else None
+            hosts = _end_hosts(source_host, target_host)
+            if hosts:
+                edge_hosts[eid] = hosts[0] if len(hosts) == 1 else hosts
+                for host in hosts:
+                    ids = edges_by_host.get(host)
+                    if ids is None:
+                        edges_by_host[host] = {eid}
+                    else:
+                        ids.add(eid)
+            base_edges.append((eid, None, new, (), hosts))
+        return node_changes, edge_changes, base_edges
+
     def _apply_nodes(self, bodies: dict) -> list:
         changes = []
         for node_id in sorted(bodies):
@@ -693,9 +749,10 @@ class Published:
         view node by ``maps_to``: the same edges as remapping and rolling up each base edge, at a fraction
         of the cost per edge. Returns the changes in edge id order (none unless ``record``); yields every
         :data:`STEP_ITEMS` base edges and view edges."""
-        groups: dict[str, list] = {}
+        # Grouped by the mapped ends first: many base edges roll up into one view edge, whose id is then
+        # made once (the id scheme is one-to-one, so the groups and their order are those of the ids).
+        by_ends: dict[tuple, list] = {}
         mapped: dict[str, str] = {}
-        base_to_view = view.base_to_view
         for count, (eid, edge) in enumerate(edges.items(), 1):
             if not count % STEP_ITEMS:
                 yield
@@ -704,19 +761,27 @@ class Published:
             target = mapped.get(target) or mapped.setdefault(target, maps_to(target))
             if source == target:
                 continue  # a self-loop created by the collapse
-            veid = make_edge_id(source, target, edge["protocol"])
-            base_to_view[eid] = veid
-            group = groups.get(veid)
+            ends = (source, target, edge["protocol"])
+            group = by_ends.get(ends)
             if group is None:
-                groups[veid] = [source, target, eid]
+                by_ends[ends] = [eid]
             else:
                 group.append(eid)
+        groups: dict[str, tuple] = {}
+        for count, (ends, eids) in enumerate(by_ends.items(), 1):
+            if not count % STEP_ITEMS:
+                yield
+            groups[make_edge_id(*ends)] = (ends, eids)
+        del by_ends
         changes = []
         nodes, edge_hosts, by_host = view.nodes, view.edge_hosts, view.edges_by_host
+        base_to_view = view.base_to_view
         for count, veid in enumerate(sorted(groups) if record else groups, 1):
             if not count % STEP_ITEMS:
                 yield
-            source, target, *eids = groups[veid]
+            (source, target, _protocol), eids = groups[veid]
+            for eid in eids:
+                base_to_view[eid] = veid
             members = [edges[eid] for eid in eids]
             first = members[0]
             view.members[veid] = eids[0] if len(eids) == 1 else eids if len(eids) <= _SMALL else set(eids)
@@ -731,11 +796,9 @@ class Published:
             }
             # _indexed_change(view, veid, None, new), inlined: the view was empty.
             source_node, target_node = nodes.get(source), nodes.get(target)
-            hosts = tuple(
-                dict.fromkeys(
-                    node["host"] for node in (source_node, target_node) if node is not None and node["host"] is not None
-                )
-            )
+            source_host = source_node["host"] if source_node is not None else None
+            target_host = target_node["host"] if target_node is not None else None
+            hosts = _end_hosts(source_host, target_host)
             if hosts:
                 edge_hosts[veid] = hosts[0] if len(hosts) == 1 else hosts
                 for host in hosts:
@@ -880,10 +943,14 @@ def _indexed_change(view: _View, eid: str, old: dict | None, new: dict | None) -
 
 
 def _hosts(view: _View, edge: dict) -> tuple:
-    source, target = view.host_of(edge["source"]), view.host_of(edge["target"])
-    if source == target:
+    return _end_hosts(view.host_of(edge["source"]), view.host_of(edge["target"]))
+
+
+def _end_hosts(source: str | None, target: str | None) -> tuple:
+    """The hosts of an edge's ends, each once, in order (an end without a host has none)."""
+    if source == target or target is None:
         return () if source is None else (source,)
-    return tuple(h for h in (source, target) if h is not None)
+    return (target,) if source is None else (source, target)
 
 
 def _mapping_fields(node: dict) -> tuple:
