@@ -595,8 +595,19 @@ class Published:
                 continue
             edges[eid] = new
             source, target = new["source"], new["target"]
-            multi_add(incident, source, eid)
-            multi_add(incident, target, eid)
+            for end in (source, target) if source != target else (source,):
+                held = incident.get(end)  # multi_add(incident, end, eid), inlined: a new eid is never a member
+                if held is None:
+                    incident[end] = eid
+                elif type(held) is list:
+                    if len(held) < _SMALL:
+                        held.append(eid)
+                    else:
+                        incident[end] = {*held, eid}
+                elif type(held) is set:
+                    held.add(eid)
+                else:
+                    incident[end] = [held, eid]
             edge_changes.append((eid, None, new))
             # _indexed_change(view, eid, None, new), inlined
             source_node, target_node = nodes.get(source), nodes.get(target)
