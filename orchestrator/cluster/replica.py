@@ -45,6 +45,7 @@ from orchestrator.contract.errors import ApiError
 from orchestrator.contract.times import format_rfc3339
 from orchestrator.pipeline.decode import parse_report
 from orchestrator.pipeline.ingest import Accepted
+from orchestrator.runtime.collector import restoring
 from orchestrator.runtime.slicing import TimeSlice
 from orchestrator.state.agents import Agent
 from orchestrator.state.cleanup import sweep
@@ -268,7 +269,8 @@ class Replica:
             log.warning("snapshot_of_another_stream", stream=position.stream)
             return
         started = time.perf_counter()
-        restore(self.state, position, agents)
+        with restoring(freeze=self.settings.server.tune_gc):
+            restore(self.state, position, agents)
         self.position = position
         self.published_through = position.applied_seq  # taken right after a tick's publish
         self.snapshot_loaded = source
