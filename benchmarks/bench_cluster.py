@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import httpx
+import orjson
 
 from benchmarks.bench_ingest import Conn, build_bodies, saturate
 from benchmarks.common import Server, free_port, percentile
@@ -176,11 +177,15 @@ def catch_up(nats: Nats, hosts: int, connections: int) -> dict:
             seconds = fresh.wait_healthy(timeout=600) - started
             stats = httpx.get(fresh.url + "/api/v1/query/stats", timeout=60).json()
             same = stats["topology"] == first.stats()["topology"]
+            rss_mb = fresh.rss_mb()
+            loaded = fresh.logged("snapshot_loaded")
     return {
         "hosts": hosts,
         "messages": snapshot_seq,
         "seconds": seconds,
         "loaded": stats["cluster"]["snapshot_loaded"],
+        "snapshot_load_s": loaded["duration_ms"] / 1000 if loaded else float("nan"),
+        "rss_mb": rss_mb,
         "nodes": stats["topology"]["nodes"],
         "same_counts": same,
     }
@@ -193,16 +198,30 @@ class FreshReplica(Server):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._dir = tempfile.TemporaryDirectory(prefix="orch-bench-")
-        env = {**os.environ, "ORCHESTRATOR_LOG_LEVEL": "warning", "ORCHESTRATOR_CLUSTER__NATS_URL": nats.url}
+        self._log_path = Path(self._dir.name) / "replica.log"
+        self._log = open(self._log_path, "wb")  # noqa: SIM115 (closed in stop)
+        env = {
+            **os.environ,
+            "ORCHESTRATOR_LOG_LEVEL": "info",
+            "ORCHESTRATOR_LOG_FORMAT": "json",
+            "ORCHESTRATOR_CLUSTER__NATS_URL": nats.url,
+        }
         self.proc = subprocess.Popen(
             [
                 *(sys.executable, "-m", "orchestrator", "serve", "--host", "127.0.0.1"),
-                *("--port", str(self.port), "--data-dir", self._dir.name),
+                *("--port", str(self.port), "--data-dir", str(Path(self._dir.name) / "data")),
             ],
             env=env,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=self._log,
         )
+
+    def logged(self, event: str) -> dict | None:
+        """The first log line of ``event`` the replica wrote, decoded."""
+        for line in self._log_path.read_text().splitlines():
+            if f'"{event}"' in line:
+                return orjson.loads(line)  # type: ignore[no-any-return]
+        return None
 
     def wait_healthy(self, timeout: float) -> float:
         """The monotonic time at which /health first answered 200."""
@@ -224,7 +243,11 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--serial", type=int, default=400, help="POSTs per latency measurement")
     parser.add_argument("--catch-up-hosts", type=int, default=1000)
+    parser.add_argument("--catch-up-only", action="store_true", help="only phase 4")
     args = parser.parse_args()
+    if args.catch_up_only:
+        report_catch_up(args.catch_up_hosts, args.connections)
+        return
     bodies = build_bodies(args.hosts, rounds=max(2, 3000 // args.hosts))
     with Nats() as nats:
         latency = publish_latency(nats, bodies, args.serial)
@@ -248,13 +271,18 @@ def main() -> None:
             f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f} ms | {r['refused']} | {r['lag_p50']:.0f} / {r['lag_max']:.0f} |",
             flush=True,
         )
+    report_catch_up(args.catch_up_hosts, args.connections)
+
+
+def report_catch_up(hosts: int, connections: int) -> None:
     with Nats() as nats:
-        caught = catch_up(nats, args.catch_up_hosts, args.connections)
+        caught = catch_up(nats, hosts, connections)
     print(
         f"\nCatch-up of a fresh replica (empty data dir) at {caught['hosts']} hosts: {caught['seconds']:.1f} s "
-        f"from start to healthy (snapshot from {caught['loaded']}, then the log after it: one report per host; "
-        f"stream at seq {caught['messages']}; {caught['nodes']} nodes; same counts as the running replica: "
-        f"{caught['same_counts']})"
+        f"from start to healthy (snapshot from {caught['loaded']}, loaded in {caught['snapshot_load_s']:.1f} s, "
+        f"then the log after it: one report per host; stream at seq {caught['messages']}; {caught['nodes']} "
+        f"nodes; same counts as the running replica: {caught['same_counts']}; RSS {caught['rss_mb']:.0f} MB; "
+        f"load average {os.getloadavg()[0]:.1f})"
     )
 
 
