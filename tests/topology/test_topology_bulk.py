@@ -110,6 +110,8 @@ def test_bulk_import_publishes_what_importing_agent_by_agent_publishes(fleet):
         for external in EXTERNALS:
             assert bulk.snapshot_json(level, None, external) == incremental.snapshot_json(level, None, external)
     assert bulk.counts() == incremental.counts()
+    for section in ("nodes", "edges"):  # a snapshot's dicts in the same order
+        assert list(bulk.snapshot()[section]) == list(incremental.snapshot()[section])
     assert published(bulk) == published(incremental) == published(live)
 
 
