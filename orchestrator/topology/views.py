@@ -800,17 +800,25 @@ class Published:
             (source, target, _protocol), eids = groups[veid]
             for eid in eids:
                 base_to_view[eid] = veid
-            members = [edges[eid] for eid in eids]
-            first = members[0]
-            view.members[veid] = eids[0] if len(eids) == 1 else eids if len(eids) <= _SMALL else set(eids)
+            if len(eids) == 1:  # most view edges: their base edge's figures as they are
+                first = edges[eids[0]]
+                ports, connections, last_seen = first["ports"], first["connections"], first["last_seen"]
+                view.members[veid] = eids[0]
+            else:
+                members = [edges[eid] for eid in eids]
+                first = members[0]
+                ports = self._ports(members)
+                connections = sum(edge["connections"] for edge in members)
+                last_seen = max(edge["last_seen"] for edge in members)
+                view.members[veid] = eids if len(eids) <= _SMALL else set(eids)
             new = view.edges[veid] = {
                 "id": veid,
                 "source": source,
                 "target": target,
                 "protocol": first["protocol"],
-                "ports": first["ports"] if len(members) == 1 else self._ports(members),
-                "connections": sum(edge["connections"] for edge in members),
-                "last_seen": max(edge["last_seen"] for edge in members),
+                "ports": ports,
+                "connections": connections,
+                "last_seen": last_seen,
             }
             # _indexed_change(view, veid, None, new), inlined: the view was empty.
             source_node, target_node = nodes.get(source), nodes.get(target)
