@@ -21,8 +21,10 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
+from orchestrator.runtime.slicing import run_steps
+
 from .model import ConnectionIn, Contribution, NodeIn
-from .resolve import Conn, Record, classify, conn_key
+from .resolve import Conn, classify_steps, conn_key
 from .views import _SMALL
 
 if TYPE_CHECKING:
@@ -103,23 +105,12 @@ def _import_section(t: Topology, agent_id: str, section: dict, held_type, node_t
 
 
 def _classify(key: tuple, rank: tuple, seen: float, host: str, sockets: list) -> tuple:
-    """``engine._classify_steps`` for exported sockets (lists of :class:`ConnectionIn` fields)."""
-    listens: Counter = Counter()
-    records: dict = {}
-    for fields in sockets:
-        connection = _new_tuple(ConnectionIn, fields) if len(fields) == 7 else ConnectionIn(*fields)
-        kind = classify(connection, host)
-        if kind is None:
-            continue
-        if kind[0] == "listen":
-            _, protocol, ip, port, pid = kind
-            listens[(host, protocol, port, ip, pid)] += 1
-        else:
-            _, protocol, local_end, remote_end, pid = kind
-            records[(protocol, local_end, remote_end)] = _new_tuple(
-                Record, (rank, key, host, protocol, pid, local_end, remote_end, seen)
-            )
-    return listens, list(records.values())
+    """:func:`~orchestrator.topology.resolve.classify_steps` over exported sockets (lists of
+    :class:`ConnectionIn` fields), in one go."""
+    connections = (
+        _new_tuple(ConnectionIn, fields) if len(fields) == 7 else ConnectionIn(*fields) for fields in sockets
+    )
+    return run_steps(classify_steps(key, rank, seen, host, connections, len(sockets) + 1))
 
 
 def _add_nodes(t: Topology, key: tuple, held, node_type) -> None:

@@ -42,7 +42,7 @@ from orchestrator.runtime.slicing import TimeSlice, run_steps
 
 from . import bulk
 from .model import ConnectionIn, Contribution, NodeIn, host_id, rfc3339, type_from_id
-from .resolve import WILDCARD, Conn, Record, Resolver, classify, conn_key, established, record_order
+from .resolve import WILDCARD, Conn, Resolver, classify_steps, conn_key, established, record_order
 from .views import Publication, Published, multi_add, multi_discard
 
 # Snapshots kept per seq (each level and host= asked since the last publish); beyond, the oldest goes.
@@ -98,7 +98,7 @@ class _Held:
         self.seen = seen  # receipt time: not in the rank, so it never decides which contribution wins
         self.hostname = hostname
         self.ignored = ignored  # ids of the containers it claimed that another host owns (not held)
-        self.listens, self.records = sockets  # from _classify_steps
+        self.listens, self.records = sockets  # from resolve.classify_steps
         self.contribution = replace(contribution, connections=()) if contribution.connections else contribution
 
 
@@ -336,7 +336,7 @@ class Topology:
         if not self._importing:  # restored contributions were filtered when they were live
             contribution, ignored = self._without_foreign_containers(agent_id, hostname, contribution, old)
         rank = (timestamp, order, contribution.priority, self.register_section(section))
-        sockets = yield from _classify_steps(key, rank, seen, hostname, contribution.connections)
+        sockets = yield from classify_steps(key, rank, seen, hostname, contribution.connections, STEP_ITEMS)
         new = _Held(rank, seen, hostname, contribution, sockets, ignored)
         yield from self._replace_steps(key, old, new)
         self._held[key] = new
@@ -1090,28 +1090,6 @@ class Topology:
                 contribution,
                 seen=section.get("seen"),
             )
-
-
-def _classify_steps(key: tuple, rank: tuple, seen: float, host: str, connections) -> Generator[None, None, tuple]:
-    """A contribution's sockets as listener counts and connection records (duplicates dropped)."""
-    listens: Counter = Counter()
-    records: dict = {}
-    new_record = tuple.__new__  # Record(...) goes through a Python-level __new__: 3x slower
-    for count, connection in enumerate(connections, 1):
-        if not count % STEP_ITEMS:
-            yield
-        kind = classify(connection, host)
-        if kind is None:
-            continue
-        if kind[0] == "listen":
-            _, protocol, ip, port, pid = kind
-            listens[(host, protocol, port, ip, pid)] += 1
-        else:
-            _, protocol, local_end, remote_end, pid = kind
-            records[(protocol, local_end, remote_end)] = new_record(
-                Record, (rank, key, host, protocol, pid, local_end, remote_end, seen)
-            )
-    return listens, list(records.values())
 
 
 def _collect_steps(items) -> Generator[None, None, tuple]:

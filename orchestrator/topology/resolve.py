@@ -32,6 +32,8 @@ appearing or vanishing process re-resolves only its own connections); a server l
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Generator, Iterable
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -235,3 +237,28 @@ def established(contest: dict[str, int]) -> str:
     """The owner of an address several hosts claim: the earliest claim (``since``: the arrival order of the
     report that made it, 0 for a claim older than every rival's), the hostname breaking a tie."""
     return min(contest, key=lambda host: (contest[host], host))
+
+
+def classify_steps(
+    key: tuple, rank: tuple, seen: float, host: str, connections: Iterable, step_items: int
+) -> Generator[None, None, tuple]:
+    """A contribution's sockets as listener counts and connection records (duplicates dropped), yielding
+    every ``step_items`` sockets (the live merge, in steps; a restore runs it in one go)."""
+    listens: Counter = Counter()
+    records: dict = {}
+    new_record = tuple.__new__  # Record(...) goes through a Python-level __new__: 3x slower
+    for count, connection in enumerate(connections, 1):
+        if not count % step_items:
+            yield
+        kind = classify(connection, host)
+        if kind is None:
+            continue
+        if kind[0] == "listen":
+            _, protocol, ip, port, pid = kind
+            listens[(host, protocol, port, ip, pid)] += 1
+        else:
+            _, protocol, local_end, remote_end, pid = kind
+            records[(protocol, local_end, remote_end)] = new_record(
+                Record, (rank, key, host, protocol, pid, local_end, remote_end, seen)
+            )
+    return listens, list(records.values())
