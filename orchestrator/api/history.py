@@ -12,7 +12,7 @@ from sanic import Blueprint, HTTPResponse, Request
 
 from orchestrator.contract.errors import ApiError
 from orchestrator.contract.times import format_rfc3339, parse_rfc3339
-from orchestrator.state.history import HistoryUnavailable, UnknownNode, encode_items, filter_host
+from orchestrator.state.history import HistoryUnavailable, UnknownNode, encode_sections, filter_host, topology_json
 from orchestrator.topology import EXTERNALS
 from orchestrator.topology.views import LEVELS
 
@@ -86,9 +86,8 @@ async def topology_at(request: Request, level: str, host: str | None, external: 
 def _topology_body(snapshot: dict, host: str) -> bytes:
     """``{"topology": snapshot}`` filtered to ``host``, with sorted keys, as the live answer is (in a worker
     thread, encoded in parts so that the loop gets the GIL between them)."""
-    nodes, edges = filter_host(snapshot["nodes"], snapshot["edges"], host)
-    tail = orjson.dumps({"seq": snapshot["seq"], "timestamp": snapshot["timestamp"]}, option=orjson.OPT_SORT_KEYS)
-    return b'{"topology":{"edges":' + encode_items(edges) + b',"nodes":' + encode_items(nodes) + b"," + tail[1:] + b"}"
+    sections = encode_sections(*filter_host(snapshot["nodes"], snapshot["edges"], host))
+    return topology_json(sections, snapshot["seq"], snapshot["timestamp"])
 
 
 @bp.get("/changes")

@@ -709,10 +709,8 @@ class _Reader:
                 point = self.point_at(ts)
                 sections = self._stored_view(level, external, point.seq)
                 if sections is None:
-                    nodes, edges = self.view(level, external, point.seq)
-                    sections = b'"edges":' + encode_items(edges) + b',"nodes":' + encode_items(nodes)
-            tail = orjson.dumps({"seq": point.seq, "timestamp": point.stamp}, option=orjson.OPT_SORT_KEYS)
-            return b'{"topology":{' + sections + b"," + tail[1:] + b"}"
+                    sections = encode_sections(*self.view(level, external, point.seq))
+            return topology_json(sections, point.seq, point.stamp)
         finally:
             self.close()
 
@@ -983,6 +981,17 @@ def _keyframe_parts(nodes: Section, edges: Section) -> Iterator[bytes]:
         for start in range(0, len(items), PART_ITEMS):
             part = {"nodes": {}, "edges": {}, name: dict(items[start : start + PART_ITEMS])}
             yield zlib.compress(orjson.dumps(part, option=orjson.OPT_SORT_KEYS), 6)
+
+
+def encode_sections(nodes: Section, edges: Section) -> bytes:
+    """``"edges":{…},"nodes":{…}``, keys sorted: the inside of a topology answer."""
+    return b'"edges":' + encode_items(edges) + b',"nodes":' + encode_items(nodes)
+
+
+def topology_json(sections: bytes, seq: int, stamp: str) -> bytes:
+    """``{"topology": …}`` around :func:`encode_sections`' bytes, as the live answer has it."""
+    tail = orjson.dumps({"seq": seq, "timestamp": stamp}, option=orjson.OPT_SORT_KEYS)
+    return b'{"topology":{' + sections + b"," + tail[1:] + b"}"
 
 
 def encode_items(items: Section) -> bytes:
