@@ -37,9 +37,10 @@ async def prepare_view(state, level: str, external: str = "each") -> None:
     collapsed view not in use is built from the published version in slices of the loop, requests served
     in between. Under ``state.topology_lock``, as a sliced publish: no publish lands while it is built, so
     the view is the one of the seq it is kept under. Readers of a view being built wait on the lock and find
-    it built; a reader that goes away part-way leaves nothing half-built."""
+    it built; a reader that goes away part-way leaves nothing half-built. Readers that come while a publish
+    is applying its change (in steps too) wait on the lock for it to finish: a view in use is then whole."""
     topology = state.topology
-    if topology.view_in_use(level, external):
+    if topology.view_in_use(level, external) and not topology.publishing:
         return
     async with state.topology_lock:
         await run_sliced(topology.view_steps(level, external))

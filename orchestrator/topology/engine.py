@@ -866,10 +866,13 @@ class Topology:
     def publish_steps(self, now: float, slice_seconds: float):
         """:meth:`publish` as a generator that yields every ``slice_seconds`` while it builds the changed
         bodies; its return value (``StopIteration.value``) is the publication. The server drives it from the
-        event loop, serving requests between slices: the published version only changes at the end, in one
-        step. The live state must stay still meanwhile (no ``contribute`` or ``remove_agent``; the server
-        holds ``state.topology_lock``). Closed early, it publishes nothing and keeps every change for the
-        next publish."""
+        event loop, serving requests between slices. The live state must stay still meanwhile (no ``contribute`` or ``remove_agent``; the server
+        holds ``state.topology_lock``). Closed while it builds bodies, it publishes nothing and keeps every
+        change for the next publish.
+
+        The change is then applied to the published version in steps too (a max-size report's ~60,000
+        changes took over a second of the loop in one); meanwhile :attr:`publishing` is true and readers of
+        the published version must wait for the lock. Closed during the apply, it finishes in one go."""
         # Publishing (and resolving imported contributions) allocates many small acyclic objects;
         # collector passes over a heap of millions of them would double its cost for nothing.
         with paused_gc() as collector:
@@ -896,14 +899,37 @@ class Topology:
                 self._dirty_nodes |= dirty_nodes
                 self._dirty_edges |= dirty_edges
                 raise
-            publication = self._published.publish(nodes, edges, rfc3339(stamp))
+            apply = self._published.publish_steps(nodes, edges, rfc3339(stamp))
+            try:
+                while True:
+                    try:
+                        next(apply)
+                    except StopIteration as done:
+                        publication = done.value
+                        break
+                    if stretch.due():
+                        with collector.lifted():
+                            yield
+                        stretch.restart()
+            except GeneratorExit:
+                self._published_now(run_steps(apply))  # never left half-applied
+                raise
+        self._published_now(publication)
+        return publication
+
+    @property
+    def publishing(self) -> bool:
+        """A stepped publish is applying its change to the published version: snapshots must wait for it
+        (``state.topology_lock``)."""
+        return self._published.applying
+
+    def _published_now(self, publication: Publication | None) -> None:
         if publication is not None:
             self._snapshots.clear()
             self._snapshot_json.clear()
             self._prune_shared_lists()
             for listener in self.publish_listeners:
                 listener(publication, self)
-        return publication
 
     def _body_order(self, dirty_nodes: set, dirty_edges: set) -> tuple:
         """The ids to build bodies for, in the order to build them. The first publication (a restore's:

@@ -413,14 +413,49 @@ class Published:
         # The process view always; a collapsed view only while in use (see the module docstring).
         self.views: dict[str, _View] = {"process": _View("process", self)}
         self.read_seq: dict[str, int] = {}  # collapsed view name -> the last seq it was read at
+        self.applying = False  # a stepped publish is part-way through its change (see publish_steps)
+        self._counts_before: dict = {}
 
     def publish(self, node_bodies: dict, edge_bodies: dict, timestamp: str) -> Publication | None:
+        """The next version: ``node_bodies``/``edge_bodies`` (id -> body, None: gone) applied to the base and
+        to every view in use; None (nothing published) when no body differs from the published one."""
+        return _in_one_go(self.publish_steps(node_bodies, edge_bodies, timestamp))
+
+    def publish_steps(
+        self, node_bodies: dict, edge_bodies: dict, timestamp: str
+    ) -> Generator[None, None, Publication | None]:
+        """:meth:`publish` as a generator of steps (its return value is the publication) that yields every
+        :data:`STEP_ITEMS` changed items: a max-size report's ~60,000 changes took over a second of the loop
+        in one step. Between two steps the published state is part-way through the change (:attr:`applying`):
+        readers wait until it is whole (the server holds ``state.topology_lock`` and readers take it when
+        :attr:`applying`), :meth:`view` refuses, :meth:`counts` answers the version before. Closed part-way,
+        the change is finished in one go before the generator closes: the state is never left half-applied
+        (the returned publication is then lost to the driver, which may only close it at shutdown)."""
+        steps = self._publish_steps(node_bodies, edge_bodies, timestamp)
+        self.applying, self._counts_before = True, self.counts()
+        try:
+            while True:
+                try:
+                    next(steps)
+                except StopIteration as done:
+                    return done.value  # type: ignore[no-any-return]
+                try:
+                    yield
+                except GeneratorExit:
+                    run_steps(steps)
+                    raise
+        finally:
+            self.applying = False
+
+    def _publish_steps(
+        self, node_bodies: dict, edge_bodies: dict, timestamp: str
+    ) -> Generator[None, None, Publication | None]:
         if self.nodes or self.edges:
-            node_changes = self._apply_nodes(node_bodies)
-            edge_changes = self._apply_edges(edge_bodies)
+            node_changes = yield from self._apply_nodes(node_bodies)
+            edge_changes = yield from self._apply_edges(edge_bodies)
             if not node_changes and not edge_changes:
                 return None
-            changes = {"process": self._base_changes(node_changes, edge_changes)}
+            changes = {"process": (yield from self._base_changes(node_changes, edge_changes))}
         else:  # the first publish (a restore's: the whole topology at once)
             node_changes, edge_changes, base_edges = self._fill(node_bodies, edge_bodies)
             if not node_changes and not edge_changes:
@@ -432,7 +467,7 @@ class Published:
             if self.read_seq.get(name, -1) < self.seq:
                 del self.views[name]  # not read at the previous seq: idle, its memory goes
                 continue
-            changes[name] = self._view_changes(view, node_changes, edge_changes)
+            changes[name] = yield from self._view_changes(view, node_changes, edge_changes)
         self.seq += 1
         self.timestamp = timestamp
         return Publication(self.seq, timestamp, changes, (node_changes, edge_changes), self)
@@ -456,6 +491,11 @@ class Published:
         return _collector_paused(self._view_steps(level, external))
 
     def _view_steps(self, level: str, external: str) -> Generator[None, None, _View]:
+        if self.applying:
+            raise RuntimeError(
+                "the published state was read part-way through a stepped publish (readers wait for "
+                "state.topology_lock while Topology.publishing)"
+            )
         name = view_name(level, external)
         view = self.views.get(name)
         if view is None:
@@ -506,7 +546,10 @@ class Published:
         self._check_still(publication.seq, name)
         if name in publication._changes:
             return  # caught up meanwhile (a diff asked in one go between two steps)
-        publication._changes[name] = self._view_changes(view, node_changes, edge_changes)
+        view_changes = yield from self._view_changes(view, node_changes, edge_changes)
+        if name in publication._changes:
+            return
+        publication._changes[name] = view_changes
         self.views[name] = view
         self.read_seq[name] = self.seq
 
@@ -632,9 +675,11 @@ class Published:
             edges[eid] = new
         return node_changes, [change[:3] for change in added], added
 
-    def _apply_nodes(self, bodies: dict) -> list:
+    def _apply_nodes(self, bodies: dict) -> Generator[None, None, list]:
         changes = []
-        for node_id in sorted(bodies):
+        for count, node_id in enumerate(sorted(bodies), 1):
+            if not count % STEP_ITEMS:
+                yield
             new, old = bodies[node_id], self.nodes.get(node_id)
             if new == old:
                 continue
@@ -649,9 +694,11 @@ class Published:
             changes.append((node_id, old, new))
         return changes
 
-    def _apply_edges(self, bodies: dict) -> list:
+    def _apply_edges(self, bodies: dict) -> Generator[None, None, list]:
         changes = []
-        for eid in sorted(bodies):
+        for count, eid in enumerate(sorted(bodies), 1):
+            if not count % STEP_ITEMS:
+                yield
             new, old = bodies[eid], self.edges.get(eid)
             if new == old:
                 continue
@@ -668,33 +715,41 @@ class Published:
             changes.append((eid, old, new))
         return changes
 
-    def _base_changes(self, node_changes: list, edge_changes: list) -> tuple:
+    def _base_changes(self, node_changes: list, edge_changes: list) -> Generator[None, None, tuple]:
         view = self.views["process"]
         touched = set()  # nodes that appeared, vanished or moved host: their edges' hosts may change
-        for node_id, old, new in node_changes:
+        moved = set()  # an edge whose end moved to another host: unchanged itself, but enters or leaves filters
+        for count, (node_id, old, new) in enumerate(node_changes, 1):
+            if not count % STEP_ITEMS:
+                yield
             view.index_node(node_id, old, new)
-            if old is None or new is None or old["host"] != new["host"]:
+            if old is None or new is None:
                 touched.add(node_id)
-        edges = [_changed_edge(view, touched, eid, old, new) for eid, old, new in edge_changes]
-        # An edge whose end moved to another host is unchanged itself but enters or leaves host filters.
-        moved = {
-            eid
-            for node_id, old, new in node_changes
-            if old is not None and new is not None and old["host"] != new["host"]
-            for eid in multi_get(self.incident, node_id)
-        }
-        moved.difference_update(eid for eid, _old, _new in edge_changes)
-        for eid in sorted(moved):
-            edge = self.edges[eid]
-            edges.append(_indexed_change(view, eid, edge, edge))
+            elif old["host"] != new["host"]:
+                touched.add(node_id)
+                moved.update(multi_get(self.incident, node_id))
+        edges = []
+        for count, (eid, old, new) in enumerate(edge_changes, 1):
+            if not count % STEP_ITEMS:
+                yield
+            edges.append(_changed_edge(view, touched, eid, old, new))
+        if moved:
+            moved.difference_update(eid for eid, _old, _new in edge_changes)
+            for count, eid in enumerate(sorted(moved), 1):
+                if not count % STEP_ITEMS:
+                    yield
+                edge = self.edges[eid]
+                edges.append(_indexed_change(view, eid, edge, edge))
         return node_changes, edges
 
-    def _view_changes(self, view: _View, node_changes: list, edge_changes: list) -> tuple:
+    def _view_changes(self, view: _View, node_changes: list, edge_changes: list) -> Generator[None, None, tuple]:
         nodes = []
         remap: set[str] = set()
         touched = set()  # view nodes that appeared, vanished or moved host
         internet, folded = view.internet, False
-        for node_id, old, new in node_changes:
+        for count, (node_id, old, new) in enumerate(node_changes, 1):
+            if not count % STEP_ITEMS:
+                yield
             if internet is not None and is_grouped(node_id):
                 internet.change(old, new)
                 folded = True
@@ -715,11 +770,14 @@ class Published:
         if folded:
             self._fold_internet(view, nodes, touched)
         if not view.edges and not view.base_to_view and 2 * len(edge_changes) >= len(self.edges):
-            return nodes, self._build_edges(view, self.edges, view.maps_to)  # a first publish (a restore)
+            # a first publish (a restore)
+            return nodes, (yield from self._build_edges_steps(view, self.edges, view.maps_to))
         dirty: set[str] = set()
         deltas: dict[str, list] = {}
         base_to_view = view.base_to_view
-        for eid, old, new in edge_changes:
+        for count, (eid, old, new) in enumerate(edge_changes, 1):
+            if not count % STEP_ITEMS:
+                yield
             if old is None or new is None:
                 remap.add(eid)
             elif eid not in remap:
@@ -727,10 +785,14 @@ class Published:
                 veid = base_to_view.get(eid)
                 if veid is not None:
                     deltas.setdefault(veid, []).append((old, new))
-        for eid in remap:
+        for count, eid in enumerate(remap, 1):
+            if not count % STEP_ITEMS:
+                yield
             self._remap_edge(view, eid, dirty)
         edges = []
-        for veid in sorted(dirty.union(deltas)):
+        for count, veid in enumerate(sorted(dirty.union(deltas)), 1):
+            if not count % STEP_ITEMS:
+                yield
             change = None
             if veid not in dirty:
                 change = self._rollup_delta(view, veid, deltas[veid], touched)
@@ -755,10 +817,6 @@ class Published:
         if old is None or new is None:
             touched.add(INTERNET)
         nodes.append((INTERNET, old, new))
-
-    def _build_edges(self, view: _View, edges: dict, maps_to: Callable[[str], str]) -> list:
-        """Every edge of an empty collapsed view from the base ``edges`` in one pass (a first publish)."""
-        return run_steps(self._build_edges_steps(view, edges, maps_to))
 
     def _build_edges_steps(
         self, view: _View, edges: dict, maps_to: Callable[[str], str], record: bool = True
@@ -935,6 +993,8 @@ class Published:
         return orjson.dumps(self.snapshot(level, host, external), option=orjson.OPT_SORT_KEYS)
 
     def counts(self) -> dict:
+        if self.applying:
+            return self._counts_before
         types = self.types
         return {
             "nodes": len(self.nodes),

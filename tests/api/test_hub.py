@@ -56,6 +56,7 @@ class FakeTopology:
         self.live: dict[str, dict] = {}
         self.published: dict[str, dict] = {}
         self.publications: list[FakePublication] = []
+        self.publishing = False  # its publish is one step: readers never find it part-way
 
     def set(self, node_id: str, host: str, value: int = 0) -> None:
         self.live[node_id] = {"id": node_id, "type": node_id.split(":")[0], "host": host, "value": value}

@@ -104,3 +104,43 @@ async def test_first_reads_arriving_together_get_the_same_whole_view(loaded):
     nodes, edges = rolled_up("container+group", base["nodes"], base["edges"])
     assert view["nodes"] == nodes and view["edges"] == edges  # whole: the one-pass build of the same version
     assert len(edges) > 1_000
+
+
+async def test_a_read_during_a_publish_applied_in_steps_gets_the_whole_new_version(fleet, reports):
+    # A big change is applied to the published version in slices of the loop; a reader arriving between two
+    # of them waits on the lock and gets the new version whole, never half of the change.
+    from types import SimpleNamespace
+
+    from orchestrator.api.snapshots import prepare_view
+    from orchestrator.contract.models import Report
+    from orchestrator.runtime.slicing import run_sliced
+    from orchestrator.topology import Topology
+    from tests.topology.support import merge_parsed
+
+    later = [fleet.report_bytes(index, time.time() + 300) for index in range(8)]  # churned, new figures
+
+    def loaded() -> Topology:
+        topology = Topology()
+        for order, body in enumerate(reports[:8], 1):
+            merge_parsed(topology, Report.model_validate_json(body), order)
+        topology.publish(0)
+        topology.snapshot("host")  # in use: the publish maintains it, in steps
+        for order, body in enumerate(later, 100):
+            merge_parsed(topology, Report.model_validate_json(body), order)
+        return topology
+
+    reference, topology = loaded(), loaded()
+    reference.publish(0)
+    state = SimpleNamespace(topology=topology, topology_lock=asyncio.Lock())
+
+    async def publish() -> None:
+        async with state.topology_lock:  # as the hub's tick does
+            await run_sliced(topology.publish_steps(0, slice_seconds=0.0), seconds=0.0)
+
+    publishing = asyncio.get_running_loop().create_task(publish())
+    while not topology.publishing:
+        await asyncio.sleep(0)
+    await prepare_view(state, "host")
+    assert not topology.publishing and topology.seq == 2
+    assert topology.snapshot_json("host") == reference.snapshot_json("host")
+    await publishing

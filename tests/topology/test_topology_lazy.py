@@ -152,3 +152,68 @@ def test_a_publish_between_the_steps_of_a_build_is_refused_not_mixed_in(fleet_re
     with pytest.raises(RuntimeError, match="while the 'host' view"):
         drive(steps)
     assert not topology.view_in_use("host")
+
+
+# -- a publish applied in steps ---------------------------------------------------------------------------------
+
+
+def with_views_in_use(topology: Topology) -> Topology:
+    for level, external in VIEWS:
+        topology.snapshot(level, None, external)  # read at this seq: the next publish maintains them
+    return topology
+
+
+def re_report(topology: Topology, reports, at: float) -> None:
+    for order, report in enumerate(reports(at), 100 + int(at)):  # every host again, later: thousands of changes
+        merge_parsed(topology, report, order)
+
+
+@pytest.mark.parametrize("at", [15, 300])  # new figures only; and churned processes and connections too
+def test_a_publish_applied_in_steps_is_the_publish_applied_at_once(fleet_reports, at):
+    one_go, stepped = (with_views_in_use(fleet_topology(fleet_reports)) for _ in range(2))
+    for topology in (one_go, stepped):
+        re_report(topology, fleet_reports, at)
+    reference = one_go.publish(0)
+    counts_before = stepped.counts()
+    steps, applying = stepped.publish_steps(0, slice_seconds=0.0), 0
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            publication = done.value
+            break
+        if stepped.publishing:
+            applying += 1
+            # Part-way through the change: the counts are the previous version's, and a view is refused
+            # rather than built from half of it (on the server, readers wait for the lock instead).
+            assert stepped.counts() == counts_before
+            with pytest.raises(RuntimeError, match="part-way through a stepped publish"):
+                stepped.snapshot("host", "nohost")
+    assert applying > 10 and not stepped.publishing
+    assert publication.seq == reference.seq == 2
+    assert stepped.counts() == one_go.counts()
+    for level, external in [*VIEWS, ("process", "each")]:
+        assert publication.diff(level, None, external) == reference.diff(level, None, external)
+        assert publication.diff(level, "sim-host-3", external) == reference.diff(level, "sim-host-3", external)
+        assert stepped.snapshot_json(level, None, external) == one_go.snapshot_json(level, None, external)
+    assert reference.diff("host")["edges"]["updated"]
+
+
+def test_a_publish_closed_part_way_through_its_change_finishes_it(fleet_reports):
+    # The server closes a publish only when its task is cancelled (shutdown): the published version must
+    # still be whole, not half of the change.
+    topology, reference = (with_views_in_use(fleet_topology(fleet_reports)) for _ in range(2))
+    for each in (topology, reference):
+        re_report(each, fleet_reports, 300)
+    reference.publish(0)
+    published = []
+    topology.publish_listeners.append(lambda publication, _topology: published.append(publication.seq))
+    steps = topology.publish_steps(0, slice_seconds=0.0)
+    while not topology.publishing:
+        next(steps)
+    next(steps)
+    steps.close()
+    assert not topology.publishing and topology.seq == 2 and published == [2]
+    for level, external in [*VIEWS, ("process", "each")]:
+        assert topology.snapshot_json(level, None, external) == reference.snapshot_json(level, None, external)
+    assert topology.publish(0) is None  # nothing left over to publish again
