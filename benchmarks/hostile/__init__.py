@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import orjson
 
+from benchmarks import pinger
 from benchmarks.common import REPO, Server
 from orchestrator.contract.times import format_rfc3339
 
@@ -108,37 +109,17 @@ class PeakRss:
         return self.peak
 
 
-class Pinger:
-    """GET /api/v1/ping every 20 ms on its own connection; the latencies, for the loop stall a request causes."""
-
-    def __init__(self, url: str) -> None:
-        self.url, self.latencies, self._stop = url, [], threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=60) as client:
-            while not self._stop.wait(0.02):
-                started = time.monotonic()
-                with contextlib.suppress(httpx.HTTPError):
-                    client.get("/api/v1/ping")
-                self.latencies.append(time.monotonic() - started)
-
-    def stop(self) -> list[float]:
-        self._stop.set()
-        self._thread.join(70)
-        return self.latencies
-
-
 @contextlib.contextmanager
 def stall_during(url: str):
-    """The longest ping while the block runs (a second client's view of the loop), into ``result[0]`` in ms."""
-    pinger, result = Pinger(url), [float("nan")]
-    time.sleep(0.2)
+    """The longest ping while the block runs (a second client's view of the loop), into ``result[0]`` in ms.
+    The pinger is a process of its own (:mod:`benchmarks.pinger`): a thread here would wait for this process's
+    own work too (encoding an 8 MiB registration body held its interpreter lock for ~0.4 s)."""
+    process, result = pinger.start_open(url), [float("nan")]
+    time.sleep(0.5)  # started and pinging
     try:
         yield result
     finally:
-        latencies = pinger.stop()
+        latencies = pinger.stop(process)
         result[0] = max(latencies, default=float("nan")) * 1000
 
 

@@ -172,6 +172,31 @@ def test_long_lists_validated_in_steps_give_the_report_validated_in_one_call(lon
     assert stepped.network_info.connections[2_500].model_extra == {"inode": 4_242}
 
 
+def test_a_large_body_gets_the_values_and_errors_of_a_validation_in_one_call(long_report):
+    # Large bodies are parsed to Python values by orjson, the rest by pydantic-core's parser: JSON that
+    # reads differently, or that only one of them accepts, must make the same report or the same error.
+    tricky = (
+        b'"dup": 1, "dup": {"again": [2, 3]}, "text": "caf\\u00e9 \\ud83d\\ude00 \\u0000 tab\\t", '
+        b'"u64": 18446744073709551615, "neg": -9223372036854775808, "zero": -0.0, "tiny": 5e-324, '
+        b'"long": 0.30000000000000004441, "exp": 1E+2, "empty": {}, "nothing": null, '
+    )
+    raw = orjson.dumps(long_report).replace(b'{"agent_id"', b"{" + tricky + b'"agent_id"', 1)
+    assert len(raw) >= STEPPED_BYTES and raw.count(b'"dup"') == 2
+    whole, stepped = Report.model_validate_json(raw), parse_report(raw, {}, 32)
+    assert stepped.model_dump() == whole.model_dump() and stepped.model_extra == whole.model_extra
+    assert stepped.model_extra["dup"] == {"again": [2, 3]} and stepped.model_extra["tiny"] == 5e-324
+    for field, bad in (("memory_used", b"1180591620717411303424"), ("cpu_percent", b"Infinity")):
+        body = orjson.loads(raw)
+        body["host_info"][field] = "BAD"
+        raw_bad = orjson.dumps(body).replace(b'"BAD"', bad)
+        with pytest.raises(ValidationError) as one_call:
+            Report.model_validate_json(raw_bad)
+        err = status_of(parse_report, raw_bad, {}, 32)
+        assert err.status == 422 and err.details == error_details(one_call.value)
+    truncated = status_of(parse_report, raw[:-2], {}, 32)
+    assert truncated.status == 400 and truncated.message.startswith("malformed JSON")
+
+
 @pytest.mark.parametrize(
     ("section", "items", "index", "bad"),
     [
