@@ -61,7 +61,7 @@ import tempfile
 import threading
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypedDict
@@ -71,6 +71,7 @@ import structlog
 
 from orchestrator.contract.times import parse_rfc3339
 from orchestrator.runtime.collector import paused as paused_gc
+from orchestrator.runtime.slicing import run_steps
 from orchestrator.topology.views import Published, view_name
 
 if TYPE_CHECKING:
@@ -88,6 +89,7 @@ SCHEMA_VERSION = "2"
 # would misread a version 2 file (it looks keyframes up without a level), so the version changes.
 MIGRATIONS = {"1": ()}
 KEPT_LEVELS = ("process", "host")
+RECORD_STEP = 2_048  # changes compared between two yields of a stepped record (~3 ms)
 NODE_FIELDS = ("type", "name", "parent", "host", "metadata")
 EDGE_FIELDS = ("source", "target", "protocol", "ports")
 COUNTERS = frozenset({"rx_bytes", "tx_bytes"})  # an interface's counters in a host's metadata: metrics
@@ -301,13 +303,19 @@ class History:
     def record(self, publication: Publication, topology: Topology) -> None:
         """Keep ``publication`` (the latest; ``topology`` is its :class:`~orchestrator.topology.Topology`).
         Never raises: a failure is logged and the next publication is a reset keyframe."""
+        run_steps(self.record_steps(publication, topology))
+
+    def record_steps(self, publication: Publication, topology: Topology) -> Generator[None, None, None]:
+        """:meth:`record` as a generator of steps, a yield every :data:`RECORD_STEP` changes: the topology's
+        publish listener, driven by a stepped publish while it still holds the published version still (at
+        1,000 hosts a publication's ~90,000 changes took ~100 ms of the loop in one step)."""
         try:
-            self._record(publication, topology)
+            yield from self._record_steps(publication, topology)
         except Exception as exc:
             self._reset_due = True
             log.error("history_record_failed", seq=publication.seq, error=repr(exc), exc_info=exc)
 
-    def _record(self, publication: Publication, topology: Topology) -> None:
+    def _record_steps(self, publication: Publication, topology: Topology) -> Generator[None, None, None]:
         seq = publication.seq
         ts = parse_rfc3339(publication.timestamp)
         if self.latest is not None:
@@ -318,8 +326,20 @@ class History:
         # whole topology) would cost a pass over it per level for nothing.
         for level in () if reset else KEPT_LEVELS:
             node_changes, edge_changes = publication.changes(level)
-            nodes = {node_id: new for node_id, old, new in node_changes if node_changed(old, new)}
-            edges = {eid: new for eid, old, new in edge_changes if edge_changed(old, new)}
+            nodes: SectionChanges = {}
+            for start in range(0, len(node_changes), RECORD_STEP):
+                yield
+                nodes.update(
+                    (node_id, new)
+                    for node_id, old, new in node_changes[start : start + RECORD_STEP]
+                    if node_changed(old, new)
+                )
+            edges: SectionChanges = {}
+            for start in range(0, len(edge_changes), RECORD_STEP):
+                yield
+                edges.update(
+                    (eid, new) for eid, old, new in edge_changes[start : start + RECORD_STEP] if edge_changed(old, new)
+                )
             changes[level] = (nodes, edges)
             self._changes_since_keyframe[level] += len(nodes) + len(edges)
         point = Point(seq, ts, publication.timestamp)
@@ -471,7 +491,7 @@ def open_history(state: State) -> History:
     restored topology, so that one is kept too). Publications are numbered after the last one held."""
     history = state.history = History.open(state.settings)
     state.topology.resume_seq(history.last_seq)
-    state.topology.publish_listeners.append(history.record)
+    state.topology.publish_listeners.append(history.record_steps)
     log.info("history_opened", path=str(history.path), oldest=history.oldest.stamp if history.oldest else None)
     return history
 

@@ -35,6 +35,7 @@ from collections import Counter
 from collections.abc import Callable, Generator
 from dataclasses import replace
 from itertools import chain
+from typing import TypeVar
 
 from orchestrator.contract.models import BUILTIN_SECTIONS
 from orchestrator.runtime.collector import paused as paused_gc
@@ -44,6 +45,8 @@ from . import bulk
 from .model import ConnectionIn, Contribution, NodeIn, host_id, rfc3339, type_from_id
 from .resolve import WILDCARD, Conn, Resolver, classify_steps, conn_key, established, record_order
 from .views import Publication, Published, multi_add, multi_discard
+
+T = TypeVar("T")
 
 # Snapshots kept per seq (each level and host= asked since the last publish); beyond, the oldest goes.
 MAX_CACHED_SNAPSHOTS = 64
@@ -219,6 +222,20 @@ class _External:
                 agents[agent] = count
 
 
+def _stretched(steps: Generator[None, None, T], stretch: TimeSlice, collector) -> Generator[None, None, T]:
+    """Run ``steps``, yielding to the driver only when ``stretch`` is used up (the collector as it was
+    outside meanwhile); their return value."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        if stretch.due():
+            with collector.lifted():
+                yield
+            stretch.restart()
+
+
 class Topology:
     """The live topology and its published versions. Not thread-safe: one event loop owns it."""
 
@@ -261,7 +278,8 @@ class Topology:
         self._snapshot_json: dict[tuple, bytes] = {}
         # Called with (publication, topology) right after each publication, while it is the latest (the
         # state's history keeps every one, whoever publishes: the hub, a restore, a shutdown).
-        self.publish_listeners: list = []
+        # Called as (publication, topology) after each publication; one may return a generator of steps.
+        self.publish_listeners: list[Callable[[Publication, Topology], Generator[None, None, None] | None]] = []
         # first_seen of nodes being restored by import_agent, for nodes not created yet (an external may
         # appear only once another agent's addresses are imported); dropped by the next live contribution.
         self._restored_first_seen: dict[str, float] = {}
@@ -901,20 +919,16 @@ class Topology:
                 raise
             apply = self._published.publish_steps(nodes, edges, rfc3339(stamp))
             try:
-                while True:
-                    try:
-                        next(apply)
-                    except StopIteration as done:
-                        publication = done.value
-                        break
-                    if stretch.due():
-                        with collector.lifted():
-                            yield
-                        stretch.restart()
+                publication = yield from _stretched(apply, stretch, collector)
             except GeneratorExit:
-                self._published_now(run_steps(apply))  # never left half-applied
+                run_steps(self._after_publish(run_steps(apply)))  # never left half-applied, nor unrecorded
                 raise
-        self._published_now(publication)
+            after = self._after_publish(publication)
+            try:
+                yield from _stretched(after, stretch, collector)
+            except GeneratorExit:
+                run_steps(after)
+                raise
         return publication
 
     @property
@@ -923,13 +937,18 @@ class Topology:
         (``state.topology_lock``)."""
         return self._published.applying
 
-    def _published_now(self, publication: Publication | None) -> None:
-        if publication is not None:
-            self._snapshots.clear()
-            self._snapshot_json.clear()
-            self._prune_shared_lists()
-            for listener in self.publish_listeners:
-                listener(publication, self)
+    def _after_publish(self, publication: Publication | None) -> Generator[None, None, None]:
+        """Caches dropped and every publish listener told, in steps: a listener may return a generator of
+        steps (history's record), driven like the publish itself while the lock is still held."""
+        if publication is None:
+            return
+        self._snapshots.clear()
+        self._snapshot_json.clear()
+        self._prune_shared_lists()
+        for listener in self.publish_listeners:
+            steps = listener(publication, self)
+            if steps is not None:
+                yield from steps
 
     def _body_order(self, dirty_nodes: set, dirty_edges: set) -> tuple:
         """The ids to build bodies for, in the order to build them. The first publication (a restore's:

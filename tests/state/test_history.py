@@ -40,11 +40,25 @@ def structure(snapshot: dict) -> tuple[dict, dict]:
 class Churn:
     """A small churning fleet reporting every 15 s, published every 5 simulated seconds into ``history``."""
 
-    def __init__(self, history: History) -> None:
+    def __init__(self, history: History, stepped: bool = False) -> None:
         self.fleet = Fleet(3, seed=2, containers=3, processes=12, connections=12)
         self.topology = Topology()
-        self.topology.publish_listeners.append(history.record)
+        # stepped: recorded as the server does, in steps of a publish driven a step at a time
+        self.topology.publish_listeners.append(history.record_steps if stepped else history.record)
+        self.stepped, self.recording_steps = stepped, 0
         self.step = self.order = 0
+
+    def publish(self, now: float):
+        if not self.stepped:
+            return self.topology.publish(now)
+        steps, seq = self.topology.publish_steps(now, slice_seconds=0.0), self.topology.seq
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value
+            if self.topology.seq > seq:  # published, still being recorded
+                self.recording_steps += 1
 
     def run(self, steps: int, every: int = 7) -> dict:
         """``steps`` more steps; the live structure of every view at every ``every``-th publication."""
@@ -55,7 +69,7 @@ class Churn:
                 self.order += 1
                 report = Report.model_validate_json(self.fleet.report_bytes(host, now))
                 merge_parsed(self.topology, report, self.order, now)
-            publication = self.topology.publish(now)
+            publication = self.publish(now)
             if publication is not None and publication.seq % every == 0:
                 live[publication.timestamp] = {
                     view: structure(self.topology.snapshot(view[0], None, view[1])) for view in VIEWS
@@ -100,11 +114,16 @@ async def test_topology_at_each_publication_has_the_live_structure_in_every_view
     history.close()
 
 
-async def test_the_same_publications_give_the_same_history(tmp_path):
+@pytest.mark.parametrize("stepped", [False, True], ids=["recorded in one go", "recorded in steps"])
+async def test_the_same_publications_give_the_same_history(tmp_path, stepped):
+    # The second is recorded the way the server records: in steps of the publish, the loop served between.
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     first, live = run_fleet(tmp_path / "a", 120)
-    second, _ = run_fleet(tmp_path / "b", 120)
+    second = History(tmp_path / "b" / "history.sqlite", retention=86400.0, keyframe_interval=20.0)
+    churn = Churn(second, stepped)
+    churn.run(120)
+    assert (churn.recording_steps > 100) is stepped  # the loop had its turns while each publication was recorded
     await second.flush()  # flushed or not, the answers are the same
     one, other = await answers(first, live), await answers(second, live)
     assert [(key, canonical(body)) for key, body in one.items()] == [
