@@ -54,10 +54,13 @@ def run_steps(steps: Generator[None, None, T]) -> T:
             return done.value  # type: ignore[no-any-return]
 
 
-async def run_sliced(steps: Generator[None, None, T], seconds: float = SLICE_SECONDS) -> T:
+async def run_sliced(
+    steps: Generator[None, None, T], seconds: float = SLICE_SECONDS, stretch: TimeSlice | None = None
+) -> T:
     """Run a generator of steps on the loop, yielding it to others whenever a stretch has used ``seconds``;
-    its return value."""
-    stretch = TimeSlice(seconds)
+    its return value. ``stretch``: the caller's own, instead of a new one, when the steps are part of a
+    longer job (a checkpoint's gathering): the job's work before and after them counts in its stretches."""
+    stretch = TimeSlice(seconds) if stretch is None else stretch
     while True:
         try:
             next(steps)

@@ -41,9 +41,9 @@ from orchestrator.contract.models import BUILTIN_SECTIONS
 from orchestrator.runtime.collector import paused as paused_gc
 from orchestrator.runtime.slicing import TimeSlice, run_steps
 
-from . import bulk
+from . import bulk, export
 from .model import ConnectionIn, Contribution, NodeIn, host_id, rfc3339, type_from_id
-from .resolve import WILDCARD, Conn, Resolver, classify_steps, conn_key, established, record_order
+from .resolve import Conn, Resolver, classify_steps, conn_key, established, record_order
 from .views import Publication, Published, multi_add, multi_discard
 
 T = TypeVar("T")
@@ -1013,63 +1013,16 @@ class Topology:
     # -- persistence ----------------------------------------------------------------------------------
 
     def export_agent(self, agent_id: str) -> dict | None:
-        """The agent's contributions as JSON-able data (orjson), for :meth:`import_agent`."""
-        self._settle_imported()
-        sections = self._agent_sections.get(agent_id)
-        if not sections:
-            return None
-        exported = []
-        for section in sorted(sections, key=lambda s: self._section_rank[s]):
-            held = self._held[(agent_id, section)]
-            contribution = held.contribution
-            exported.append(
-                {
-                    "section": section,
-                    "hostname": held.hostname,
-                    "timestamp": held.rank[0],
-                    "order": held.rank[1],
-                    "seen": held.seen,
-                    "priority": contribution.priority,
-                    "nodes": [
-                        [n.id, n.type, n.name, n.parent, n.host, n.metadata, n.metrics] for n in contribution.nodes
-                    ],
-                    "addresses": [list(pair) for pair in contribution.addresses],
-                    "connections": _exported_sockets(held),
-                }
-            )
-        data = {"agent_id": agent_id, "sections": exported, "first_seen": self._agent_first_seen(agent_id)}
-        claims = self._agent_claims(agent_id)
-        if claims:
-            data["claims"] = claims
-        return data
+        """The agent's contributions as JSON-able data (orjson), for :meth:`import_agent`; None when it holds
+        none."""
+        return run_steps(export.export_steps(self, agent_id))
 
-    def _agent_claims(self, agent_id: str) -> list[list]:
-        """``[ip, hostname, since]`` of the agent's contested addresses: who owns one must survive a restore
-        (the import order is not the order the claims were made in)."""
-        claims = set()
-        for section in self._agent_sections[agent_id]:
-            held = self._held[(agent_id, section)]
-            for ip, _node in held.contribution.addresses:
-                contest = self._contested.get(ip)
-                if contest is not None and held.hostname in contest:
-                    claims.add((ip, held.hostname, contest[held.hostname]))
-        return [list(claim) for claim in sorted(claims)]
-
-    def _agent_first_seen(self, agent_id: str) -> dict[str, float]:
-        """``first_seen`` of every node the agent holds and every external its connections reach."""
-        first_seen = {}
-        for section in self._agent_sections[agent_id]:
-            held = self._held[(agent_id, section)]
-            for node in held.contribution.nodes:
-                first_seen[node.id] = self._nodes[node.id].first_seen
-            for record in held.records:
-                edge = self._conns[conn_key(record.protocol, record.local_end, record.remote_end)].resolved
-                if edge is None:
-                    continue
-                for end in (edge.source, edge.target):
-                    if end.startswith("external:"):
-                        first_seen[end] = self._externals[end].first_seen
-        return dict(sorted(first_seen.items()))
+    def export_agent_steps(self, agent_id: str) -> Generator[None, None, dict | None]:
+        """:meth:`export_agent` as a generator that yields every few hundred items exported (``export.py``),
+        so a checkpoint can serve requests while an agent at the report limits (~0.4 s) is exported. The
+        live topology must stay still until it ends (the server holds ``state.topology_lock``); it only
+        reads, so abandoned part-way it changes nothing."""
+        return export.export_steps(self, agent_id)
 
     def import_agents(self, agents, on_error: Callable[[str, Exception], None] | None = None) -> None:
         """Restore many agents, ``(agent_id, data)`` pairs, resolving connections once at the end. Into an
@@ -1152,27 +1105,6 @@ def _owners(records: list):
         return records[0].owner[0]
     agents = tuple(sorted({record.owner[0] for record in records}))
     return agents[0] if len(agents) == 1 else agents
-
-
-def _exported_sockets(held: _Held) -> list[list]:
-    sockets = []
-    for (_host, protocol, port, ip, pid), count in held.listens.items():
-        state = "LISTEN" if protocol == "tcp" else ""
-        sockets.extend([[pid, protocol, "0.0.0.0" if ip == WILDCARD else ip, port, "", 0, state]] * count)
-    for record in held.records:
-        (local_ip, local_port), (remote_ip, remote_port) = record.local_end, record.remote_end
-        sockets.append(
-            [
-                record.pid,
-                record.protocol,
-                local_ip.split("@", 1)[0],
-                local_port,
-                remote_ip.split("@", 1)[0],
-                remote_port,
-                "ESTABLISHED",
-            ]
-        )
-    return sockets
 
 
 def _merged(mappings) -> dict:

@@ -4,6 +4,7 @@ and a checkpoint that never stalls the event loop."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sqlite3
 import time
 import zlib
@@ -421,6 +422,62 @@ async def test_checkpoint_does_not_block_the_loop(tmp_path, store, monkeypatch):
     assert writes and all(any(start < tick < end for tick in ticks) for start, end in writes)
 
 
+async def test_a_big_agents_checkpoint_serves_other_tasks_between_its_steps_and_holds_the_topology_lock(
+    tmp_path, store, monkeypatch
+):
+    # An agent at the item limits takes ~0.4 s to export (this one is smaller): the checkpoint hands the
+    # loop to other tasks between the steps of its export, but holds the topology lock from the first to
+    # the last (a merge waits: the agent is never read half-merged), and stores what the export in one go
+    # encodes to, byte for byte.
+    state = make_state(tmp_path)
+    fleet = Fleet(1, seed=3, processes=2000, connections=5000, containers=20)
+    big, now = fleet.agent_id(0), time.time()
+    raw = fleet.report_bytes(0, now)
+    state.ingest.submit(Report.model_validate_json(raw), raw, now)
+    state.ingest.apply(state.ingest.queue.get_nowait())
+    apply_report(state, "agent-1")
+    events: list = []
+    export_steps = state.topology.export_agent_steps
+
+    def recorded_steps(agent_id):
+        steps = export_steps(agent_id)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value
+            events.append(("step", agent_id))
+            yield
+
+    async def other_requests():
+        while True:
+            events.append("other")
+            await asyncio.sleep(0)
+
+    async def merges():  # what the ingest worker does for each report
+        while True:
+            async with state.topology_lock:
+                events.append("merge")
+            await asyncio.sleep(0)
+
+    monkeypatch.setattr(state.topology, "export_agent_steps", recorded_steps)
+    monkeypatch.setattr(persistence, "GATHER_BUDGET_SECONDS", 0.0)  # every step uses up its stretch
+    others = [asyncio.create_task(other_requests()), asyncio.create_task(merges())]
+    result = await store.checkpoint(state)
+    for task in others:
+        task.cancel()
+
+    assert result.ok and result.written == 2
+    steps = [index for index, event in enumerate(events) if event == ("step", big)]
+    assert len(steps) > 100
+    assert all("other" in events[start:end] for start, end in itertools.pairwise(steps))
+    assert "merge" not in events[steps[0] : steps[-1]]
+    assert "merge" in events[: steps[0]] and "merge" in events[steps[-1] :]  # the lock is let go between agents
+    with sqlite3.connect(store.path) as conn:
+        (stored,) = conn.execute("SELECT contribution FROM topology WHERE agent_id = ?", (big,)).fetchone()
+    assert zlib.decompress(stored) == orjson.dumps(state.topology.export_agent(big))
+
+
 async def test_cancelled_checkpoint_waits_for_its_write_and_keeps_the_agents_dirty(tmp_path, store, monkeypatch):
     state = make_state(tmp_path)
     apply_report(state, "agent-1")
@@ -486,14 +543,14 @@ async def test_an_agent_that_cannot_be_serialised_does_not_stop_the_others(tmp_p
     state = make_state(tmp_path)
     apply_report(state, "agent-1")
     apply_report(state, "agent-2")
-    export = state.topology.export_agent
+    export_steps = state.topology.export_agent_steps
 
     def poisoned(agent_id):
         if agent_id == "agent-1":
             raise TypeError("Integer exceeds 64-bit range")
-        return export(agent_id)
+        return export_steps(agent_id)
 
-    monkeypatch.setattr(state.topology, "export_agent", poisoned)
+    monkeypatch.setattr(state.topology, "export_agent_steps", poisoned)
     with capture_logs() as logs:
         result = await store.checkpoint(state)
 
