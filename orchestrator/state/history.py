@@ -226,7 +226,7 @@ def edge_changed(old: Body | None, new: Body | None) -> bool:
         return old is not new
     if old["ports"] is not new["ports"] and old["ports"] != new["ports"]:
         return True
-    return old["source"] != new["source"] or old["target"] != new["target"] or old["protocol"] != new["protocol"]
+    return bool(old["source"] != new["source"] or old["target"] != new["target"] or old["protocol"] != new["protocol"])
 
 
 @dataclass(frozen=True, slots=True)

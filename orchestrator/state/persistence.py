@@ -35,9 +35,12 @@ retries them.
 The crash window. A checkpoint first waits until the ingest worker has applied every report accepted
 before it started (its *durable point*), then gathers. Once it has committed, every report answered 202
 before its durable point is on disk. Checkpoints are scheduled from the durable point of the last
-*successful* one, start to start, and begin early by twice the previous checkpoint's duration, so the
-next one has committed within ``storage.checkpoint_interval`` of the last durable point: a SIGKILL loses
-only reports younger than one interval (while checkpoints take less than half of it).
+*successful* one, start to start, and begin early by twice the longest of the last
+:data:`RECENT_CHECKPOINTS` checkpoints' durations, so the next one has committed within
+``storage.checkpoint_interval`` of the last durable point: a SIGKILL loses only reports younger than one
+interval (while checkpoints take less than half of it). The longest, not the last: under load one
+checkpoint's wall time varies threefold (84-303 ms in ten rounds), and a lead from a short one let a report
+2.04 s old be lost at a 2 s interval.
 
 When a checkpoint fails (disk full, read-only, I/O error, ``storage.max_file_size`` reached) the store
 is *unavailable* until one succeeds: :attr:`Store.unavailable` says why, ``/health`` answers 503 with that
@@ -64,6 +67,7 @@ import math
 import sqlite3
 import time
 import zlib
+from collections import deque
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -93,6 +97,7 @@ _SQLITE_HEADER = b"SQLite format 3\x00"
 _CORRUPT_ERRORS = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
 # Longest stretch of on-loop gathering before the checkpoint yields to requests.
 GATHER_BUDGET_SECONDS = 0.004
+RECENT_CHECKPOINTS = 8  # checkpoints whose longest duration sets how early the next one starts
 # One transaction holds at most this many bytes of rows (and agents): on a nearly full disk, what fits is saved.
 CHUNK_BYTES = 4 * 1024 * 1024
 CHUNK_AGENTS = 200
@@ -204,6 +209,7 @@ class Store:
         self.unavailable: str | None = None  # why the last checkpoint failed; None once one succeeds
         self.last_checkpoint_at: float | None = None  # wall clock of the last successful checkpoint's end
         self.last_checkpoint_seconds: float | None = None
+        self._recent_seconds: deque[float] = deque(maxlen=RECENT_CHECKPOINTS)  # durations, for the lead
         self.last_checkpoint_bytes = 0
         self.bytes_written = 0
         self.durable_at: float | None = None  # wall clock of the last successful durable point
@@ -396,6 +402,7 @@ class Store:
         self.consecutive_failures = 0
         self.checkpoints += 1
         self.last_checkpoint_at, self.last_checkpoint_seconds = time.time(), seconds
+        self._recent_seconds.append(seconds)
         self.last_checkpoint_bytes = size
         state.metrics.checkpoint_seconds.observe(seconds)
         state.metrics.storage_available.set(1)
@@ -433,10 +440,11 @@ class Store:
 
     def next_delay(self, interval: float, now: float) -> float:
         """Seconds until the next checkpoint starts: one interval after the last durable point, less twice
-        the last checkpoint's duration (so it has committed by then); a failing store is retried sooner."""
+        the longest recent checkpoint's duration (so it has committed by then); a failing store is retried
+        sooner."""
         if self.unavailable is not None:
             return min(interval, FAILING_RETRY_SECONDS)
-        lead = min(interval, 2 * (self.last_checkpoint_seconds or 0.0))
+        lead = min(interval, 2 * max(self._recent_seconds, default=0.0))
         return max(0.0, (self._durable_loop_at or now) + interval - lead - now)
 
     def close(self) -> None:
