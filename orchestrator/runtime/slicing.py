@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
+from contextlib import AbstractContextManager
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -52,6 +53,26 @@ def run_steps(steps: Generator[None, None, T]) -> T:
             next(steps)
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
+
+
+def stretched(
+    steps: Generator[None, None, T], stretch: TimeSlice, between: Callable[[], AbstractContextManager] | None = None
+) -> Generator[None, None, T]:
+    """``steps`` as steps that yield only once ``stretch`` is used up (a stepped job made of stepped parts:
+    the driver sees one yield per slice, not one per part's step), inside ``between()`` while yielded (the
+    collector lifted: ``Paused.lifted``); their return value."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        if stretch.due():
+            if between is None:
+                yield
+            else:
+                with between():
+                    yield
+            stretch.restart()
 
 
 async def run_sliced(

@@ -35,18 +35,15 @@ from collections import Counter
 from collections.abc import Callable, Generator
 from dataclasses import replace
 from itertools import chain
-from typing import TypeVar
 
 from orchestrator.contract.models import BUILTIN_SECTIONS
 from orchestrator.runtime.collector import paused as paused_gc
-from orchestrator.runtime.slicing import TimeSlice, run_steps
+from orchestrator.runtime.slicing import TimeSlice, run_steps, stretched
 
 from . import bulk, export
 from .model import ConnectionIn, Contribution, NodeIn, host_id, rfc3339, type_from_id
 from .resolve import Conn, Resolver, classify_steps, conn_key, established, record_order
 from .views import Publication, Published, multi_add, multi_discard
-
-T = TypeVar("T")
 
 # Snapshots kept per seq (each level and host= asked since the last publish); beyond, the oldest goes.
 MAX_CACHED_SNAPSHOTS = 64
@@ -220,20 +217,6 @@ class _External:
                 if count == delta:
                     self.agent_list = None  # a new agent
                 agents[agent] = count
-
-
-def _stretched(steps: Generator[None, None, T], stretch: TimeSlice, collector) -> Generator[None, None, T]:
-    """Run ``steps``, yielding to the driver only when ``stretch`` is used up (the collector as it was
-    outside meanwhile); their return value."""
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
-        if stretch.due():
-            with collector.lifted():
-                yield
-            stretch.restart()
 
 
 class Topology:
@@ -919,13 +902,13 @@ class Topology:
                 raise
             apply = self._published.publish_steps(nodes, edges, rfc3339(stamp))
             try:
-                publication = yield from _stretched(apply, stretch, collector)
+                publication = yield from stretched(apply, stretch, collector.lifted)
             except GeneratorExit:
                 run_steps(self._after_publish(run_steps(apply)))  # never left half-applied, nor unrecorded
                 raise
             after = self._after_publish(publication)
             try:
-                yield from _stretched(after, stretch, collector)
+                yield from stretched(after, stretch, collector.lifted)
             except GeneratorExit:
                 run_steps(after)
                 raise

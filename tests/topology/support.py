@@ -153,3 +153,18 @@ def apply_diff(snapshot: dict, diff: dict) -> dict:
         for item_id in section["removed"]:
             del items[item_id]
     return {"nodes": nodes, "edges": edges}
+
+
+def drive(steps, stop_after=None):
+    """Run a generator of steps to its end, as the loop would between requests: its value and its yields (or
+    close it after ``stop_after`` yields: then None)."""
+    yields = 0
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value, yields
+        yields += 1
+        if stop_after is not None and yields >= stop_after:
+            steps.close()
+            return None, yields

@@ -9,6 +9,7 @@ from orchestrator.topology import Contribution, NodeIn, Topology
 from tests.topology.support import (
     C1,
     C2,
+    drive,
     host_a,
     host_b,
     host_c,
@@ -395,20 +396,6 @@ def test_export_import_keeps_first_seen_across_several_reports():
     for level in ("process", "container", "host"):
         for host in (None, "host-a", "host-c"):
             assert restored.snapshot_json(level, host) == topology.snapshot_json(level, host)
-
-
-def drive(steps, stop_after=None):
-    """Run a publish_steps generator to the end (or close it after ``stop_after`` yields)."""
-    yields = 0
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            return done.value, yields
-        yields += 1
-        if stop_after is not None and yields >= stop_after:
-            steps.close()
-            return None, yields
 
 
 def big_fleet(topology, hosts=30):

@@ -3,15 +3,13 @@ with thousands of processes and connections (a checkpoint serves requests betwee
 
 from __future__ import annotations
 
-from typing import Any
-
 import orjson
 import pytest
 
 from orchestrator.contract.models import Report
 from orchestrator.probe.fleet import Fleet
 from orchestrator.topology import Topology, export
-from tests.topology.support import merge_parsed
+from tests.topology.support import drive, merge_parsed
 
 NOW = 1_760_000_000.0
 
@@ -34,17 +32,6 @@ def fleet() -> Topology:
 def big() -> Topology:
     """One host with 2,000 processes and 5,000 connections (~5,000 first_seen entries)."""
     return fleet_topology(Fleet(1, seed=3, processes=2000, connections=5000, containers=20))
-
-
-def drive(steps) -> tuple[Any, int]:
-    """Run a generator of steps to its end, as the loop would between requests: its value and its yields."""
-    yields = 0
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            return done.value, yields
-        yields += 1
 
 
 def test_every_agent_of_a_fleet_exports_in_steps_the_bytes_it_exports_in_one_go(fleet):
