@@ -15,7 +15,7 @@ import pytest
 
 from tests.support import REPO
 
-SERVER_ONLY = ("sanic", "pluggy", "pydantic", "numpy", "prometheus-client", "pyyaml")
+SERVER_ONLY = ("sanic", "pluggy", "pydantic", "numpy", "prometheus-client", "pyyaml", "isal")
 PROBE = {"psutil", "httpx", "orjson", "structlog"}
 
 
