@@ -82,10 +82,10 @@ async def run_sliced(
     its return value. ``stretch``: the caller's own, instead of a new one, when the steps are part of a
     longer job (a checkpoint's gathering): the job's work before and after them counts in its stretches."""
     stretch = TimeSlice(seconds) if stretch is None else stretch
+    slices = stretched(steps, stretch)
     while True:
         try:
-            next(steps)
+            next(slices)
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
-        if stretch.due():
-            await stretch.pause()
+        await stretch.pause()
