@@ -72,7 +72,10 @@ async def topology_at(request: Request, level: str, host: str | None, external: 
     live topology answers)."""
     history = _history(request)
     at = time_param(request, "at", time.time())
-    if history.latest is not None and at >= history.latest.ts:
+    # The live version's time too: history records a publication in steps after it is published, so for a
+    # few milliseconds its latest is the one before (a time between the two is that one's, not the live's).
+    live = parse_rfc3339(request.app.ctx.state.topology.timestamp)
+    if history.latest is not None and at >= max(history.latest.ts, live):
         return None
     try:
         if host is None:

@@ -846,6 +846,11 @@ class Topology:
     def seq(self) -> int:
         return self._published.seq
 
+    @property
+    def timestamp(self) -> str:
+        """The published version's timestamp (RFC 3339)."""
+        return self._published.timestamp
+
     def resume_seq(self, seq: int) -> None:
         """Number the next publication after ``seq`` (a restart: a UI resuming with a ``seq`` from before
         must never find the same number meaning something else)."""
