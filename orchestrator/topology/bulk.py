@@ -25,7 +25,7 @@ from orchestrator.runtime.slicing import run_steps
 
 from .model import ConnectionIn, Contribution, NodeIn
 from .resolve import Conn, classify_steps, conn_key
-from .views import _SMALL
+from .views import multi_add
 
 if TYPE_CHECKING:
     from .engine import Topology
@@ -127,16 +127,7 @@ def _add_nodes(t: Topology, key: tuple, held, node_type) -> None:
         else:
             if seen < state.first_seen:
                 state.first_seen = seen
-            holders = state.holders
-            for index, holder in enumerate(holders):
-                if holder[1] == agent and holder[2] == section:  # the same node twice in the contribution
-                    holders[index] = entry
-                    break
-            else:
-                if holders:
-                    holders.append(entry)
-                else:
-                    state.holders = [entry]
+            state.hold(entry)
         dirty.add(node_id)
 
 
@@ -215,16 +206,5 @@ def _resolve_conns(t: Topology, resolve) -> None:
         if deps:
             distinct = dict.fromkeys(deps)
             conn.deps = kept = tuple(map(interned, distinct, distinct))  # interned.setdefault(dep, dep) each
-            for dep in kept:  # multi_add(deps_index, dep, key), inlined: ~5 keys per connection
-                held = deps_index.get(dep)
-                if held is None:
-                    deps_index[dep] = key
-                elif type(held) is list:
-                    if len(held) < _SMALL:
-                        held.append(key)  # each connection once: never a member already
-                    else:
-                        deps_index[dep] = {*held, key}
-                elif type(held) is set:
-                    held.add(key)
-                else:
-                    deps_index[dep] = [held, key]
+            for dep in kept:
+                multi_add(deps_index, dep, key)

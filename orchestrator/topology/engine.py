@@ -110,6 +110,19 @@ class _NodeState:
         self.holders: list[tuple] = []  # (rank, agent, section, NodeIn, seen)
         self.first_seen = first_seen
 
+    def hold(self, entry: tuple) -> None:
+        """Record ``(rank, agent, section, NodeIn, seen)``, replacing that agent's section's earlier entry
+        (the same node twice in a contribution: the last one holds)."""
+        holders = self.holders
+        for index, holder in enumerate(holders):
+            if holder[1] == entry[1] and holder[2] == entry[2]:
+                holders[index] = entry
+                return
+        if holders:
+            holders.append(entry)
+        else:
+            self.holders = [entry]  # sized 1 (most nodes have one holder)
+
 
 class _Edge:
     __slots__ = ("conns", "id", "protocol", "source", "target")
@@ -457,17 +470,7 @@ class Topology:
                     self._triggers.add(node.id)
                 elif seen < state.first_seen:
                     state.first_seen = seen
-                holders = state.holders
-                entry = (rank, agent, section, node, seen)
-                for index, holder in enumerate(holders):
-                    if holder[1] == agent and holder[2] == section:
-                        holders[index] = entry
-                        break
-                else:
-                    if holders:
-                        holders.append(entry)
-                    else:
-                        state.holders = [entry]  # sized 1 (most nodes have one holder)
+                state.hold((rank, agent, section, node, seen))
                 self._dirty_nodes.add(node.id)
         for count, node_id in enumerate(gone, 1):
             if not count % STEP_ITEMS:

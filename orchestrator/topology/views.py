@@ -428,22 +428,11 @@ class Published:
         :data:`STEP_ITEMS` changed items: a max-size report's ~60,000 changes took over a second of the loop
         in one step. Between two steps the published state is part-way through the change (:attr:`applying`):
         readers wait until it is whole (the server holds ``state.topology_lock`` and readers take it when
-        :attr:`applying`), :meth:`view` refuses, :meth:`counts` answers the version before. Closed part-way,
-        the change is finished in one go before the generator closes: the state is never left half-applied
-        (the returned publication is then lost to the driver, which may only close it at shutdown)."""
-        steps = self._publish_steps(node_bodies, edge_bodies, timestamp)
+        :attr:`applying`), :meth:`view` refuses, :meth:`counts` answers the version before. Drive it to its
+        end: :meth:`Topology.publish_steps`, closed part-way, finishes it in one go (never half-applied)."""
         self.applying, self._counts_before = True, self.counts()
         try:
-            while True:
-                try:
-                    next(steps)
-                except StopIteration as done:
-                    return done.value  # type: ignore[no-any-return]
-                try:
-                    yield
-                except GeneratorExit:
-                    run_steps(steps)
-                    raise
+            return (yield from self._publish_steps(node_bodies, edge_bodies, timestamp))
         finally:
             self.applying = False
 
@@ -643,31 +632,8 @@ class Published:
                 continue
             source, target = new["source"], new["target"]
             for end in (source, target) if source != target else (source,):
-                held = incident.get(end)  # multi_add(incident, end, eid), inlined: a new eid is never a member
-                if held is None:
-                    incident[end] = eid
-                elif type(held) is list:
-                    if len(held) < _SMALL:
-                        held.append(eid)
-                    else:
-                        incident[end] = {*held, eid}
-                elif type(held) is set:
-                    held.add(eid)
-                else:
-                    incident[end] = [held, eid]
-            # _indexed_change(view, eid, None, new), inlined
-            source_node, target_node = nodes.get(source), nodes.get(target)
-            source_host = source_node["host"] if source_node is not None else None
-            target_host = target_node["host"] if target_node is not None else None
-            hosts = _end_hosts(source_host, target_host)
-            if hosts:
-                edge_hosts[eid] = hosts[0] if len(hosts) == 1 else hosts
-                for host in hosts:
-                    ids = edges_by_host.get(host)
-                    if ids is None:
-                        edges_by_host[host] = {eid}
-                    else:
-                        ids.add(eid)
+                multi_add(incident, end, eid)
+            hosts = _index_added(nodes, edge_hosts, edges_by_host, eid, source, target)
             added.append((eid, None, new, (), hosts))
         added.sort(key=itemgetter(0))
         edges = self.edges
@@ -878,19 +844,7 @@ class Published:
                 "connections": connections,
                 "last_seen": last_seen,
             }
-            # _indexed_change(view, veid, None, new), inlined: the view was empty.
-            source_node, target_node = nodes.get(source), nodes.get(target)
-            source_host = source_node["host"] if source_node is not None else None
-            target_host = target_node["host"] if target_node is not None else None
-            hosts = _end_hosts(source_host, target_host)
-            if hosts:
-                edge_hosts[veid] = hosts[0] if len(hosts) == 1 else hosts
-                for host in hosts:
-                    ids = by_host.get(host)
-                    if ids is None:
-                        by_host[host] = {veid}
-                    else:
-                        ids.add(veid)
+            hosts = _index_added(nodes, edge_hosts, by_host, veid, source, target)
             if record:
                 changes.append((veid, None, new, (), hosts))
         return changes
@@ -1026,6 +980,25 @@ def _indexed_change(view: _View, eid: str, old: dict | None, new: dict | None) -
         hosts = None
     old_hosts = view.index_edge(eid, hosts)
     return eid, old, new, old_hosts, view.hosts_of(eid)
+
+
+def _index_added(nodes: dict, edge_hosts: dict, by_host: dict, eid: str, source: str, target: str) -> tuple:
+    """:func:`_indexed_change` of an edge added to a view that did not hold it (a fill or a build from
+    empty): its hosts (those of its ends in ``nodes``) indexed, with nothing old to move; its hosts."""
+    source_node, target_node = nodes.get(source), nodes.get(target)
+    hosts = _end_hosts(
+        source_node["host"] if source_node is not None else None,
+        target_node["host"] if target_node is not None else None,
+    )
+    if hosts:
+        edge_hosts[eid] = hosts[0] if len(hosts) == 1 else hosts
+        for host in hosts:
+            ids = by_host.get(host)
+            if ids is None:
+                by_host[host] = {eid}
+            else:
+                ids.add(eid)
+    return hosts
 
 
 def _hosts(view: _View, edge: dict) -> tuple:
