@@ -32,10 +32,11 @@ same history. Nothing here reads the wall clock.
 Storage: ``<data_dir>/history.sqlite`` (its own SQLite file in WAL mode, apart from the state's file, so
 neither one's writes or schema wait on the other's), written by :meth:`History.flush` every
 ``storage.checkpoint_interval`` in a worker thread: a crash loses at most one interval, as for the rest of
-the state. Keyframes are stored in parts of :data:`PART_ITEMS` items, serialized and compressed in the
-worker thread part by part (the GIL is released between parts and while compressing), so the event loop
-is never held by a keyframe for more than the few milliseconds a part takes; on the loop, a keyframe costs
-two dict copies of the published views. Queries run in worker threads on their own read-only
+the state. Keyframes are stored in parts of :data:`PART_ITEMS` items, serialized and compressed part by
+part in the history's encoder thread as soon as they are taken (the GIL is released between parts and while
+compressing; the bodies are let go once encoded, not kept until the flush), so the event loop is never held
+by a keyframe for more than the few milliseconds a part takes; on the loop, a keyframe costs two dict copies
+of the published views. Queries run in worker threads on their own read-only
 connections, with a copy of the entries not yet flushed; decoded keyframes and change blocks are shared
 between queries (:class:`Decoded`). ::
 
@@ -61,7 +62,8 @@ import tempfile
 import threading
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypedDict
@@ -240,14 +242,35 @@ class Entry:
     changes: dict[str, LevelChanges] | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class Keyframe:
+    """A keyframe recorded and not flushed yet. It is encoded in the history's encoder thread as soon as it
+    is recorded, not at the next flush: until then ``views`` keeps the published bodies of its publication
+    alive while the live version replaces them (at 1,000 hosts every body within one report interval), which
+    made the flush interval's worth of replaced bodies the server's memory high-water mark. Once ``parts`` is
+    set, ``views`` is emptied (replaced, never mutated: a reader holding the old dict keeps reading it)."""
+
     seq: int
     ts: float
     stamp: str
     reset: bool
     # level -> (nodes, edges): copies of the published views' dicts (the bodies are shared)
     views: dict[str, tuple[Section, Section]]
+    levels: frozenset[str] = frozenset()
+    parts: dict[str, list[bytes]] | None = None  # level -> its parts as stored (see _keyframe_parts)
+    encoding: Future[None] | None = None
+
+    def __post_init__(self) -> None:
+        self.levels = frozenset(self.views)
+
+    def encode(self) -> None:
+        """Encode every level into its stored parts and let go of the bodies (in the encoder thread)."""
+        self.parts = {level: list(_keyframe_parts(nodes, edges)) for level, (nodes, edges) in self.views.items()}
+        self.views = {}
+
+    def sections(self, level: str) -> tuple[Section, Section] | None:
+        """The level's nodes and edges while the bodies are held, else None (decode :attr:`parts`)."""
+        return self.views.get(level)
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +305,8 @@ class History:
         self._lock = asyncio.Lock()  # one writer at a time on self.conn
         self._pending: list[Entry] = []
         self._pending_keyframes: list[Keyframe] = []
+        # One thread, so keyframes are encoded in the order they were taken (and at most one at a time).
+        self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="history-keyframes")
         self._reset_due = True  # the first publication seen after opening is a reset keyframe
         self._changes_since_keyframe = dict.fromkeys(KEPT_LEVELS, 0)
         self._keyframe_items = dict.fromkeys(KEPT_LEVELS, 0)
@@ -361,7 +386,9 @@ class History:
                 views[level] = (snapshot["nodes"], snapshot["edges"])
                 self._changes_since_keyframe[level] = 0
                 self._keyframe_items[level] = len(snapshot["nodes"]) + len(snapshot["edges"])
-            self._pending_keyframes.append(Keyframe(seq, ts, point.stamp, reset, views))
+            keyframe = Keyframe(seq, ts, point.stamp, reset, views)
+            keyframe.encoding = self._encoder.submit(keyframe.encode)
+            self._pending_keyframes.append(keyframe)
             if levels == KEPT_LEVELS:
                 self._last_keyframe = point
             if self.oldest is None:
@@ -395,6 +422,7 @@ class History:
         """Write what was recorded since the last flush (one transaction, in a worker thread); returns how
         many publications were written. A failed write is logged and retried at the next flush."""
         async with self._lock:
+            self._drop_failed_keyframes()
             entries, keyframes = list(self._pending), list(self._pending_keyframes)
             if not entries and not keyframes:
                 return 0
@@ -408,6 +436,17 @@ class History:
             del self._pending_keyframes[: len(keyframes)]
             self.flushes += 1
             return len(entries)
+
+    def _drop_failed_keyframes(self) -> None:
+        """A keyframe whose encoding failed is not written; the next publication is a reset keyframe (as after
+        any failure to record), so the history after it stays whole."""
+        for keyframe in list(self._pending_keyframes):
+            encoding = keyframe.encoding
+            if encoding is None or not encoding.done() or encoding.exception() is None:
+                continue
+            log.error("history_keyframe_failed", seq=keyframe.seq, error=repr(encoding.exception()))
+            self._pending_keyframes.remove(keyframe)
+            self._reset_due = True
 
     async def run(self, interval: float) -> None:
         """Flush every ``interval`` until cancelled."""
@@ -436,6 +475,7 @@ class History:
 
     def close(self) -> None:
         """Fold the WAL into the file and close (after the last flush). A temporary history is deleted."""
+        self._encoder.shutdown(wait=True, cancel_futures=True)
         try:
             self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error as exc:
@@ -609,7 +649,7 @@ class _Reader:
 
     def keyframe_seq(self, seq: int, level: str) -> int:
         """The newest keyframe of ``level`` at or before ``seq``."""
-        held = [keyframe.seq for keyframe in self.keyframes if keyframe.seq <= seq and level in keyframe.views]
+        held = [keyframe.seq for keyframe in self.keyframes if keyframe.seq <= seq and level in keyframe.levels]
         if held:
             return max(held)
         newest: int | None = self.conn.execute(
@@ -621,27 +661,25 @@ class _Reader:
 
     def keyframe(self, seq: int, level: str) -> tuple[Section, Section]:
         """The nodes and edges of the keyframe of ``level`` at ``seq`` (shared with other queries: read only)."""
-        for keyframe in self.keyframes:
-            if keyframe.seq == seq and level in keyframe.views:
-                return keyframe.views[level]
-        held: tuple[Section, Section] = self.decoded[level].get(
-            ("keyframe", seq), lambda: self._read_keyframe(seq, level)
-        )
+        read = lambda: self._read_keyframe(seq, level)  # noqa: E731
+        pending = next((k for k in self.keyframes if k.seq == seq and level in k.levels), None)
+        if pending is not None:
+            sections = pending.sections(level)
+            if sections is not None:
+                return sections
+            parts = pending.parts
+            assert parts is not None  # set before the bodies are let go
+            read = lambda: _decode_parts(parts[level])  # noqa: E731 (what the file will give once flushed)
+        held: tuple[Section, Section] = self.decoded[level].get(("keyframe", seq), read)
         return held
 
     def _read_keyframe(self, seq: int, level: str) -> tuple[Section, Section]:
-        nodes: Section = {}
-        edges: Section = {}
         rows = self.conn.execute(
             "SELECT body FROM keyframes WHERE seq = ? AND level = ? ORDER BY part", (seq, level)
         ).fetchall()
         if not rows:
             raise HistoryUnavailable(self.oldest.stamp if self.oldest else None)  # pruned meanwhile
-        for (body,) in rows:
-            part = orjson.loads(zlib.decompress(body))
-            nodes.update(part["nodes"])
-            edges.update(part["edges"])
-        return nodes, edges
+        return _decode_parts(body for (body,) in rows)
 
     def entries(
         self, level: str, after: int, upto: int
@@ -975,12 +1013,15 @@ def _load_bounds(conn: sqlite3.Connection) -> tuple[Point | None, Point | None, 
 
 
 def _write(conn: sqlite3.Connection, entries: list[Entry], keyframes: list[Keyframe]) -> None:
-    """One flush, in one transaction (runs in a worker thread; keyframes are encoded here, part by part)."""
+    """One flush, in one transaction (runs in a worker thread, after the keyframes' own encoding)."""
+    for keyframe in keyframes:
+        assert keyframe.encoding is not None
+        keyframe.encoding.result()  # raises what the encoding raised: this flush fails, the next drops it
     parts = [
         (keyframe.seq, level, number, int(keyframe.reset), body)
         for keyframe in keyframes
-        for level, (nodes, edges) in keyframe.views.items()
-        for number, body in enumerate(_keyframe_parts(nodes, edges))
+        for level, level_parts in (keyframe.parts or {}).items()
+        for number, body in enumerate(level_parts)
     ]
     blocks = []
     for level in KEPT_LEVELS:
@@ -1011,6 +1052,17 @@ def _keyframe_parts(nodes: Section, edges: Section) -> Iterator[bytes]:
         for start in range(0, len(items), PART_ITEMS):
             part = {"nodes": {}, "edges": {}, name: dict(items[start : start + PART_ITEMS])}
             yield zlib.compress(orjson.dumps(part, option=orjson.OPT_SORT_KEYS), 6)
+
+
+def _decode_parts(parts: Iterable[bytes]) -> tuple[Section, Section]:
+    """The nodes and edges of a keyframe's stored parts."""
+    nodes: Section = {}
+    edges: Section = {}
+    for body in parts:
+        part = orjson.loads(zlib.decompress(body))
+        nodes.update(part["nodes"])
+        edges.update(part["edges"])
+    return nodes, edges
 
 
 def encode_sections(nodes: Section, edges: Section) -> bytes:
