@@ -440,11 +440,16 @@ class Store:
 
     def next_delay(self, interval: float, now: float) -> float:
         """Seconds until the next checkpoint starts: one interval after the last durable point, less twice
-        the longest recent checkpoint's duration (so it has committed by then); a failing store is retried
-        sooner."""
+        the longest recent checkpoint's duration (so it has committed by then) but never more than half an
+        interval early; a failing store is retried sooner.
+
+        The cap: a checkpoint that took half an interval or more (under saturation its wait for the ingest
+        backlog alone can take 5 s) cannot keep the one-interval window anyway, and with a whole interval
+        of lead the next ones started at once, back to back: idle ones return without a yield, so the loop
+        spun on them and served everything else at half speed for seconds after a burst."""
         if self.unavailable is not None:
             return min(interval, FAILING_RETRY_SECONDS)
-        lead = min(interval, 2 * max(self._recent_seconds, default=0.0))
+        lead = min(interval / 2, 2 * max(self._recent_seconds, default=0.0))
         return max(0.0, (self._durable_loop_at or now) + interval - lead - now)
 
     def close(self) -> None:

@@ -3,7 +3,9 @@ crash window and seq after SIGKILL under load, and a restore that gives back the
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import itertools
 import os
 import subprocess
 import sys
@@ -92,6 +94,48 @@ async def test_a_checkpoint_too_big_for_the_disk_still_saves_the_transactions_th
     assert not result.ok and store.unavailable is not None
     assert 0 < len(saved) < 60 and result.written == len(saved)
     assert state.dirty_agents == {f"agent-{i:02d}" for i in range(60)} - saved  # the rest is tried again
+    store.conn.close()
+
+
+async def test_after_a_checkpoint_slower_than_the_interval_the_next_ones_are_still_half_an_interval_apart(
+    tmp_path, monkeypatch
+):
+    """A checkpoint that waited long (behind an ingest backlog, a loaded disk) must not make the next ones
+    start back to back: they would spin the event loop."""
+    store, _ = Store.open(tmp_path)
+    state = make_state(tmp_path, storage={"data_dir": str(tmp_path), "checkpoint_interval": "1s"})
+    state.store = store
+    store.restore(state)
+    apply_report(state, "agent-1")
+    gather = persistence._gather
+    started: list[float] = []
+
+    async def slow_once(state, ids):
+        if len(started) == 1:
+            await asyncio.sleep(1.2)  # longer than the interval
+        return await gather(state, ids)
+
+    real_checkpoint = store.checkpoint
+
+    async def counted(state, full=False):
+        started.append(time.monotonic())
+        return await real_checkpoint(state, full)
+
+    monkeypatch.setattr(persistence, "_gather", slow_once)
+    monkeypatch.setattr(store, "checkpoint", counted)
+    runner = asyncio.ensure_future(store.run(state))
+    await asyncio.sleep(0.1)
+    await counted(state)  # the slow one
+    first = time.monotonic()
+    apply_report(state, "agent-2")
+    await asyncio.sleep(2.0)
+    runner.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await runner
+    after = [t for t in started if t >= first]
+    assert 1 <= len(after) <= 5, f"{len(after)} checkpoints started in 2 s at a 1 s interval"
+    assert all(b - a >= 0.45 for a, b in itertools.pairwise(after))
+    assert stored_ids(store.path, "latest") == {"agent-1", "agent-2"}
     store.conn.close()
 
 
