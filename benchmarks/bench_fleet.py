@@ -279,15 +279,15 @@ def main() -> None:
     text = table(results, args.rate, args.connections)
     print(text)
     if args.write:
-        measured = f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {machine()}"
+        when, where = f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC", machine()
+        measured = f"{when}; {where}"
         if args.merge and DATA.exists():
             saved = json.loads(DATA.read_text())
             run_now = {r["hosts"] for r in results}
             kept = [r for r in saved["results"] if r["hosts"] not in run_now]
             if kept:
                 sizes = ", ".join(f"{r['hosts']:,}" for r in kept)
-                when = saved["measured"].split("; ", 1)[0]
-                measured = f"{when} ({sizes} hosts) and {measured.split('; ', 1)[0]} (the rest); {machine()}"
+                measured = f"{saved['measured'].split('; ', 1)[0]} ({sizes} hosts) and {when} (the rest); {where}"
             results = sorted(kept + results, key=lambda r: r["hosts"])
             text = table(results, args.rate, args.connections)
         saved = {"measured": measured, "rate": args.rate, "connections": args.connections, "results": results}
