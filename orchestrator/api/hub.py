@@ -163,34 +163,42 @@ class Hub:
             next_tick = max(next_tick + self.interval, loop.time())
             await asyncio.sleep(next_tick - loop.time())
 
-    async def tick_in_slices(self, now: float) -> None:
+    async def tick_in_slices(self, now: float, remember: bool = True) -> None:
         """One publish + broadcast, a large publish spread over slices of the event loop (requests are
         served in between), holding ``state.topology_lock`` so the live topology stays still while it is
-        read; CPU time measured when anything was published or sent."""
+        read; CPU time measured when anything was published or sent.
+
+        ``remember=False`` (a replica replaying the log) builds no diff for a view without clients and
+        drops the diffs it held: nobody can be resuming from publications a replica is still catching up
+        on, and a later ``since`` into them gets a fresh ``topology_update``, as the contract allows."""
         async with self.state.topology_lock:
             publication, cpu = await _sliced(self.state.topology.publish_steps(now, PUBLISH_SLICE_SECONDS))
             if publication is not None:
                 # A view watched but not read at seq - 1 (a client whose snapshot is still to come) has no
                 # changes in this publication: its diff builds it at seq - 1 first. Done here in slices, not
                 # in one go by _publish.
-                for view in list(self._views):
-                    cpu += (await _sliced(publication.catch_up_steps(view.level, view.external)))[1]
-        self._broadcast(publication, now, time.thread_time() - cpu)
+                for view, view_state in list(self._views.items()):
+                    if remember or view_state.clients:
+                        cpu += (await _sliced(publication.catch_up_steps(view.level, view.external)))[1]
+        self._broadcast(publication, now, time.thread_time() - cpu, remember)
 
-    def _broadcast(self, publication, now: float, started: float) -> None:
+    def _broadcast(self, publication, now: float, started: float, remember: bool = True) -> None:
         if publication is not None:
-            self._publish(publication)
+            self._publish(publication, remember)
         sent_reports = self._send_report_updates(now)
         self._close_slow_clients()
         if publication is not None or sent_reports:
             self._broadcast_seconds.observe(time.thread_time() - started)
 
-    def _publish(self, publication) -> None:
+    def _publish(self, publication, remember: bool = True) -> None:
         self._counts["publications"] += 1
         self._published_at = publication.timestamp
         self._update_gauges()
         empty = None  # the one serialized empty diff of this publication, shared by every view it is
         for view, view_state in list(self._views.items()):
+            if not remember and not view_state.clients:
+                view_state.history.clear()  # the chain breaks here: older diffs no longer lead to seq
+                continue
             payload = publication.diff(level=view.level, host=view.host, external=view.external)
             if _is_empty(payload):
                 if empty is None:

@@ -407,7 +407,7 @@ class Replica:
         position.tick = k
         now = position.clock
         await self._sweep_if_due(now)
-        await self.state.hub.tick_in_slices(now)
+        await self.state.hub.tick_in_slices(now, remember=self.caught_up)  # no resume diffs of a replay
         position.seq = self.state.topology.seq
         self.published_through = message.seq
         slot = math.floor(now / self.settings.cluster.snapshot_interval)

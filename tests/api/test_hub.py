@@ -517,6 +517,28 @@ async def test_lone_client_can_resume_after_reconnecting():
     assert [m["seq"] for m in again.messages] == [3, 4]
 
 
+async def test_a_replay_keeps_no_resume_diffs_for_a_pinned_view_but_serves_its_clients():
+    hub = make_hub(history_size=10)
+    hub.keep_history(View())  # a replica's default view
+    watcher = FakeConnection()
+    hub.connect(watcher, View("host"))  # a client connected while the replica catches up
+    await publish_steps(hub, 2)  # live: seqs 1, 2 held
+    topology = hub.state.topology
+    for _ in range(3):  # replayed publications, seqs 3..5
+        topology.set(f"host:r{topology.seq}", f"r{topology.seq}")
+        await hub.tick_in_slices(float(topology.seq), remember=False)
+        await settle()
+    assert [m["seq"] for m in watcher.messages] == [1, 2, 3, 4, 5]  # its snapshot, then every diff
+    await publish_steps(hub, 2)  # caught up: seqs 6, 7 held again
+    into_replay, after_it = FakeConnection(), FakeConnection()
+    hub.connect(into_replay, View(), since=3)
+    hub.connect(after_it, View(), since=6)
+    await settle()
+    assert into_replay.types() == ["topology_update"]  # never a chain with a hole in it
+    assert into_replay.messages[0]["seq"] == 7
+    assert [(m["type"], m["seq"]) for m in after_it.messages] == [("topology_diff", 7)]
+
+
 async def test_idle_views_are_forgotten_after_history_size_publications_and_bounded_in_number():
     hub = make_hub(history_size=2)
     client = hub.connect(FakeConnection(), View("host"))
