@@ -12,8 +12,9 @@ replicas as child processes (``orchestrator serve --nats-url …``), then measur
 3. **Replica lag under load**: each replica's ``lag`` (stream_seq − applied_seq, in messages) from
    ``/api/v1/query/stats``, sampled every 0.25 s during phase 2: p50 and max.
 4. **Catch-up of a fresh replica at ``--catch-up-hosts`` hosts**: two rounds of the fleet through one replica,
-   a snapshot taken, one more round after it; then a replica with an empty data dir is started and timed
-   until ``/health`` is 200 (snapshot loaded and the log after it replayed).
+   a snapshot taken, one more round after it (the running replica snapshots every 2 s meanwhile); then a
+   replica with an empty data dir is started, alone (the first one is stopped), and timed until ``/health``
+   is 200 (the newest snapshot loaded and the log after it replayed: the number of messages is printed).
 
     python benchmarks/bench_cluster.py [--hosts 100] [--seconds 8] [--connections 16] [--catch-up-hosts 1000]
 """
@@ -85,13 +86,16 @@ def wait_applied(servers: list[Server], seq: int, timeout: float = 300) -> float
 
 
 async def send_all(port: int, bodies: list[bytes], connections: int) -> None:
-    """Every body once, over ``connections`` keep-alive connections; each must be answered 202."""
+    """Every body once, over ``connections`` keep-alive connections; each must be answered 202 (a 429, the
+    replica being ``server.ingest_queue_size`` messages behind the log, is retried as a probe would)."""
     pending = list(reversed(bodies))
 
     async def sender():
         conn = Conn(port)
         while pending:
-            status = await conn.post(pending.pop())
+            body = pending.pop()
+            while (status := await conn.post(body)) == 429:
+                await asyncio.sleep(0.2)
             assert status == 202, status
 
     await asyncio.gather(*(sender() for _ in range(connections)))
@@ -171,20 +175,26 @@ def catch_up(nats: Nats, hosts: int, connections: int) -> dict:
         asyncio.run(send_all(first.port, bodies[2 * hosts :], connections))
         last = cluster(first)["stream_seq"]
         wait_applied([first], last)
-        snapshot_seq = last  # upper bound of what the fresh replica replays from the log
-        started = time.monotonic()
-        with FreshReplica(nats) as fresh:  # empty data dir
-            seconds = fresh.wait_healthy(timeout=600) - started
-            stats = httpx.get(fresh.url + "/api/v1/query/stats", timeout=60).json()
-            same = stats["topology"] == first.stats()["topology"]
-            rss_mb = fresh.rss_mb()
-            loaded = fresh.logged("snapshot_loaded")
+        snapshot_seq = last  # the stream's end before the fresh replica starts
+        expected = first.stats()["topology"]
+    # The running replica is stopped first: its snapshot every 2 s would otherwise take one of the two cores
+    # from the replica being measured (on separate machines it would not).
+    started = time.monotonic()
+    with FreshReplica(nats) as fresh:  # empty data dir, the only replica running
+        seconds = fresh.wait_healthy(timeout=600) - started
+        stats = httpx.get(fresh.url + "/api/v1/query/stats", timeout=60).json()
+        same = stats["topology"] == expected
+        rss_mb = fresh.rss_mb()
+        loaded = fresh.logged("snapshot_loaded")
+        reader = fresh.logged("stream_reader")
     return {
         "hosts": hosts,
         "messages": snapshot_seq,
         "seconds": seconds,
         "loaded": stats["cluster"]["snapshot_loaded"],
         "snapshot_load_s": loaded["duration_ms"] / 1000 if loaded else float("nan"),
+        # What it replayed: the log from the snapshot's position to the stream's end when its reader started.
+        "replayed": reader["stream_last_seq"] - (loaded["applied_seq"] if loaded else 0) if reader else -1,
         "rss_mb": rss_mb,
         "nodes": stats["topology"]["nodes"],
         "same_counts": same,
@@ -280,8 +290,8 @@ def report_catch_up(hosts: int, connections: int) -> None:
     print(
         f"\nCatch-up of a fresh replica (empty data dir) at {caught['hosts']} hosts: {caught['seconds']:.1f} s "
         f"from start to healthy (snapshot from {caught['loaded']}, loaded in {caught['snapshot_load_s']:.1f} s, "
-        f"then the log after it: one report per host; stream at seq {caught['messages']}; {caught['nodes']} "
-        f"nodes; same counts as the running replica: {caught['same_counts']}; RSS {caught['rss_mb']:.0f} MB; "
+        f"then the {caught['replayed']} messages of the log after it; stream at seq {caught['messages']}; {caught['nodes']} "
+        f"nodes; same counts as the replica that wrote the log: {caught['same_counts']}; RSS {caught['rss_mb']:.0f} MB; "
         f"load average {os.getloadavg()[0]:.1f})"
     )
 

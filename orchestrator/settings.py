@@ -84,7 +84,7 @@ class ServerSettings(_Section):
     max_processes: int = Field(10_000, ge=1)
     max_connections: int = Field(50_000, ge=1)  # network connections in one report, not the server's own
     max_containers: int = Field(5_000, ge=1)
-    ingest_queue_size: int = Field(500, ge=1)
+    ingest_queue_size: int = Field(500, ge=1)  # cluster mode: log messages not applied here yet
     # A queued report holds its JSON and the parsed report, ~7× the JSON: 32 MiB of JSON is ~270 MB in memory.
     ingest_queue_bytes: int = Field(32 * MIB, ge=1024)
     retry_after: Duration(1.0, 3600.0) = 1.0

@@ -180,7 +180,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         errors={
             **BODY_ERRORS,
             **IDENTITY,
-            429: "overloaded: the ingest queue is full; or " + TOO_MANY_AGENTS + ". Retry after Retry-After seconds",
+            429: "overloaded: the ingest queue is full (cluster mode: the log this replica has not applied); or "
+            + TOO_MANY_AGENTS
+            + ". Retry after Retry-After seconds",
             503: "shutting_down: a graceful shutdown has begun; retry after Retry-After seconds (another replica). "
             + STORAGE_UNAVAILABLE,
         },

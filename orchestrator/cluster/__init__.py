@@ -16,6 +16,7 @@ def setup_cluster(app: Sanic) -> Replica:
     state = app.ctx.state
     replica = Replica(state)
     state.clock = replica.clock
+    state.ingest.unapplied_log = replica.unapplied  # the door's 429 bound covers the log not applied here
     app.ctx.cluster = replica
 
     async def start(app: Sanic) -> None:

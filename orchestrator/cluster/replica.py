@@ -116,7 +116,7 @@ class Replica:
 
     def stats(self) -> dict:
         applied = self.position.applied_seq
-        stream_seq = max(self.stream_seq, applied)
+        stream_seq = max(self.stream_seq, applied)  # the newest of: its fetches' pending counts, its PubAcks
         return {
             "mode": "nats",
             "replica_id": self.replica_id,
@@ -179,7 +179,7 @@ class Replica:
 
     async def _publish(self, kind: str, agent_id: str, payload: bytes, msg_id: str):
         try:
-            return await self.bus.publish(kind, subject_token(agent_id), payload, msg_id)
+            return self._saw(await self.bus.publish(kind, subject_token(agent_id), payload, msg_id))
         except PayloadTooLarge as exc:
             raise ApiError(413, f"message too large for the cluster's NATS server: {exc}") from None
         except BusUnavailable as exc:
@@ -189,6 +189,16 @@ class Replica:
                 code="bus_unavailable",
                 headers={"Retry-After": str(max(1, round(self.settings.server.retry_after)))},
             ) from None
+
+    def _saw(self, ack):
+        """Note the stream's head from a PubAck: the lag (and the door's bound on it) counts what this
+        replica stored but has not fetched yet, not only what its last fetch said was pending."""
+        self.stream_seq = max(self.stream_seq, ack.seq)
+        return ack
+
+    def unapplied(self) -> int:
+        """Messages of the log known to be stored and not applied here yet (the lag)."""
+        return max(0, self.stream_seq - self.position.applied_seq)
 
     async def _applied(self, seq: int):
         """Wait until ``seq`` is applied here (at most ``publish_timeout``); its outcome, or _MISSING."""
@@ -220,7 +230,7 @@ class Replica:
             if self.bus.available:
                 k = math.floor(time.time() / self.tick_interval)
                 try:
-                    await self.bus.publish("clock", str(k), orjson.dumps({"k": k}), f"clock-{k}")
+                    self._saw(await self.bus.publish("clock", str(k), orjson.dumps({"k": k}), f"clock-{k}"))
                 except BusUnavailable as exc:
                     log.debug("tick_not_stored", k=k, error=str(exc))
             next_at = max(next_at + self.tick_interval, loop.time())

@@ -127,6 +127,9 @@ class Ingest:
     queue: asyncio.Queue[Accepted] = field(init=False)
     closing: bool = False
     instance: str = field(default_factory=lambda: os.urandom(4).hex())
+    # In cluster mode, the messages of the log this replica has still to apply: a 202 there means stored in
+    # the log, not queued here, so the log's unapplied part is the backlog the bound must cover.
+    unapplied_log: Callable[[], int] = lambda: 0
 
     def __post_init__(self) -> None:
         settings = self.state.settings
@@ -151,7 +154,13 @@ class Ingest:
         under overload a refused report costs next to nothing."""
         if self.closing:
             return self._refused(503, "server is shutting down; retry against the restarted server", "shutting_down")
-        if self.backlog + self._admitted >= self.capacity or self.queued_bytes + self._reserved_bytes >= self.max_bytes:
+        behind = self.unapplied_log()
+        if self.backlog + behind + self._admitted >= self.capacity:
+            if behind:
+                message = f"this replica has {behind} messages of the cluster's log still to apply; retry later"
+                return self._refused(429, message, "overloaded")
+            return self._refused(429, "ingest queue is full; retry later", "overloaded")
+        if self.queued_bytes + self._reserved_bytes >= self.max_bytes:
             return self._refused(429, "ingest queue is full; retry later", "overloaded")
         return None
 

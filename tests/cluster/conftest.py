@@ -58,11 +58,12 @@ def nats_server(tmp_path):
     server.stop()
 
 
-def cluster_settings(nats_url: str, data_dir: Path | None = None, **cluster):
+def cluster_settings(nats_url: str, data_dir: Path | None = None, server: dict | None = None, **cluster):
     return make_settings(
         data_dir,
         cluster={"nats_url": nats_url, "reconnect_wait": "100ms", "publish_timeout": "5s", **cluster},
         websocket={"broadcast_interval": "100ms"},
+        server=server or {},
     )
 
 

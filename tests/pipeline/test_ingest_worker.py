@@ -70,3 +70,16 @@ def test_a_report_merged_in_steps_gives_the_topology_of_one_merged_in_one_go(fle
             level, None, external
         )
     assert in_steps.topology.export_agent(fleet.agent_id(0)) == in_one_go.topology.export_agent(fleet.agent_id(0))
+
+
+def test_the_door_counts_the_log_a_replica_has_not_applied_in_its_bound():
+    state = build_state(make_settings(server={"ingest_queue_size": 10}))
+    ingest, behind = state.ingest, {"messages": 9}
+    ingest.unapplied_log = lambda: behind["messages"]
+    assert ingest.refusal() is None
+    with ingest.admission(100):  # one report past the door fills the bound
+        refused = ingest.refusal()
+        assert refused is not None and refused.status == 429 and refused.headers["Retry-After"] == "1"
+        assert "9 messages of the cluster's log still to apply" in str(refused)
+    behind["messages"] = 0
+    assert ingest.refusal() is None
