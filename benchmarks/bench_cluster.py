@@ -76,6 +76,15 @@ def cluster(server: Server) -> dict:
     return server.stats()["cluster"]
 
 
+def wait_published(server: Server, seq: int, timeout: float = 60) -> None:
+    """Until ``server``'s queries show the log through ``seq`` (a tick after it was applied)."""
+    deadline = time.monotonic() + timeout
+    while cluster(server)["published_through"] < seq:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"seq {seq} not published within {timeout:.0f} s")
+        time.sleep(0.05)
+
+
 def wait_applied(servers: list[Server], seq: int, timeout: float = 300) -> float:
     start = time.monotonic()
     while any(cluster(s)["applied_seq"] < seq for s in servers):
@@ -176,12 +185,14 @@ def catch_up(nats: Nats, hosts: int, connections: int) -> dict:
         last = cluster(first)["stream_seq"]
         wait_applied([first], last)
         snapshot_seq = last  # the stream's end before the fresh replica starts
+        wait_published(first, last)  # the counts are the published topology's (the next tick's)
         expected = first.stats()["topology"]
     # The running replica is stopped first: its snapshot every 2 s would otherwise take one of the two cores
     # from the replica being measured (on separate machines it would not).
     started = time.monotonic()
     with FreshReplica(nats) as fresh:  # empty data dir, the only replica running
         seconds = fresh.wait_healthy(timeout=600) - started
+        wait_published(fresh, snapshot_seq)
         stats = httpx.get(fresh.url + "/api/v1/query/stats", timeout=60).json()
         same = stats["topology"] == expected
         rss_mb = fresh.rss_mb()
@@ -243,7 +254,9 @@ class FreshReplica(Server):
             except httpx.HTTPError:
                 pass
             time.sleep(0.05)
-        raise RuntimeError(f"the fresh replica was not healthy within {timeout:.0f} s")
+        events = [line for line in self._log_path.read_text().splitlines() if '"event": "request"' not in line]
+        tail = "\n".join(events[-20:])
+        raise RuntimeError(f"the fresh replica was not healthy within {timeout:.0f} s; its last log lines:\n{tail}")
 
 
 def main() -> None:
