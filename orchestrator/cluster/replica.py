@@ -123,7 +123,7 @@ class Replica:
             "stream": self.stream,
             "applied_seq": applied,
             "stream_seq": stream_seq,
-            "lag": stream_seq - applied,
+            "lag": self.unapplied(),
             "published_through": self.published_through,
             "connected": self.bus.available,
             "caught_up": self.caught_up,
@@ -335,7 +335,7 @@ class Replica:
             self._note_readiness()
             last = messages[-1]
             self.stream_seq = max(self.stream_seq, last.seq + last.pending)
-            self.state.metrics.replica_lag.set(self.stream_seq - self.position.applied_seq)
+            self.state.metrics.replica_lag.set(self.unapplied())
 
     async def _new_reader(self):
         generation = self.bus.generation

@@ -155,13 +155,14 @@ class Ingest:
         if self.closing:
             return self._refused(503, "server is shutting down; retry against the restarted server", "shutting_down")
         behind = self.unapplied_log()
-        if self.backlog + behind + self._admitted >= self.capacity:
-            if behind:
-                message = f"this replica has {behind} messages of the cluster's log still to apply; retry later"
-                return self._refused(429, message, "overloaded")
-            return self._refused(429, "ingest queue is full; retry later", "overloaded")
-        if self.queued_bytes + self._reserved_bytes >= self.max_bytes:
-            return self._refused(429, "ingest queue is full; retry later", "overloaded")
+        by_count = self.backlog + behind + self._admitted >= self.capacity
+        if by_count or self.queued_bytes + self._reserved_bytes >= self.max_bytes:
+            full = (
+                f"this replica has {behind} messages of the cluster's log still to apply"
+                if by_count and behind
+                else "ingest queue is full"
+            )
+            return self._refused(429, full + "; retry later", "overloaded")
         return None
 
     @contextmanager
