@@ -112,7 +112,7 @@ async def config(request: Request, agent_id: str) -> HTTPResponse:
 
 
 @bp.get("/list")
-async def list_agents(request: Request) -> HTTPResponse:
+async def list_agents(request: Request) -> HTTPResponse | None:
     state = request.app.ctx.state
     wanted = request.args.get("status")
     if wanted not in (None, "online", "stale"):
@@ -132,7 +132,8 @@ async def list_agents(request: Request) -> HTTPResponse:
             count += len(agents)
         await asyncio.sleep(0)
     await answer.send(b'],"count":' + str(count).encode() + b"}")
-    return await answer.finish()
+    await answer.finish()
+    return None  # streamed: Sanic logs an error for a response returned after it
 
 
 def _agent_slices(listed: list, now: float, threshold: float, wanted: str | None) -> Iterator[list[dict]]:

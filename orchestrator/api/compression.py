@@ -159,7 +159,8 @@ class StreamedAnswer:
 
     answer = await StreamedAnswer.open(request, "application/json")
     await answer.send(chunk)  # as many as needed
-    return await answer.finish()
+    await answer.finish()
+    return None  # the answer went out: a returned response would make Sanic log an error for each one
     """
 
     def __init__(self, response, gzip: GzipChunks) -> None:
@@ -176,9 +177,8 @@ class StreamedAnswer:
         if data:  # zlib keeps small inputs until it has a block's worth
             await self.response.send(data)
 
-    async def finish(self):
+    async def finish(self) -> None:
         tail = self._gzip.finish()
         if tail:
             await self.response.send(tail)
         await self.response.eof()
-        return self.response

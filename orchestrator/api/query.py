@@ -26,7 +26,7 @@ def _raw_json(body: bytes, status: int = 200) -> HTTPResponse:
 
 
 @bp.get("/topology")
-async def topology(request: Request) -> HTTPResponse:
+async def topology(request: Request) -> HTTPResponse | None:
     level, external, host = history.view_params(request)
     if "at" in request.args:
         past = await history.topology_at(request, level, host, external)
@@ -46,11 +46,12 @@ async def topology(request: Request) -> HTTPResponse:
     answer = await StreamedAnswer.open(request, "application/json")  # gzipped when the client accepts it
     async for chunk in chunks:
         await answer.send(chunk)
-    return await answer.finish()
+    await answer.finish()
+    return None  # streamed: Sanic logs an error for a response returned after it
 
 
 @bp.get("/agents")
-async def agents(request: Request) -> HTTPResponse:
+async def agents(request: Request) -> HTTPResponse | None:
     """The agent list of ``/api/v1/agents/list`` for readers: UIs hold the read token, not an agent's."""
     return await list_agents(request)
 
