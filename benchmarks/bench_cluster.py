@@ -204,6 +204,8 @@ def catch_up(nats: Nats, hosts: int, connections: int) -> dict:
         "seconds": seconds,
         "loaded": stats["cluster"]["snapshot_loaded"],
         "snapshot_load_s": loaded["duration_ms"] / 1000 if loaded else float("nan"),
+        "download_s": loaded.get("download_ms", float("nan")) / 1000 if loaded else float("nan"),
+        "unpack_s": loaded.get("unpack_ms", float("nan")) / 1000 if loaded else float("nan"),
         # What it replayed: the log from the snapshot's position to the stream's end when its reader started.
         "replayed": reader["stream_last_seq"] - (loaded["applied_seq"] if loaded else 0) if reader else -1,
         "rss_mb": rss_mb,
@@ -302,7 +304,8 @@ def report_catch_up(hosts: int, connections: int) -> None:
         caught = catch_up(nats, hosts, connections)
     print(
         f"\nCatch-up of a fresh replica (empty data dir) at {caught['hosts']} hosts: {caught['seconds']:.1f} s "
-        f"from start to healthy (snapshot from {caught['loaded']}, loaded in {caught['snapshot_load_s']:.1f} s, "
+        f"from start to healthy (snapshot from {caught['loaded']}: downloaded in {caught['download_s']:.2f} s, "
+        f"unpacked in {caught['unpack_s']:.2f} s, restored in {caught['snapshot_load_s']:.1f} s; "
         f"then the {caught['replayed']} messages of the log after it; stream at seq {caught['messages']}; {caught['nodes']} "
         f"nodes; same counts as the replica that wrote the log: {caught['same_counts']}; RSS {caught['rss_mb']:.0f} MB; "
         f"load average {os.getloadavg()[0]:.1f})"

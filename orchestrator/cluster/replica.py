@@ -40,13 +40,13 @@ import orjson
 import structlog
 
 from orchestrator.cluster.bus import Bus, BusUnavailable, PayloadTooLarge, Stored, subject_token
-from orchestrator.cluster.snapshot import Position, SnapshotError, gather, pack, restore, unpack
+from orchestrator.cluster.snapshot import Position, SnapshotError, gather, pack_steps, restore, unpack
 from orchestrator.contract.errors import ApiError
 from orchestrator.contract.times import format_rfc3339
 from orchestrator.pipeline.decode import parse_report
 from orchestrator.pipeline.ingest import Accepted
 from orchestrator.runtime.collector import restoring
-from orchestrator.runtime.slicing import TimeSlice
+from orchestrator.runtime.slicing import TimeSlice, run_sliced
 from orchestrator.state.agents import Agent
 from orchestrator.state.cleanup import sweep
 
@@ -266,10 +266,14 @@ class Replica:
                 log.warning("snapshot_info_failed", error=repr(exc))
         local_seq = local[0].applied_seq if local else -1
         chosen, source = local, "local"
+        download_ms = unpack_ms = 0.0
         if remote_position is not None and remote_position.applied_seq > local_seq:
             try:
+                started = time.perf_counter()
                 data = await self.bus.get_snapshot()
+                downloaded = time.perf_counter()
                 chosen, source = (unpack(data), "object_store") if data else (local, "local")
+                download_ms, unpack_ms = (downloaded - started) * 1000, (time.perf_counter() - downloaded) * 1000
             except (SnapshotError, Exception) as exc:
                 log.error("snapshot_download_failed", error=repr(exc))
         if chosen is None:
@@ -289,7 +293,9 @@ class Replica:
             source=source,
             applied_seq=position.applied_seq,
             agents=len(agents),
-            duration_ms=round((time.perf_counter() - started) * 1000, 1),
+            duration_ms=round((time.perf_counter() - started) * 1000, 1),  # the restore
+            download_ms=round(download_ms, 1),
+            unpack_ms=round(unpack_ms, 1),
         )
 
     def _read_local(self):
@@ -455,9 +461,11 @@ class Replica:
     async def _save(self, position: Position, records: list[dict]) -> None:
         started = time.perf_counter()
         try:
-            data = await asyncio.to_thread(pack, position, records)
+            data = await run_sliced(pack_steps(position, records))
+            packed = time.perf_counter()
             if self.data_file is not None:
                 await asyncio.to_thread(_write_atomically, self.data_file, data)
+            written = time.perf_counter()
             uploaded = False
             if self.bus.available:
                 stored = Position.parse(await self.bus.snapshot_description())
@@ -471,6 +479,8 @@ class Replica:
                 bytes=len(data),
                 uploaded=uploaded,
                 duration_ms=round((time.perf_counter() - started) * 1000, 1),
+                pack_ms=round((packed - started) * 1000, 1),
+                upload_ms=round((time.perf_counter() - written) * 1000, 1),
             )
         except Exception as exc:
             log.error("snapshot_failed", applied_seq=position.applied_seq, error=repr(exc))
