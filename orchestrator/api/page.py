@@ -24,7 +24,8 @@ def setup_page(app: Sanic) -> None:
     app.add_route(index, "/", methods=["GET"], name="page_index")
     app.add_route(ui_root, "/ui", methods=["GET"], name="page_ui_root")
     app.add_route(page_config, "/ui/config.json", methods=["GET"], name="page_config")
-    app.static("/ui/", str(WEB), name="page_assets")
+    # index: "/ui/" is the page too (without it, the static handler answers its own folder with a 500).
+    app.static("/ui/", str(WEB), name="page_assets", index="index.html")
     app.register_middleware(_security_headers, "response")
 
 

@@ -44,6 +44,14 @@ def test_the_page_is_served_with_its_assets_and_loads_nothing_from_elsewhere(ser
             client.get("/ui/app.js").headers["content-type"].startswith(("text/javascript", "application/javascript"))
         )
         assert client.get("/ui/config.json").json() == {"read_token_required": False}
+        # The assets' folder itself leads to the page; a file that is not there is a 404, not a 500.
+        moved = client.get("/ui")
+        assert moved.status_code in (301, 302, 307, 308) and moved.headers["location"] == "/"
+        folder = client.get("/ui/")
+        assert folder.status_code == 200 and folder.text == index.text
+        assert "default-src 'self'" in folder.headers["content-security-policy"]
+        assert client.get("/ui/nothing-here.js").status_code == 404
+        assert client.get("/ui/../pyproject.toml").status_code == 404
 
 
 def test_the_page_lists_reported_hosts(server, open_page):
