@@ -455,10 +455,14 @@ class Replica:
             log.warning("snapshot_skipped", reason="the previous one is still being saved")
             return
         position = replace(self.position)
+        started = time.perf_counter()
         records = await gather(self.state)
-        self._save_task = asyncio.get_running_loop().create_task(self._save(position, records), name="snapshot")
+        gathered = time.perf_counter() - started  # the log waited this long
+        self._save_task = asyncio.get_running_loop().create_task(
+            self._save(position, records, gathered), name="snapshot"
+        )
 
-    async def _save(self, position: Position, records: list[dict]) -> None:
+    async def _save(self, position: Position, records: list[dict], gathered: float) -> None:
         started = time.perf_counter()
         try:
             data = await run_sliced(pack_steps(position, records))
@@ -479,6 +483,7 @@ class Replica:
                 bytes=len(data),
                 uploaded=uploaded,
                 duration_ms=round((time.perf_counter() - started) * 1000, 1),
+                gather_ms=round(gathered * 1000, 1),  # before duration_ms, while the log waited
                 pack_ms=round((packed - started) * 1000, 1),
                 upload_ms=round((time.perf_counter() - written) * 1000, 1),
             )
