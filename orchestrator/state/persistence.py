@@ -659,6 +659,12 @@ def agent_rows_steps(state: State, agent_id: str) -> Generator[None, None, Agent
     it ends (``_gather`` holds the topology lock)."""
     contribution = yield from state.topology.export_agent_steps(agent_id)
     encoded = (yield from export.json_steps(contribution)) if contribution is not None else None
+    return rows_with(state, agent_id, encoded)
+
+
+def rows_with(state: State, agent_id: str, encoded: bytes | None) -> AgentRows:
+    """The agent's rows, with ``encoded`` (its export's JSON, or None) as its topology row: all but that
+    one are small, and read in one go."""
     agent = state.registry.get(agent_id)
     latest = state.latest.get(agent_id)
     series = state.timeseries.export_agent(agent_id) if state.timeseries.has_agent(agent_id) else None

@@ -35,20 +35,46 @@ ENCODE_ITEMS = 1024
 def export_steps(topology: Topology, agent_id: str) -> Generator[None, None, dict | None]:
     """The agent's contributions as JSON-able data (orjson), for :meth:`Topology.import_agent`; None when it
     holds none. The live topology must stay still until the steps end."""
+    held = yield from held_steps(topology, agent_id)
+    return None if held is None else (yield from held.export_steps())
+
+
+class Held:
+    """What an export reads of one agent that the topology may change, taken while it stands still: its held
+    contributions (each one is replaced by the next, never changed: they stay as taken), the ``first_seen``
+    of what they reach and the contested claims. :meth:`export_steps` builds the export from it later, while
+    the topology moves on: what :func:`export_steps` gives at the moment :func:`held_steps` ran. A cluster
+    snapshot takes every agent's while the log waits (~0.3 s at 1,000 hosts) and builds the rest (~0.5 s)
+    after."""
+
+    __slots__ = ("agent_id", "claims", "first_seen", "sections")
+
+    def __init__(self, agent_id: str, sections: list, first_seen: dict[str, float], claims: list[list]) -> None:
+        self.agent_id, self.sections, self.first_seen, self.claims = agent_id, sections, first_seen, claims
+
+    def export_steps(self) -> Generator[None, None, dict]:
+        exported = []
+        for section, held in self.sections:
+            exported.append((yield from _section_steps(section, held)))
+        data = {"agent_id": self.agent_id, "sections": exported, "first_seen": self.first_seen}
+        if self.claims:
+            data["claims"] = self.claims
+        return data
+
+
+def held_steps(topology: Topology, agent_id: str) -> Generator[None, None, Held | None]:
+    """The agent's :class:`Held`, None when it holds nothing. The live topology must stay still until the
+    steps end; afterwards it may change."""
     t = topology
     t._settle_imported()  # in one go: only an import not published yet leaves any (a restore publishes at once)
     sections = t._agent_sections.get(agent_id)
     if not sections:
         return None
-    exported = []
-    for section in sorted(sections, key=lambda s: t._section_rank[s]):
-        exported.append((yield from _section_steps(section, t._held[(agent_id, section)])))
+    ordered = sorted(sections, key=lambda s: t._section_rank[s])
     first_seen = yield from _first_seen_steps(t, agent_id)
-    data = {"agent_id": agent_id, "sections": exported, "first_seen": first_seen}
-    claims = _claims(t, agent_id)
-    if claims:
-        data["claims"] = claims
-    return data
+    return Held(
+        agent_id, [(section, t._held[(agent_id, section)]) for section in ordered], first_seen, _claims(t, agent_id)
+    )
 
 
 def json_steps(data: dict) -> Generator[None, None, bytes]:

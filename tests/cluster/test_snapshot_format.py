@@ -63,3 +63,32 @@ def test_a_truncated_or_foreign_snapshot_is_refused(cut):
         unpack(data[:cut] if cut > 0 else data + b"padding")
     with pytest.raises(SnapshotError):
         unpack(b"PK\x03\x04 not a snapshot")
+
+
+def test_a_snapshot_packed_after_the_state_moved_on_holds_the_state_it_was_gathered_at(tmp_path):
+    import asyncio
+    import time
+
+    from orchestrator.cluster.snapshot import gather
+    from orchestrator.probe.fleet import Fleet
+    from orchestrator.state.persistence import agent_rows
+    from tests.state.test_persistence import apply_fleet_report, make_state
+
+    state = make_state(tmp_path, storage={"persist": False}, history={"enabled": False})
+    fleet, now = Fleet(6, seed=5), time.time()
+    for host in range(6):
+        apply_fleet_report(state, fleet, host, now)
+    expected = {agent_id: agent_rows(state, agent_id) for agent_id in state.topology.agents()}
+    records = asyncio.run(gather(state))
+    # The log goes on before the pack: every host re-reports (new sockets, new metrics), one is removed.
+    for host in range(6):
+        apply_fleet_report(state, fleet, host, now + 15)
+    state.topology.remove_agent(fleet.agent_id(5))
+    _position, agents = unpack(pack(Position("orch"), records))
+    assert {agent["id"] for agent in agents} == set(expected)
+    for agent in agents:
+        rows = expected[agent["id"]]
+        assert agent["topology"] == rows.topology[1]  # byte for byte: the export at the gather
+        assert agent["agent"] == rows.agents[1] and agent["timeseries"] == rows.timeseries[1]
+        assert agent["latest"] == list(rows.latest[1:])
+    assert any(agent["topology"] != agent_rows(state, agent["id"]).topology[1] for agent in agents[:5])
