@@ -11,7 +11,7 @@ from sanic.response import json
 from orchestrator.api import history
 from orchestrator.api.agents import list_agents
 from orchestrator.api.compression import StreamedAnswer
-from orchestrator.api.snapshots import SLICE_ITEMS, prepare_view
+from orchestrator.api.snapshots import SLICE_ITEMS, prepare_view, whole_view
 from orchestrator.contract.durations import format_duration, parse_duration
 from orchestrator.contract.errors import ApiError
 from orchestrator.contract.times import format_rfc3339
@@ -34,12 +34,12 @@ async def topology(request: Request) -> HTTPResponse | None:
             return past
     state = request.app.ctx.state
     topology = state.topology
-    await prepare_view(state, level, external)  # a collapsed view's first read: built in slices
     if host is not None:
+        await prepare_view(state, level, external)  # a collapsed view's first read: built in slices
         # One host's part is small: serialized once per (seq, level, host, external), wrapped with a copy.
         return _raw_json(b'{"topology":' + topology.snapshot_json(level, host, external) + b"}")
-    # A whole view can be ~100 MB: encoded in slices and sent in chunks, so other requests are served meanwhile.
-    snapshot = topology.snapshot(level, None, external)
+    # A whole view can be ~100 MB: built, copied, encoded and sent in slices, other requests served meanwhile.
+    snapshot = await whole_view(state, level, external)
     chunks = request.app.ctx.snapshots.chunks((level, external), snapshot)
     if len(snapshot["nodes"]) + len(snapshot["edges"]) <= SMALL_VIEW:
         return _raw_json(b"".join([chunk async for chunk in chunks]))  # one slice: a plain response

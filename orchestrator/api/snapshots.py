@@ -16,7 +16,6 @@ A collapsed view nobody read at the previous seq is built on its first read, a p
 from __future__ import annotations
 
 import asyncio
-import heapq
 from bisect import bisect_left
 from collections.abc import AsyncIterator, Mapping
 from itertools import islice
@@ -44,6 +43,18 @@ async def prepare_view(state, level: str, external: str = "each") -> None:
         return
     async with state.topology_lock:
         await run_sliced(topology.view_steps(level, external))
+
+
+async def whole_view(state, level: str, external: str = "each") -> dict:
+    """The whole view's published snapshot. The first read of a seq copies the view's dicts (at 1,000
+    hosts 124k nodes and 150k edges: 150-300 ms of the loop in one go) in slices, under
+    ``state.topology_lock`` so that no publish lands meanwhile; later reads of that seq take the copy."""
+    topology = state.topology
+    if topology.has_snapshot(level, external):  # a copy: consistent even while a publish is applying
+        return topology.snapshot(level, None, external)
+    async with state.topology_lock:
+        await run_sliced(topology.view_steps(level, external))  # in use again if a publish dropped it
+        return await run_sliced(topology.snapshot_steps(level, external))
 
 
 class _Section:
@@ -123,14 +134,18 @@ class SnapshotEncoder:
         new list each time: a response still iterating the previous one is not disturbed."""
         if mapping is section.mapping:
             return section.order
-        added = mapping.keys() - section.mapping.keys()
-        removed = section.mapping.keys() - mapping.keys()
+        # Both mappings are published snapshots (never mutated): compared a slice at a time, since two set
+        # differences of 150k keys held the loop 100-250 ms at 1,000 hosts.
+        added = await _missing_in_slices(mapping, section.mapping)
+        removed = await _missing_in_slices(section.mapping, mapping)
         if len(added) + len(removed) <= PATCH_LIMIT:
             order = list(section.order)
             for item_id in removed:
                 del order[bisect_left(order, item_id)]
             for item_id in added:
                 order.insert(bisect_left(order, item_id), item_id)
+        elif section.order:
+            order = await _patched_in_slices(section.order, added, removed)
         else:
             order = await _sorted_in_slices(list(mapping))
         for item_id in removed:
@@ -140,18 +155,35 @@ class SnapshotEncoder:
         return order
 
 
+async def _missing_in_slices(keys: Mapping, other: Mapping) -> list[str]:
+    """The keys of ``keys`` that ``other`` lacks, in ``keys``' order, SORT_RUN keys per slice."""
+    missing: list[str] = []
+    pending = iter(keys)
+    while batch := list(islice(pending, SORT_RUN)):
+        missing += [key for key in batch if key not in other]
+        if len(batch) == SORT_RUN:
+            await asyncio.sleep(0)
+    return missing
+
+
+async def _patched_in_slices(order: list[str], added: list[str], removed: list[str]) -> list[str]:
+    """``order`` without ``removed``, with ``added``, sorted: the kept keys filtered a slice at a time, then
+    one sort, which finds them already sorted and merges the added ones in (~20 ms for 150k keys)."""
+    gone = set(removed)
+    kept: list[str] = []
+    for start in range(0, len(order), SORT_RUN):
+        kept += [key for key in order[start : start + SORT_RUN] if key not in gone]
+        await asyncio.sleep(0)
+    kept += added
+    kept.sort()
+    return kept
+
+
 async def _sorted_in_slices(keys: list[str]) -> list[str]:
-    runs = []
+    """``keys`` sorted: runs of SORT_RUN sorted a slice at a time, then one sort of the runs end to end,
+    which merges them (~20 ms for 150k keys; merging them in Python with heapq took 100 ms slices)."""
     for start in range(0, len(keys), SORT_RUN):
-        runs.append(sorted(keys[start : start + SORT_RUN]))
+        keys[start : start + SORT_RUN] = sorted(keys[start : start + SORT_RUN])
         await asyncio.sleep(0)
-    if len(runs) <= 1:
-        return runs[0] if runs else []
-    merged = heapq.merge(*runs)
-    order: list[str] = []
-    while True:
-        before = len(order)
-        order.extend(islice(merged, SORT_RUN))
-        if len(order) - before < SORT_RUN:
-            return order
-        await asyncio.sleep(0)
+    keys.sort()
+    return keys

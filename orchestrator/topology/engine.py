@@ -993,6 +993,21 @@ class Topology:
             self._snapshots, (level, host, external), lambda: self._published.snapshot(level, host, external)
         )
 
+    def has_snapshot(self, level: str = "process", external: str = "each") -> bool:
+        """Whether the whole view's :meth:`snapshot` at this seq is made (taking it costs nothing)."""
+        return (level, None, external) in self._snapshots
+
+    def snapshot_steps(self, level: str = "process", external: str = "each") -> Generator[None, None, dict]:
+        """:meth:`snapshot` of a whole view (``host=None``) as steps, the same dict: its copy of the view
+        made a slice at a time (a view not in use is built in one go: :meth:`view_steps` first). The
+        published version must stay still until the steps end (the server holds ``state.topology_lock``)."""
+        key = (level, None, external)
+        cached = self._snapshots.get(key)
+        if cached is not None:
+            return cached
+        snapshot = yield from self._published.snapshot_steps(level, external)
+        return self._cache(self._snapshots, key, lambda: snapshot)
+
     def snapshot_json(self, level: str = "process", host: str | None = None, external: str = "each") -> bytes:
         return self._cache(
             self._snapshot_json, (level, host, external), lambda: self._published.snapshot_json(level, host, external)

@@ -30,6 +30,7 @@ import ipaddress
 from collections import Counter
 from collections.abc import Callable, Generator
 from functools import lru_cache
+from itertools import islice
 from operator import itemgetter
 from typing import TypeVar
 
@@ -48,6 +49,7 @@ _UNCHANGED = ()
 # Base nodes or edges gone through between two yields of a stepped build (~1 ms of work at most), so a
 # driver checking its time slice at each yield stays close to it.
 STEP_ITEMS = 256
+COPY_ITEMS = 16_384  # dict entries copied per step of a snapshot (a few milliseconds)
 T = TypeVar("T")
 
 
@@ -946,6 +948,15 @@ class Published:
     def snapshot_json(self, level: str, host: str | None, external: str = "each") -> bytes:
         return orjson.dumps(self.snapshot(level, host, external), option=orjson.OPT_SORT_KEYS)
 
+    def snapshot_steps(self, level: str, external: str = "each") -> Generator[None, None, dict]:
+        """:meth:`snapshot` of a whole view with its dicts copied :data:`COPY_ITEMS` entries per step: at
+        1,000 hosts the process view's two copies (124k nodes, 150k edges) held the loop 150-300 ms in one
+        go. The published version must stay still until the steps end (``state.topology_lock``)."""
+        view = self.view(level, external)
+        nodes = yield from _copy_steps(view.nodes)
+        edges = yield from _copy_steps(view.edges)
+        return {"nodes": nodes, "edges": edges, "timestamp": self.timestamp, "seq": self.seq}
+
     def counts(self) -> dict:
         if self.applying:
             return self._counts_before
@@ -958,6 +969,17 @@ class Published:
             "processes": types["process"],
             "externals": types["external"],
         }
+
+
+def _copy_steps(items: dict) -> Generator[None, None, dict]:
+    copy: dict = {}
+    pending = iter(items.items())
+    while True:
+        before = len(copy)
+        copy.update(islice(pending, COPY_ITEMS))
+        if len(copy) - before < COPY_ITEMS:
+            return copy
+        yield
 
 
 def _changed_edge(view: _View, touched: set, eid: str, old: dict | None, new: dict | None) -> tuple:

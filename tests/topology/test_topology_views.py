@@ -64,6 +64,30 @@ def test_host_filter_keeps_that_hosts_nodes_and_edges_touching_them(topology):
     assert "host:host-a->host:host-c" in host_view["edges"] and "host:host-c->host:host-a" in host_view["edges"]
 
 
+def test_a_whole_view_taken_in_steps_is_the_snapshot_and_stays_as_taken(topology, monkeypatch):
+    from orchestrator.topology import views
+
+    monkeypatch.setattr(views, "COPY_ITEMS", 2)  # several steps even for this small topology
+    for level in LEVELS:
+        for external in ("each", "group"):
+            steps = topology.snapshot_steps(level, external)
+            taken = None
+            while taken is None:
+                try:
+                    next(steps)
+                except StopIteration as done:
+                    taken = done.value
+            assert taken == topology.snapshot(level, None, external)
+            assert topology.has_snapshot(level, external)
+            assert topology.snapshot(level, None, external) is taken  # the copy this seq serves
+    before = topology.snapshot("host")
+    kept = (dict(before["nodes"]), dict(before["edges"]))
+    merge(topology, host_a(second=30, processes_info={"processes": [proc(1, "new-only")]}), order=90)
+    topology.publish(30)
+    assert not topology.has_snapshot("host")
+    assert (before["nodes"], before["edges"]) == kept  # a reader still sending it sees the version it took
+
+
 def test_unknown_level_is_an_error(topology):
     with pytest.raises(ValueError):
         topology.snapshot("pod")
