@@ -14,7 +14,6 @@ from orchestrator.api.errors import handle_exception
 from orchestrator.api.http import setup_http
 from orchestrator.api.openapi import setup_openapi
 from orchestrator.api.page import setup_page
-from orchestrator.api.snapshots import SnapshotEncoder
 from orchestrator.api.ws import setup_ws
 from orchestrator.runtime.build import build_state
 from orchestrator.runtime.lifecycle import Orchestrator, clustered, configure_sanic, setup_lifecycle
@@ -39,7 +38,7 @@ def create_app(
     app.ctx.state = state
     app.ctx.connections = ConnectionGuard(settings.server, state.metrics)  # read by api/protocol.py
     app.ctx.tasks = []
-    app.ctx.snapshots = SnapshotEncoder()  # whole views, encoded in slices with each item's JSON kept
+    app.ctx.snapshots = state.hub.encoder  # whole views, encoded in slices with each item's JSON kept
 
     app.error_handler.add(Exception, handle_exception)
     setup_http(app)

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 import orjson
 import structlog
 
-from orchestrator.api.snapshots import prepare_view
+from orchestrator.api.snapshots import SnapshotEncoder, prepare_view, whole_view
 from orchestrator.contract.durations import format_duration
 from orchestrator.contract.times import format_rfc3339
 from orchestrator.runtime.slicing import TimeSlice
@@ -145,6 +145,8 @@ class Hub:
         self._pending_reports: dict[str, dict] = {}
         self._snapshots: dict[View, bytes] = {}  # topology_update messages at self._snapshot_seq
         self._snapshot_seq = -1
+        # Whole views encoded in slices, each item's JSON kept between seqs; shared with REST's whole views.
+        self.encoder = SnapshotEncoder()
         self._published_at: str | None = None
         self._closing = False
         self._counts = {"messages": 0, "drops": 0, "slow_closes": 0, "publications": 0}
@@ -446,22 +448,30 @@ class Hub:
 
     # -- sending -------------------------------------------------------------------------------------
 
-    def _snapshot_message(self, view: View) -> bytes:
-        """The view's ``topology_update`` at the current seq, built once per seq and view."""
+    async def _snapshot_message(self, view: View, snapshot: dict | None) -> bytes:
+        """The view's ``topology_update`` at ``snapshot``'s seq (a whole view, :func:`whole_view`; encoded
+        in slices, the bytes of ``Topology.snapshot_json``) or, for one host's part, at the current seq;
+        built once per seq and view."""
         topology = self.state.topology
-        seq = topology.seq
+        seq = topology.seq if snapshot is None else snapshot["seq"]
         if seq != self._snapshot_seq:
             self._snapshots.clear()
             self._snapshot_seq = seq
         message = self._snapshots.get(view)
         if message is None:
-            body = topology.snapshot_json(level=view.level, host=view.host, external=view.external)
             stamp = self._published_at or format_rfc3339(time.time())
+            if snapshot is None:
+                body = topology.snapshot_json(level=view.level, host=view.host, external=view.external)
+            else:  # ~25 MB for the grouped host view at 1,000 hosts: 115 ms of the loop in one go
+                chunks = [chunk async for chunk in self.encoder.chunks((view.level, view.external), snapshot)]
+                body = b"".join(chunks)[len(b'{"topology":') : -1]
             message = b'{"type":"topology_update","seq":%d,"timestamp":%b,"payload":%b}' % (
                 seq,
                 orjson.dumps(stamp),
                 body,
             )
+            if seq != self._snapshot_seq:  # another seq's messages were kept while this one was encoded
+                return message
             if len(self._snapshots) >= MAX_IDLE_VIEWS:
                 self._snapshots.clear()
             self._snapshots[view] = message
@@ -475,14 +485,18 @@ class Hub:
             while not client.closed:
                 if client.needs_snapshot:
                     view = client.view
-                    await prepare_view(self.state, view.level, view.external)  # a collapsed view: in slices
+                    snapshot = None
+                    if view.host is None:  # copied in slices (and a collapsed view built in slices)
+                        snapshot = await whole_view(self.state, view.level, view.external)
+                    else:
+                        await prepare_view(self.state, view.level, view.external)  # a collapsed view: in slices
                     if client.closed or client.view != view:
                         continue  # gone, or subscribed to another view meanwhile: that one's snapshot is due
-                    # Taken at the current seq (no await since the view was made ready); diffs after it
-                    # queue up behind it from now on.
+                    # Taken at the current seq (no await since the view was made ready or copied); diffs
+                    # after it queue up behind it from now on, while it is encoded and sent.
                     client.needs_snapshot = False
                     self._sent["topology_update"].inc()
-                    await connection.send(self._snapshot_message(client.view))
+                    await connection.send(await self._snapshot_message(view, snapshot))
                     if not client.needs_snapshot:
                         client.behind_since = None
                     continue

@@ -80,7 +80,17 @@ class FakeTopology:
     def view_in_use(self, level: str = "process", external: str = "each") -> bool:
         return True  # the fake's views are filters: nothing to build
 
-    def snapshot(self, level: str = "process", host: str | None = None) -> dict:
+    def has_snapshot(self, level: str = "process", external: str = "each") -> bool:
+        return False  # whole views go through snapshot_steps, as the engine's first read of a seq does
+
+    def view_steps(self, level: str = "process", external: str = "each"):
+        yield from ()
+
+    def snapshot_steps(self, level: str = "process", external: str = "each"):
+        yield  # one step, so the sliced copy's driver is exercised too
+        return self.snapshot(level)
+
+    def snapshot(self, level: str = "process", host: str | None = None, external: str = "each") -> dict:
         return {
             "nodes": {k: v for k, v in self.published.items() if in_view(v, level, host)},
             "edges": {},
@@ -89,7 +99,7 @@ class FakeTopology:
         }
 
     def snapshot_json(self, level: str = "process", host: str | None = None, external: str = "each") -> bytes:
-        return orjson.dumps(self.snapshot(level, host))
+        return orjson.dumps(self.snapshot(level, host), option=orjson.OPT_SORT_KEYS)
 
     def counts(self) -> dict:
         types = [n["type"] for n in self.published.values()]
@@ -152,7 +162,7 @@ def metric(hub: Hub, name: str, **labels) -> float:
 
 async def settle() -> None:
     """Let every sender task run until it waits again."""
-    for _ in range(5):
+    for _ in range(20):  # a whole view's snapshot is copied and encoded in slices: a few turns of the loop
         await asyncio.sleep(0)
 
 

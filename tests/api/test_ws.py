@@ -152,6 +152,25 @@ async def test_first_message_is_a_topology_update_snapshot(ws_server):
     assert "host:host-1" in first["payload"]["nodes"] and first["seq"] >= 1
 
 
+@pytest.mark.parametrize("query", ["", "level=host&external=group", "level=container"])
+async def test_a_whole_views_first_snapshot_is_the_rest_bodys_bytes_at_the_same_seq(ws_server, query):
+    # Encoded in slices for the feed as for REST (one encoder, each item's JSON kept): the same bytes.
+    for n in range(1, 6):
+        await post(ws_server, host_report(n, pids=(100, 101, 102), containers=(str(n),)))
+    await wait_quiet(ws_server)
+    async with httpx.AsyncClient(base_url=ws_server.url, timeout=10) as http:
+        for _attempt in range(3):  # a publish between the two reads: read both again
+            async with websockets.connect(ws_url(ws_server, query), compression=None) as ws:
+                message = await asyncio.wait_for(ws.recv(), 5)
+            rest = (await http.get("/api/v1/query/topology" + (f"?{query}" if query else ""))).content
+            message = message.encode() if isinstance(message, str) else message
+            if orjson.loads(message)["seq"] == orjson.loads(rest)["topology"]["seq"]:
+                break
+    head, _, payload = message.partition(b',"payload":')
+    assert head.startswith(b'{"type":"topology_update"') and payload[-1:] == b"}"
+    assert payload[:-1] == rest[len(b'{"topology":') : -1]
+
+
 @pytest.mark.parametrize("level", ["process", "container", "host"])
 async def test_diffs_applied_in_order_equal_rest_topology_at_same_seq(ws_server, level):
     async with websockets.connect(ws_url(ws_server, f"level={level}")) as ws:
