@@ -40,7 +40,7 @@ log = structlog.get_logger("orchestrator.state")
 
 
 class CleanupStats(TypedDict, total=False):
-    """A cleanup sweep's statistics, as ``/api/v1/stats`` shows them under ``cleanup`` (empty before the
+    """A cleanup sweep's statistics, as ``/api/v1/query/stats`` shows them under ``cleanup`` (empty before the
     first sweep)."""
 
     last_run: str
