@@ -937,12 +937,11 @@ class Published:
     # -- reading ------------------------------------------------------------------------------------
 
     def snapshot(self, level: str, host: str | None, external: str = "each") -> dict:
-        view = self.view(level, external)
         if host is None:
-            nodes, edges = dict(view.nodes), dict(view.edges)
-        else:
-            nodes = {node_id: view.nodes[node_id] for node_id in sorted(view.nodes_by_host.get(host, ()))}
-            edges = {eid: view.edges[eid] for eid in sorted(view.edges_by_host.get(host, ()))}
+            return run_steps(self.snapshot_steps(level, external))
+        view = self.view(level, external)
+        nodes = {node_id: view.nodes[node_id] for node_id in sorted(view.nodes_by_host.get(host, ()))}
+        edges = {eid: view.edges[eid] for eid in sorted(view.edges_by_host.get(host, ()))}
         return {"nodes": nodes, "edges": edges, "timestamp": self.timestamp, "seq": self.seq}
 
     def snapshot_json(self, level: str, host: str | None, external: str = "each") -> bytes:
