@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import orjson
@@ -11,7 +12,7 @@ from sanic.response import json
 from orchestrator.api import history
 from orchestrator.api.agents import list_agents
 from orchestrator.api.compression import StreamedAnswer
-from orchestrator.api.snapshots import SLICE_ITEMS, prepare_view, whole_view
+from orchestrator.api.snapshots import SLICE_ITEMS, prepare_view
 from orchestrator.contract.durations import format_duration, parse_duration
 from orchestrator.contract.errors import ApiError
 from orchestrator.contract.times import format_rfc3339
@@ -38,14 +39,15 @@ async def topology(request: Request) -> HTTPResponse | None:
         await prepare_view(state, level, external)  # a collapsed view's first read: built in slices
         # One host's part is small: serialized once per (seq, level, host, external), wrapped with a copy.
         return _raw_json(b'{"topology":' + topology.snapshot_json(level, host, external) + b"}")
-    # A whole view can be ~100 MB: built, copied, encoded and sent in slices, other requests served meanwhile.
-    snapshot = await whole_view(state, level, external)
-    chunks = request.app.ctx.snapshots.chunks((level, external), snapshot)
-    if len(snapshot["nodes"]) + len(snapshot["edges"]) <= SMALL_VIEW:
-        return _raw_json(b"".join([chunk async for chunk in chunks]))  # one slice: a plain response
+    # A whole view can be ~100 MB: what changed since the last read is encoded (in slices when it is much),
+    # the rest is kept JSON, sent in chunks with other requests served in between.
+    encoded = await request.app.ctx.snapshots.encoded(state, level, external)
+    if encoded.items <= SMALL_VIEW:
+        return _raw_json(encoded.body())  # a plain response
     answer = await StreamedAnswer.open(request, "application/json")  # gzipped when the client accepts it
-    async for chunk in chunks:
+    for chunk in encoded.chunks():
         await answer.send(chunk)
+        await asyncio.sleep(0)  # a chunk is ~1 MB: sent uncompressed to a fast reader, a send need not yield
     await answer.finish()
     return None  # streamed: Sanic logs an error for a response returned after it
 

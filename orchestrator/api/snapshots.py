@@ -1,34 +1,266 @@
-"""Whole-topology views served without stalling the other requests.
+"""Whole-topology views served without stalling the other requests, at a cost that follows what changed.
 
-The full process view at 1,000 hosts is ~110 MB of JSON; encoded in one step it held the event loop for
-seconds. Here it is encoded in slices of a few milliseconds and sent in chunks as they are made, and each
-node's and edge's JSON is kept between publications: a node whose body did not change (the engine
-replaces a body when it changes, never mutates a published one) is not encoded again. The keys come out in
-the same sorted order as ``Topology.snapshot_json``, so the bytes are the same.
+The full process view at 1,000 hosts is ~100 MB of JSON; encoded in one step it held the event loop for
+seconds. Here each view read once is kept as JSON: every node's and edge's fragment (``"id":{…}``) in key
+order, in blocks of :data:`BLOCK_ITEMS` with each block's fragments joined. The encoder follows the
+publications from then on: each names the ids it changed in the views in use, so a read after one host
+re-reported encodes that host's items again, joins the few blocks they lie in, and takes the list of joined
+blocks. No copy of the view, no pass over its 130k-270k items: that pass alone took 150-250 ms per seq at
+1,000 hosts. A block's bytes are immutable, so a response stays one consistent seq while later ones are
+published; the bytes are ``Topology.snapshot_json``'s (keys in the same sorted order).
 
-The published snapshot a request starts from is immutable, so a response is one consistent seq even when
-publications happen while it is being sent.
-
-A collapsed view nobody read at the previous seq is built on its first read, a pass over the whole base
-(~0.3 s at 300 hosts): :func:`prepare_view` does it in slices too, before the snapshot is taken.
+What cannot be followed is encoded from the view again, in slices, under ``state.topology_lock`` (no
+publish lands meanwhile): a view's first read, and a view that was not in use at some publication (the engine
+drops a collapsed view nobody read at the previous seq and builds it again on its next read, in slices too:
+:func:`prepare_view`). Its JSON is dropped with it.
 """
 
 from __future__ import annotations
 
-import asyncio
-from bisect import bisect_left
-from collections.abc import AsyncIterator, Mapping
-from itertools import islice
+from bisect import bisect_left, bisect_right
+from collections.abc import Generator, Iterator, Mapping
+from dataclasses import dataclass, field
 
 import orjson
 
-from orchestrator.runtime.slicing import TimeSlice, run_sliced
+from orchestrator.runtime.slicing import run_sliced, run_steps
+from orchestrator.topology.views import view_name
 
-SLICE_SECONDS = 0.005  # loop time one slice of encoding may take
-SLICE_ITEMS = 2_000  # and at most this many items, so that even a fast slice lets others in
-CHUNK_BYTES = 1 << 20  # what one write hands the transport
-SORT_RUN = 20_000  # keys sorted in one step when a view's key order is built from scratch
-PATCH_LIMIT = 256  # key changes applied to the kept order one by one (an insert moves the whole list); more: rebuilt
+SLICE_ITEMS = 2_000  # items encoded between two steps (a few ms), and the size up to which a view is "small"
+BLOCK_ITEMS = 256  # items per kept block (split at twice this): a changed block is joined again, ~50 KB
+CHUNK_BLOCKS = 20  # blocks joined into one chunk (~1 MB): what one write hands the transport
+SORT_RUN = 20_000  # keys sorted in one step when a view is encoded from scratch
+IN_ONE_GO = 512  # changed items a read encodes at once, without the lock; more: in slices, under the lock
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A whole view's JSON at one seq, as joined blocks of fragments in key order; :meth:`chunks` makes the
+    body's bytes."""
+
+    seq: int
+    timestamp: str
+    edges: list[bytes]
+    nodes: list[bytes]
+    items: int  # nodes and edges
+
+    def chunks(self, head: bytes = b'{"topology":') -> Iterator[bytes]:
+        """``{"topology": …}`` in chunks of ~1 MB (the bytes of ``Topology.snapshot_json`` with its wrapper);
+        ``head``: another opening for the view's JSON, closed by one ``}`` (a WebSocket message's)."""
+        yield head + b'{"edges":{'
+        yield from _joined(self.edges)
+        yield b'},"nodes":{'
+        yield from _joined(self.nodes)
+        tail = orjson.dumps({"seq": self.seq, "timestamp": self.timestamp}, option=orjson.OPT_SORT_KEYS)
+        yield b"}," + tail[1:] + b"}"
+
+    def body(self, head: bytes = b'{"topology":') -> bytes:
+        return b"".join(self.chunks(head))
+
+
+def _joined(blocks: list[bytes]) -> Iterator[bytes]:
+    for start in range(0, len(blocks), CHUNK_BLOCKS):
+        chunk = b",".join(blocks[start : start + CHUNK_BLOCKS])
+        yield chunk if start == 0 else b"," + chunk
+
+
+class _Block:
+    """A run of consecutive items in key order: their ids, their JSON, and that JSON joined (None: to join)."""
+
+    __slots__ = ("frags", "ids", "joined")
+
+    def __init__(self, ids: list[str], frags: list[bytes]) -> None:
+        self.ids, self.frags = ids, frags
+        self.joined: bytes | None = None
+
+
+class _Section:
+    """One view's ``nodes`` or ``edges`` as blocks of :data:`BLOCK_ITEMS` items in key order, and the ids
+    publications changed since. A read joins again only the blocks that changed and takes the list of
+    joined blocks (a list of all the items' JSON took 30 ms at 130k items: a dict lookup per item, each a
+    cache miss on a heap of a gigabyte)."""
+
+    def __init__(self) -> None:
+        self.blocks: list[_Block] = []
+        self.firsts: list[str] = []  # each block's first id, for bisect
+        self.changed: set[str] = set()
+        self.items = 0
+
+    def take(self) -> list[bytes]:
+        joined = []
+        for block in self.blocks:
+            if block.joined is None:
+                block.joined = b",".join(block.frags)
+            joined.append(block.joined)
+        return joined
+
+    def build_steps(self, mapping: Mapping) -> Generator[None, None, None]:
+        """Every item of ``mapping`` encoded, in key order, a slice at a time."""
+        ids = yield from _sorted_steps(list(mapping))
+        blocks: list[_Block] = []
+        for start in range(0, len(ids), BLOCK_ITEMS):
+            run = ids[start : start + BLOCK_ITEMS]
+            blocks.append(_Block(run, [_fragment(item_id, mapping[item_id]) for item_id in run]))
+            if not len(blocks) % (SLICE_ITEMS // BLOCK_ITEMS):
+                yield
+        self.blocks, self.firsts, self.items = blocks, [block.ids[0] for block in blocks], len(ids)
+
+    def update_steps(self, mapping: Mapping) -> Generator[None, None, None]:
+        """The changed ids encoded again, added or dropped as ``mapping`` has them."""
+        for count, item_id in enumerate(self.changed, 1):
+            body = mapping.get(item_id)
+            if body is None:
+                self._remove(item_id)
+            else:
+                self._put(item_id, _fragment(item_id, body))
+            if not count % SLICE_ITEMS:
+                yield
+        self.changed.clear()
+
+    def _find(self, item_id: str) -> tuple[int, int]:
+        index = max(bisect_right(self.firsts, item_id) - 1, 0)
+        return index, bisect_left(self.blocks[index].ids, item_id)
+
+    def _put(self, item_id: str, frag: bytes) -> None:
+        if not self.blocks:
+            self.blocks, self.firsts, self.items = [_Block([item_id], [frag])], [item_id], 1
+            return
+        index, at = self._find(item_id)
+        block = self.blocks[index]
+        block.joined = None
+        if at < len(block.ids) and block.ids[at] == item_id:
+            block.frags[at] = frag
+            return
+        block.ids.insert(at, item_id)
+        block.frags.insert(at, frag)
+        self.items += 1
+        if at == 0:
+            self.firsts[index] = item_id
+        if len(block.ids) >= 2 * BLOCK_ITEMS:  # split: inserts stay cheap, a changed block small to join
+            half = _Block(block.ids[BLOCK_ITEMS:], block.frags[BLOCK_ITEMS:])
+            del block.ids[BLOCK_ITEMS:], block.frags[BLOCK_ITEMS:]
+            self.blocks.insert(index + 1, half)
+            self.firsts.insert(index + 1, half.ids[0])
+
+    def _remove(self, item_id: str) -> None:
+        if not self.blocks:
+            return
+        index, at = self._find(item_id)
+        block = self.blocks[index]
+        if at == len(block.ids) or block.ids[at] != item_id:
+            return
+        del block.ids[at], block.frags[at]
+        block.joined = None
+        self.items -= 1
+        if not block.ids:
+            del self.blocks[index], self.firsts[index]
+        elif at == 0:
+            self.firsts[index] = block.ids[0]
+
+
+@dataclass
+class _Kept:
+    nodes: _Section = field(default_factory=_Section)
+    edges: _Section = field(default_factory=_Section)
+    last: Encoded | None = None  # the last seq taken, for readers of the same seq
+
+    def pending(self) -> int:
+        """Items publications changed since the last read (a kept view is followed from its first read on:
+        kept plus changed is the view at the published seq)."""
+        return len(self.nodes.changed) + len(self.edges.changed)
+
+
+class SnapshotEncoder:
+    """Whole views as :class:`Encoded`, kept per view and followed publication by publication (it listens
+    to the topology's publications from its first read on)."""
+
+    def __init__(self) -> None:
+        self._kept: dict[tuple[str, str], _Kept] = {}
+        self._topology: object | None = None
+
+    def _attach(self, topology) -> None:
+        """Follow ``topology``'s publications (the views kept so far are of another topology: dropped)."""
+        if topology is self._topology:
+            return
+        self._kept.clear()
+        self._topology = topology
+        topology.publish_listeners.append(self._published)
+
+    def _published(self, publication, topology) -> None:
+        if topology is not self._topology:
+            return
+        lost = []
+        for (level, external), kept in self._kept.items():
+            changed = publication.changed_ids(view_name(level, external))
+            if changed is None:  # not in use (built again on its next read): its changes are not known
+                lost.append((level, external))
+                continue
+            kept.nodes.changed.update(changed[0])
+            kept.edges.changed.update(changed[1])
+            if kept.pending() > (kept.nodes.items + kept.edges.items) // 4 + IN_ONE_GO:
+                lost.append((level, external))  # encoding it all again costs about as much
+        for view in lost:
+            # Its JSON goes with it (~25 MB for the grouped host view at 1,000 hosts): most of what the next
+            # read finds is new bodies (a view built again), encoded again anyway.
+            del self._kept[view]
+
+    async def encoded(self, state, level: str, external: str = "each") -> Encoded:
+        """The whole view at the current seq (no await between this returning and the caller going on). A
+        few changed items are encoded in one go; a collapsed view not in use is built, and many changes (or
+        a first read) are encoded, in slices under ``state.topology_lock``, other requests served meanwhile.
+        Readers arriving together wait on the lock and share the work."""
+        topology = state.topology
+        self._attach(topology)
+        view = (level, external)
+        kept = self._kept.get(view)
+        ready = topology.view_in_use(level, external) and not topology.publishing
+        if ready and kept is not None and kept.pending() <= IN_ONE_GO:
+            return self._take(topology, view, kept)
+        async with state.topology_lock:
+            await run_sliced(topology.view_steps(level, external))
+            nodes, edges = topology.view_maps(level, external)
+            kept = self._kept.get(view)
+            if kept is None:
+                kept = _Kept()
+                await run_sliced(kept.nodes.build_steps(nodes))
+                await run_sliced(kept.edges.build_steps(edges))
+                self._kept[view] = kept
+            else:
+                await run_sliced(kept.nodes.update_steps(nodes))
+                await run_sliced(kept.edges.update_steps(edges))
+            return self._take(topology, view, kept)
+
+    @staticmethod
+    def _take(topology, view: tuple[str, str], kept: _Kept) -> Encoded:
+        """The view at the published seq: changed items encoded (in one go: few, or done under the lock)."""
+        if kept.pending():
+            nodes, edges = topology.view_maps(*view)
+            run_steps(kept.nodes.update_steps(nodes))
+            run_steps(kept.edges.update_steps(edges))
+            kept.last = None
+        if kept.last is None or kept.last.seq != topology.seq:
+            kept.last = Encoded(
+                topology.seq,
+                topology.timestamp,
+                kept.edges.take(),
+                kept.nodes.take(),
+                kept.edges.items + kept.nodes.items,
+            )
+        return kept.last
+
+
+def _sorted_steps(ids: list[str]) -> Generator[None, None, list[str]]:
+    """``ids`` sorted: runs of SORT_RUN sorted a step at a time, then one sort of the runs end to end, which
+    merges them (~20 ms for 150k keys; merging them in Python with heapq took 100 ms slices)."""
+    for start in range(0, len(ids), SORT_RUN):
+        ids[start : start + SORT_RUN] = sorted(ids[start : start + SORT_RUN])
+        yield
+    ids.sort()
+    return ids
+
+
+def _fragment(item_id: str, body: dict) -> bytes:
+    return orjson.dumps({item_id: body}, option=orjson.OPT_SORT_KEYS)[1:-1]
 
 
 async def prepare_view(state, level: str, external: str = "each") -> None:
@@ -43,147 +275,3 @@ async def prepare_view(state, level: str, external: str = "each") -> None:
         return
     async with state.topology_lock:
         await run_sliced(topology.view_steps(level, external))
-
-
-async def whole_view(state, level: str, external: str = "each") -> dict:
-    """The whole view's published snapshot. The first read of a seq copies the view's dicts (at 1,000
-    hosts 124k nodes and 150k edges: 150-300 ms of the loop in one go) in slices, under
-    ``state.topology_lock`` so that no publish lands meanwhile; later reads of that seq take the copy."""
-    topology = state.topology
-    if topology.has_snapshot(level, external):  # a copy: consistent even while a publish is applying
-        return topology.snapshot(level, None, external)
-    async with state.topology_lock:
-        await run_sliced(topology.view_steps(level, external))  # in use again if a publish dropped it
-        return await run_sliced(topology.snapshot_steps(level, external))
-
-
-class _Section:
-    """One view's ``nodes`` or ``edges``: the mapping last served, its keys in order, and each item's JSON."""
-
-    def __init__(self) -> None:
-        self.mapping: Mapping = {}
-        self.order: list[str] = []
-        # Each item's JSON and the body it was made from (two dicts, not one of pairs: a dict of bytes is
-        # not tracked by the cyclic GC, 100k pairs would be).
-        self.fragments: dict[str, bytes] = {}
-        self.encoded_from: dict[str, dict] = {}
-
-
-class SnapshotEncoder:
-    """Encodes published snapshots as ``{"topology": …}`` in slices, reusing unchanged items' JSON."""
-
-    def __init__(self) -> None:
-        self._sections: dict[tuple, _Section] = {}
-        self._last: dict[tuple, tuple[int, list[bytes]]] = {}  # per view: the last seq encoded whole, its chunks
-
-    async def chunks(self, view: tuple, snapshot: dict) -> AsyncIterator[bytes]:
-        """The body of ``GET /api/v1/query/topology`` for ``snapshot``, in chunks; awaits between slices.
-        Readers of the same seq share one encoding: the last one's chunks are kept per view."""
-        last = self._last.get(view)
-        if last is not None and last[0] == snapshot["seq"]:
-            for chunk in last[1]:
-                yield chunk
-            return
-        made = []
-        async for chunk in self._encode(view, snapshot):
-            made.append(chunk)
-            yield chunk
-        self._last[view] = (snapshot["seq"], made)
-
-    async def _encode(self, view: tuple, snapshot: dict) -> AsyncIterator[bytes]:
-        yield b'{"topology":{"edges":{'
-        async for chunk in self._items((*view, "edges"), snapshot["edges"]):
-            yield chunk
-        yield b'},"nodes":{'
-        async for chunk in self._items((*view, "nodes"), snapshot["nodes"]):
-            yield chunk
-        tail = orjson.dumps({"seq": snapshot["seq"], "timestamp": snapshot["timestamp"]}, option=orjson.OPT_SORT_KEYS)
-        yield b"}," + tail[1:] + b"}"
-
-    async def _items(self, key: tuple, mapping: Mapping) -> AsyncIterator[bytes]:
-        section = self._sections.get(key)
-        if section is None:
-            section = self._sections[key] = _Section()
-        order = await self._order(section, mapping)
-        fragments, encoded_from = section.fragments, section.encoded_from
-        parts: list[bytes] = []
-        size = 0
-        first = True
-        stretch = TimeSlice(SLICE_SECONDS)
-        for count, item_id in enumerate(order, 1):
-            body = mapping[item_id]
-            if encoded_from.get(item_id) is body:
-                fragment = fragments[item_id]
-            else:
-                fragment = orjson.dumps({item_id: body}, option=orjson.OPT_SORT_KEYS)[1:-1]
-                fragments[item_id] = fragment
-                encoded_from[item_id] = body
-            parts.append(fragment)
-            size += len(fragment)
-            if size >= CHUNK_BYTES or count % SLICE_ITEMS == 0 or stretch.due():
-                yield (b"" if first else b",") + b",".join(parts)
-                first = False
-                parts, size = [], 0
-                await stretch.pause()
-        if parts:
-            yield (b"" if first else b",") + b",".join(parts)
-
-    async def _order(self, section: _Section, mapping: Mapping) -> list[str]:
-        """``mapping``'s keys sorted, patched from the last order kept when few keys came or went (the
-        common case: a re-report changes metrics, not the set of nodes), rebuilt in slices otherwise. A
-        new list each time: a response still iterating the previous one is not disturbed."""
-        if mapping is section.mapping:
-            return section.order
-        # Both mappings are published snapshots (never mutated): compared a slice at a time, since two set
-        # differences of 150k keys held the loop 100-250 ms at 1,000 hosts.
-        added = await _missing_in_slices(mapping, section.mapping)
-        removed = await _missing_in_slices(section.mapping, mapping)
-        if len(added) + len(removed) <= PATCH_LIMIT:
-            order = list(section.order)
-            for item_id in removed:
-                del order[bisect_left(order, item_id)]
-            for item_id in added:
-                order.insert(bisect_left(order, item_id), item_id)
-        elif section.order:
-            order = await _patched_in_slices(section.order, added, removed)
-        else:
-            order = await _sorted_in_slices(list(mapping))
-        for item_id in removed:
-            section.fragments.pop(item_id, None)
-            section.encoded_from.pop(item_id, None)
-        section.mapping, section.order = mapping, order
-        return order
-
-
-async def _missing_in_slices(keys: Mapping, other: Mapping) -> list[str]:
-    """The keys of ``keys`` that ``other`` lacks, in ``keys``' order, SORT_RUN keys per slice."""
-    missing: list[str] = []
-    pending = iter(keys)
-    while batch := list(islice(pending, SORT_RUN)):
-        missing += [key for key in batch if key not in other]
-        if len(batch) == SORT_RUN:
-            await asyncio.sleep(0)
-    return missing
-
-
-async def _patched_in_slices(order: list[str], added: list[str], removed: list[str]) -> list[str]:
-    """``order`` without ``removed``, with ``added``, sorted: the kept keys filtered a slice at a time, then
-    one sort, which finds them already sorted and merges the added ones in (~20 ms for 150k keys)."""
-    gone = set(removed)
-    kept: list[str] = []
-    for start in range(0, len(order), SORT_RUN):
-        kept += [key for key in order[start : start + SORT_RUN] if key not in gone]
-        await asyncio.sleep(0)
-    kept += added
-    kept.sort()
-    return kept
-
-
-async def _sorted_in_slices(keys: list[str]) -> list[str]:
-    """``keys`` sorted: runs of SORT_RUN sorted a slice at a time, then one sort of the runs end to end,
-    which merges them (~20 ms for 150k keys; merging them in Python with heapq took 100 ms slices)."""
-    for start in range(0, len(keys), SORT_RUN):
-        keys[start : start + SORT_RUN] = sorted(keys[start : start + SORT_RUN])
-        await asyncio.sleep(0)
-    keys.sort()
-    return keys

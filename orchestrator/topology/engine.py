@@ -32,7 +32,7 @@ address owner or process node (``resolve.py``), so its cost follows the contribu
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import replace
 from itertools import chain
 
@@ -993,9 +993,13 @@ class Topology:
             self._snapshots, (level, host, external), lambda: self._published.snapshot(level, host, external)
         )
 
-    def has_snapshot(self, level: str = "process", external: str = "each") -> bool:
-        """Whether the whole view's :meth:`snapshot` at this seq is made (taking it costs nothing)."""
-        return (level, None, external) in self._snapshots
+    def view_maps(self, level: str = "process", external: str = "each") -> tuple[Mapping, Mapping]:
+        """The published view's nodes and edges themselves, not copies (a view not in use is built first, in
+        one go: :meth:`view_steps` does it in steps). They change at the next publish: read them without an
+        await in between, or under ``state.topology_lock``. What the encoder of whole views reads instead of
+        a copy per seq (150-300 ms at 1,000 hosts)."""
+        view = self._published.view(level, external)
+        return view.nodes, view.edges
 
     def snapshot_steps(self, level: str = "process", external: str = "each") -> Generator[None, None, dict]:
         """:meth:`snapshot` of a whole view (``host=None``) as steps, the same dict: its copy of the view

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from functools import lru_cache
 from itertools import islice
 from operator import itemgetter
@@ -193,6 +193,16 @@ class Publication:
         self._published.mark_read(name, self.seq)
         node_changes, edge_changes = self._changes[name]
         return node_changes, [(eid, old, new) for eid, old, new, _old_hosts, _new_hosts in edge_changes]
+
+    def changed_ids(self, name: str = "process") -> tuple[Iterator[str], Iterator[str]] | None:
+        """The ids of the nodes and of the edges this publication changed in a view (added, replaced or
+        removed), or None when it does not carry that view's changes (the view was not in use at
+        ``seq - 1``). Unlike :meth:`changes` it never builds a view nor marks one read: the encoder of whole
+        views follows publications with it without keeping views in use."""
+        carried = self._changes.get(name)
+        if carried is None:
+            return None
+        return map(itemgetter(0), carried[0]), map(itemgetter(0), carried[1])
 
     def _build_diff(self, name: str, host: str | None) -> dict:
         """A host's diff reads only the changes that touch that host (grouped once per view and

@@ -47,6 +47,12 @@ class FakePublication:
     def catch_up_steps(self, level: str, external: str = "each"):
         yield from ()  # the fake's diffs need no view built first
 
+    def changed_ids(self, name: str = "process"):
+        level = name.partition("+")[0]
+        before = {k: v for k, v in self._before.items() if in_view(v, level, None)}
+        after = {k: v for k, v in self._after.items() if in_view(v, level, None)}
+        return iter([k for k in before.keys() | after.keys() if before.get(k) != after.get(k)]), iter(())
+
 
 class FakeTopology:
     """The topology's publishing API over a dict of nodes (no edges)."""
@@ -57,6 +63,8 @@ class FakeTopology:
         self.published: dict[str, dict] = {}
         self.publications: list[FakePublication] = []
         self.publishing = False  # its publish is one step: readers never find it part-way
+        self.timestamp = "2025-10-13T00:00:00Z"
+        self.publish_listeners: list = []
 
     def set(self, node_id: str, host: str, value: int = 0) -> None:
         self.live[node_id] = {"id": node_id, "type": node_id.split(":")[0], "host": host, "value": value}
@@ -71,6 +79,8 @@ class FakeTopology:
         publication = FakePublication(self.seq, self.published, dict(self.live))
         self.published = dict(self.live)
         self.publications.append(publication)
+        for listener in self.publish_listeners:
+            listener(publication, self)
         return publication
 
     def publish_steps(self, now: float, slice_seconds: float):
@@ -80,15 +90,11 @@ class FakeTopology:
     def view_in_use(self, level: str = "process", external: str = "each") -> bool:
         return True  # the fake's views are filters: nothing to build
 
-    def has_snapshot(self, level: str = "process", external: str = "each") -> bool:
-        return False  # whole views go through snapshot_steps, as the engine's first read of a seq does
-
     def view_steps(self, level: str = "process", external: str = "each"):
         yield from ()
 
-    def snapshot_steps(self, level: str = "process", external: str = "each"):
-        yield  # one step, so the sliced copy's driver is exercised too
-        return self.snapshot(level)
+    def view_maps(self, level: str = "process", external: str = "each") -> tuple[dict, dict]:
+        return {k: v for k, v in self.published.items() if in_view(v, level, None)}, {}
 
     def snapshot(self, level: str = "process", host: str | None = None, external: str = "each") -> dict:
         return {
