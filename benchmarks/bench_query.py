@@ -20,7 +20,7 @@ import time
 
 import httpx
 
-from benchmarks.common import Server, percentile
+from benchmarks.common import Server, last_byte_ms, percentile
 from orchestrator.probe.fleet import Fleet
 
 LEVELS = ("host", "container", "process")
@@ -68,9 +68,12 @@ def timed_get(client: httpx.Client, path: str) -> tuple[float, int]:
 _clock = itertools.count(1)
 
 
-def fresh_view(client: httpx.Client, fleet: Fleet, level: str, now: float, extra: str = "") -> tuple[float, int]:
+def fresh_view(
+    client: httpx.Client, fleet: Fleet, level: str, now: float, extra: str = "", wire: bool = False
+) -> tuple[float, int]:
     """Make the topology change (host 0 re-reports, newer), wait for the new seq, then time the first request
-    (``extra``: more query parameters, e.g. ``&external=group``)."""
+    (``extra``: more query parameters, e.g. ``&external=group``): decoded by httpx, or with ``wire`` to its
+    last byte on the wire (gzipped, not decoded: :func:`benchmarks.common.last_byte_ms`)."""
     seq = client.get("/api/v1/query/stats").json()["seq"]
     client.post(
         "/api/v1/reports",
@@ -82,7 +85,10 @@ def fresh_view(client: httpx.Client, fleet: Fleet, level: str, now: float, extra
         if time.monotonic() > deadline:
             raise RuntimeError("the topology did not change")
         time.sleep(0.02)
-    return timed_get(client, f"/api/v1/query/topology?level={level}{extra}")
+    path = f"/api/v1/query/topology?level={level}{extra}"
+    if wire:
+        return last_byte_ms(str(client.base_url).rstrip("/"), path)
+    return timed_get(client, path)
 
 
 def run(hosts: int, samples: int) -> dict:
